@@ -1,0 +1,1 @@
+//! Shared-memory duplex channel between two processes (not yet implemented; see issue 3).

@@ -1,0 +1,1 @@
+//! Busy-polling shared-memory server (planned; see `shared/design.md`).

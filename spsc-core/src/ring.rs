@@ -1,0 +1,666 @@
+//! [`Ring`]: a fixed-capacity SPSC ring of `N` elements of type `T`.
+//!
+//! # Protocol
+//!
+//! Every slot carries a *stamp* next to its value. Positions are `u32` counters that wrap; the
+//! element at position `p` lives in slot `p % N` and is published by storing `p + 1` into that
+//! slot's stamp (Release) after the value is written. The consumer polls the stamp of the slot it
+//! expects next (Acquire): a value written for an earlier lap carries another stamp, so no shared
+//! "tail" index is needed and a hand-off moves exactly one cache line, the slot's own.
+//!
+//! The consumer publishes its position in `head` (Release) so the producer knows which slots it
+//! may reuse. The producer caches the last `head` it read and only reloads it when its cached
+//! view says the ring is full, so in steady state the head's cache line stays with the consumer.
+//!
+//! Because nothing but `head` and the stamps is shared, a producer that attaches to an existing
+//! ring (after a restart, say) recovers its position by walking the stamps forward from `head`.
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::mem::{self, MaybeUninit};
+use core::num::NonZeroU32;
+use core::ptr::NonNull;
+
+use crate::layout::{check_region, AttachError, ClaimError, RingControl, RingKind, RingLayout, Side};
+use crate::padded::CachePadded;
+use crate::sync::{fence, AtomicU32, Ordering, UnsafeCell};
+
+/// One element and the stamp that says which position (if any) it currently holds.
+#[repr(C)]
+pub(crate) struct Slot<T> {
+    stamp: AtomicU32,
+    value: UnsafeCell<MaybeUninit<T>>,
+}
+
+impl<T> Slot<T> {
+    #[cfg(not(loom))]
+    const EMPTY: Self = Self {
+        stamp: AtomicU32::new(0),
+        value: UnsafeCell::new(MaybeUninit::uninit()),
+    };
+
+    fn empty() -> Self {
+        Self {
+            stamp: AtomicU32::new(0),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+}
+
+/// A single-producer single-consumer ring of `N` values of type `T`, usable in place in memory
+/// shared by two processes.
+///
+/// `N` must be a non-zero power of two no larger than 2³¹; anything else fails to compile with a
+/// message naming the rule. The ring is `#[repr(C)]`, holds no pointers, and starts with a header
+/// ([`RingLayout`]) that [`attach`](Self::attach) checks.
+///
+/// Use it by splitting it into a [`Producer`] and a [`Consumer`] ([`split`](Self::split)), or by
+/// claiming each side separately ([`claim_producer`](Self::claim_producer)) when the two sides
+/// are found independently, e.g. in two processes.
+///
+/// Costs: a `push` or `pop` is a handful of instructions, touches the slot's cache line and, only
+/// when the producer's cached view of the consumer says the ring is full, the consumer's index
+/// line. No allocation, no system call.
+///
+/// ```
+/// use spsc_core::Ring;
+///
+/// let mut ring = Ring::<u64, 8>::new();
+/// let (mut tx, mut rx) = ring.split();
+/// tx.push(7).unwrap();
+/// assert_eq!(rx.pop(), Some(7));
+/// assert_eq!(rx.pop(), None);
+/// ```
+#[repr(C)]
+pub struct Ring<T, const N: usize> {
+    control: CachePadded<RingControl>,
+    /// Position of the next element the consumer will read; written only by the consumer.
+    pub(crate) head: CachePadded<AtomicU32>,
+    pub(crate) slots: [Slot<T>; N],
+}
+
+// SAFETY: the ring hands a `T` from the producer's thread to the consumer's, so `T: Send` is
+// needed and sufficient; every slot is accessed by one side at a time, as the stamp and head
+// protocol (module docs) guarantees, and all other shared state is atomic.
+unsafe impl<T: Send, const N: usize> Sync for Ring<T, N> {}
+// SAFETY: moving the ring moves the `T`s it holds, which `T: Send` allows.
+unsafe impl<T: Send, const N: usize> Send for Ring<T, N> {}
+
+impl<T, const N: usize> Ring<T, N> {
+    /// Evaluated by every constructor, so a bad `N` is a compile-time error.
+    const VALID: () = {
+        assert!(
+            N.is_power_of_two() && N <= 1 << 31,
+            "Ring capacity N must be a non-zero power of two no larger than 2^31"
+        );
+        assert!(
+            mem::size_of::<Self>() <= u32::MAX as usize,
+            "Ring<T, N> must be smaller than 4 GiB"
+        );
+    };
+
+    const MASK: u32 = (N as u32).wrapping_sub(1);
+
+    /// The layout this type has in memory, as recorded in its header.
+    pub const LAYOUT: RingLayout = RingLayout {
+        version: crate::layout::RING_FORMAT_VERSION,
+        kind: RingKind::Fixed as u32,
+        capacity: N as u32,
+        elem_size: mem::size_of::<T>() as u32,
+        elem_align: mem::align_of::<T>() as u32,
+        slot_size: mem::size_of::<Slot<T>>() as u32,
+        data_offset: mem::offset_of!(Self, slots) as u32,
+        total_size: mem::size_of::<Self>() as u32,
+    };
+
+    /// The number of elements the ring holds when full.
+    pub const CAPACITY: usize = N;
+
+    /// Creates an empty ring. `const`, so a ring can be a `static` (claim its sides with
+    /// [`claim_producer`](Self::claim_producer) and [`claim_consumer`](Self::claim_consumer)).
+    ///
+    /// The ring is `size_of::<Ring<T, N>>()` bytes inline: box it (or use
+    /// [`init_in_place`](Self::init_in_place)) when that is large.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        let () = Self::VALID;
+        Self {
+            control: CachePadded(RingControl::new(Self::LAYOUT)),
+            head: CachePadded(AtomicU32::new(0)),
+            slots: [Slot::EMPTY; N],
+        }
+    }
+
+    /// Creates an empty ring (loom build: not `const`).
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        let () = Self::VALID;
+        Self {
+            control: CachePadded(RingControl::new(Self::LAYOUT)),
+            head: CachePadded(AtomicU32::new(0)),
+            slots: core::array::from_fn(|_| Slot::empty()),
+        }
+    }
+
+    /// Initialises an empty ring in the caller's memory (for example a shared-memory mapping) and
+    /// returns a reference to it. Any ring previously there is discarded without dropping its
+    /// elements.
+    ///
+    /// # Errors
+    /// [`AttachError::Misaligned`] unless `region` is aligned to `align_of::<Self>()` (128), and
+    /// [`AttachError::TooSmall`] if `len < size_of::<Self>()`.
+    ///
+    /// # Safety
+    /// `region` must be valid for reads and writes of `len` bytes for `'a`, and nothing else may
+    /// access those bytes during the call. Afterwards they may be accessed only through this
+    /// crate's handles (in any process that maps them).
+    pub unsafe fn init_in_place<'a>(region: NonNull<u8>, len: usize) -> Result<&'a Self, AttachError> {
+        let () = Self::VALID;
+        check_region::<Self>(region.as_ptr() as usize, len)?;
+        let ring = region.as_ptr().cast::<Self>();
+        // SAFETY: `check_region` proved `ring` aligned and the region large enough; the caller
+        // promises exclusive access to valid memory. Each field is written whole with
+        // `ptr::write`, so no reference to uninitialised memory is formed.
+        unsafe {
+            core::ptr::addr_of_mut!((*ring).control).write(CachePadded(RingControl::new(Self::LAYOUT)));
+            core::ptr::addr_of_mut!((*ring).head).write(CachePadded(AtomicU32::new(0)));
+            let slots = core::ptr::addr_of_mut!((*ring).slots).cast::<Slot<T>>();
+            for i in 0..N {
+                slots.add(i).write(Slot::empty());
+            }
+            Ok(&*ring)
+        }
+    }
+
+    /// Views memory that [`init_in_place`](Self::init_in_place) initialised (possibly in another
+    /// process, at another address) as a ring, after checking its header.
+    ///
+    /// Cost: reads the 128-byte header; the slots are not touched until a side is claimed.
+    ///
+    /// # Errors
+    /// [`AttachError::Misaligned`] / [`AttachError::TooSmall`] for an unusable region,
+    /// [`AttachError::BadMagic`] if it was never initialised as a ring, and
+    /// [`AttachError::LayoutMismatch`] if it holds a ring of another capacity, element type or
+    /// format version.
+    ///
+    /// # Safety
+    /// `region` must be valid for reads and writes of `len` bytes for `'a`, and be accessed by
+    /// others only through this crate's handles. Because the values are read as `T`, every bit
+    /// pattern the other side can leave in a slot must be a valid `T`: use plain-old-data element
+    /// types (integers, arrays and `#[repr(C)]` structs of them) for rings shared with code you do
+    /// not control.
+    pub unsafe fn attach<'a>(region: NonNull<u8>, len: usize) -> Result<&'a Self, AttachError> {
+        let () = Self::VALID;
+        check_region::<Self>(region.as_ptr() as usize, len)?;
+        // SAFETY: aligned and large enough (checked above) and valid per the caller. Every field
+        // of `Ring` is valid for any bit pattern (integers, atomics, `MaybeUninit`), so viewing
+        // arbitrary bytes through this reference is sound before validation.
+        let ring = unsafe { &*region.as_ptr().cast::<Self>() };
+        ring.control.validate(&Self::LAYOUT)?;
+        Ok(ring)
+    }
+
+    /// Splits the ring into its producer and consumer. Any claims left by leaked handles are
+    /// cleared first: the `&mut` borrow proves no other handle exists.
+    pub fn split(&mut self) -> (Producer<'_, T, N>, Consumer<'_, T, N>) {
+        self.control.0.reset_owners();
+        let ring: &Self = self;
+        let owner = NonZeroU32::MIN;
+        match (ring.claim_producer(owner), ring.claim_consumer(owner)) {
+            (Ok(producer), Ok(consumer)) => (producer, consumer),
+            _ => unreachable!("owners were reset under an exclusive borrow"),
+        }
+    }
+
+    /// Claims the producer side for `owner` (any non-zero id: a process id for shared-memory
+    /// users). The handle continues where the previous producer stopped: its position is
+    /// recovered by walking the published stamps from the consumer's index, at most `N` slots.
+    ///
+    /// # Errors
+    /// [`ClaimError::Taken`] while another handle holds the producer side.
+    pub fn claim_producer(&self, owner: NonZeroU32) -> Result<Producer<'_, T, N>, ClaimError> {
+        self.control.claim(Side::Producer, 0, owner)?;
+        Ok(Producer::attach(self))
+    }
+
+    /// Claims the consumer side for `owner`; the handle starts at the oldest unconsumed element.
+    ///
+    /// # Errors
+    /// [`ClaimError::Taken`] while another handle holds the consumer side.
+    pub fn claim_consumer(&self, owner: NonZeroU32) -> Result<Consumer<'_, T, N>, ClaimError> {
+        self.control.claim(Side::Consumer, 0, owner)?;
+        Ok(Consumer::attach(self))
+    }
+
+    /// Takes the producer side over from `dead_owner`, which must have been recorded by a
+    /// process that no longer runs (it crashed without releasing its claim).
+    ///
+    /// # Errors
+    /// [`ClaimError::Taken`] if the side is not held by `dead_owner` (anymore).
+    ///
+    /// # Safety
+    /// The holder `dead_owner` must not touch the ring again: two live producers corrupt it.
+    pub unsafe fn take_over_producer(
+        &self,
+        dead_owner: NonZeroU32,
+        owner: NonZeroU32,
+    ) -> Result<Producer<'_, T, N>, ClaimError> {
+        self.control.claim(Side::Producer, dead_owner.get(), owner)?;
+        Ok(Producer::attach(self))
+    }
+
+    /// Takes the consumer side over from `dead_owner`; see
+    /// [`take_over_producer`](Self::take_over_producer).
+    ///
+    /// # Errors
+    /// [`ClaimError::Taken`] if the side is not held by `dead_owner` (anymore).
+    ///
+    /// # Safety
+    /// The holder `dead_owner` must not touch the ring again: two live consumers corrupt it.
+    pub unsafe fn take_over_consumer(
+        &self,
+        dead_owner: NonZeroU32,
+        owner: NonZeroU32,
+    ) -> Result<Consumer<'_, T, N>, ClaimError> {
+        self.control.claim(Side::Consumer, dead_owner.get(), owner)?;
+        Ok(Consumer::attach(self))
+    }
+
+    /// The ids holding the producer and consumer sides (0 when free). Useful to a supervisor
+    /// deciding whether a holder died.
+    pub fn holders(&self) -> (u32, u32) {
+        (
+            self.control.holder(Side::Producer),
+            self.control.holder(Side::Consumer),
+        )
+    }
+
+    #[inline(always)]
+    fn slot(&self, position: u32) -> &Slot<T> {
+        // `& MASK` keeps the index below N, so the bounds check folds away.
+        &self.slots[(position & Self::MASK) as usize]
+    }
+
+    /// The position after the last published element, found by walking stamps from `head`.
+    fn published_end(&self, head: u32) -> u32 {
+        let mut end = head;
+        while end.wrapping_sub(head) < N as u32
+            && self.slot(end).stamp.load(Ordering::Acquire) == end.wrapping_add(1)
+        {
+            end = end.wrapping_add(1);
+        }
+        end
+    }
+}
+
+#[cfg(not(loom))]
+impl<T, const N: usize> Default for Ring<T, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T, const N: usize> Drop for Ring<T, N> {
+    fn drop(&mut self) {
+        if !mem::needs_drop::<T>() {
+            return;
+        }
+        let head = self.head.load(Ordering::Acquire);
+        let end = self.published_end(head);
+        let mut position = head;
+        while position != end {
+            // SAFETY: positions in `head..end` hold published, unconsumed values (their stamps
+            // say so), and `&mut self` excludes every handle, so each is dropped exactly once.
+            self.slot(position)
+                .value
+                .with_mut(|value| unsafe { (*value).assume_init_drop() });
+            position = position.wrapping_add(1);
+        }
+    }
+}
+
+impl<T, const N: usize> fmt::Debug for Ring<T, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("capacity", &N)
+            .field("head", &self.head.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error of [`Producer::push`]: the ring is full; the value is handed back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Full<T>(pub T);
+
+impl<T> fmt::Debug for Full<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Full(..)")
+    }
+}
+
+impl<T> fmt::Display for Full<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ring is full; try again after the consumer pops")
+    }
+}
+
+/// The writing side of a [`Ring`]. There is at most one per ring (enforced by the claim).
+pub struct Producer<'a, T, const N: usize> {
+    ring: &'a Ring<T, N>,
+    /// Position the next element will be written to.
+    tail: u32,
+    /// The consumer's `head` as last read; it only ever lags the real one.
+    cached_head: u32,
+    _not_sync: PhantomData<core::cell::Cell<()>>,
+}
+
+impl<'a, T, const N: usize> Producer<'a, T, N> {
+    fn attach(ring: &'a Ring<T, N>) -> Self {
+        let head = ring.head.load(Ordering::Acquire);
+        Self {
+            ring,
+            tail: ring.published_end(head),
+            cached_head: head,
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// Free slots as far as the cached head knows.
+    #[inline(always)]
+    fn cached_free(&self) -> u32 {
+        // A consumer in another process could publish a head beyond our tail; saturating keeps
+        // that from turning into a huge free count (it reads as "full" instead).
+        (N as u32).saturating_sub(self.tail.wrapping_sub(self.cached_head))
+    }
+
+    /// Free slots, reloading the consumer's index only when the cached view is short of `wanted`.
+    #[inline(always)]
+    fn free_for(&mut self, wanted: u32) -> u32 {
+        let free = self.cached_free();
+        if free >= wanted {
+            return free;
+        }
+        self.cached_head = self.ring.head.load(Ordering::Acquire);
+        self.cached_free()
+    }
+
+    /// Appends `value`.
+    ///
+    /// Cost: one slot write and one Release store to the same cache line; the consumer's index is
+    /// read only when the cached view says full.
+    ///
+    /// # Errors
+    /// [`Full`] with `value` handed back when all `N` slots hold unconsumed elements.
+    #[inline]
+    pub fn push(&mut self, value: T) -> Result<(), Full<T>> {
+        if self.free_for(1) == 0 {
+            return Err(Full(value));
+        }
+        let slot = self.ring.slot(self.tail);
+        // SAFETY: `free_for` proved the consumer has released this slot (head > tail - N, read
+        // with Acquire, so its last read of the slot happened before), and we are the only
+        // producer; nobody else touches the value until the stamp below is published.
+        slot.value.with_mut(|cell| unsafe { (*cell).write(value) });
+        self.tail = self.tail.wrapping_add(1);
+        slot.stamp.store(self.tail, Ordering::Release);
+        Ok(())
+    }
+
+    /// Copies as many elements of `items` as fit, and publishes them together.
+    ///
+    /// Returns how many were pushed (0 when full). One Release fence covers the whole batch.
+    pub fn push_slice(&mut self, items: &[T]) -> usize
+    where
+        T: Copy,
+    {
+        self.push_iter(items.iter().copied())
+    }
+
+    /// Moves elements from `items` into the ring until it is full or the iterator ends, and
+    /// publishes them together. Elements the ring had no room for stay in the iterator.
+    ///
+    /// Returns how many were pushed. If the iterator panics, what it had yielded is leaked (not
+    /// published), never exposed half-written.
+    pub fn push_iter<I: IntoIterator<Item = T>>(&mut self, items: I) -> usize {
+        let free = self.free_for(N as u32);
+        let first = self.tail;
+        let mut count = 0;
+        let mut items = items.into_iter();
+        while count < free {
+            let Some(value) = items.next() else { break };
+            // SAFETY: as in `push`: positions first..first+free are released by the consumer
+            // and unpublished, so only this producer accesses them.
+            self.ring
+                .slot(first.wrapping_add(count))
+                .value
+                .with_mut(|cell| unsafe { (*cell).write(value) });
+            count += 1;
+        }
+        self.publish(first, count);
+        count as usize
+    }
+
+    /// Publishes positions `first..first + count`, whose values are written.
+    fn publish(&mut self, first: u32, count: u32) {
+        if count == 0 {
+            return;
+        }
+        // One fence orders every value write before every stamp; the stamps themselves need no
+        // ordering among each other except that the last is Release for consumers that check
+        // only the end of a batch.
+        fence(Ordering::Release);
+        for i in 0..count - 1 {
+            let position = first.wrapping_add(i);
+            self.ring
+                .slot(position)
+                .stamp
+                .store(position.wrapping_add(1), Ordering::Relaxed);
+        }
+        let last = first.wrapping_add(count - 1);
+        self.ring
+            .slot(last)
+            .stamp
+            .store(last.wrapping_add(1), Ordering::Release);
+        self.tail = first.wrapping_add(count);
+    }
+
+    /// Free slots right now (reloads the consumer's index if the cached view says not all are free).
+    pub fn free_len(&mut self) -> usize {
+        self.free_for(N as u32) as usize
+    }
+
+    /// `true` when a `push` would fail right now.
+    pub fn is_full(&mut self) -> bool {
+        self.free_for(1) == 0
+    }
+
+    /// The ring's capacity, `N`.
+    pub const fn capacity(&self) -> usize {
+        N
+    }
+}
+
+impl<T, const N: usize> Drop for Producer<'_, T, N> {
+    fn drop(&mut self) {
+        self.ring.control.release(Side::Producer);
+    }
+}
+
+impl<T, const N: usize> fmt::Debug for Producer<'_, T, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("tail", &self.tail)
+            .field("cached_head", &self.cached_head)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reading side of a [`Ring`]. There is at most one per ring (enforced by the claim).
+pub struct Consumer<'a, T, const N: usize> {
+    ring: &'a Ring<T, N>,
+    /// Position of the next element to read; mirrors `ring.head`, which only we write.
+    head: u32,
+    _not_sync: PhantomData<core::cell::Cell<()>>,
+}
+
+impl<'a, T, const N: usize> Consumer<'a, T, N> {
+    fn attach(ring: &'a Ring<T, N>) -> Self {
+        Self {
+            ring,
+            head: ring.head.load(Ordering::Acquire),
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// `true` if the element at `position` is published (Acquire: its value is then visible).
+    #[inline(always)]
+    fn is_published(&self, position: u32) -> bool {
+        self.ring.slot(position).stamp.load(Ordering::Acquire) == position.wrapping_add(1)
+    }
+
+    /// Removes and returns the oldest element, or `None` if the ring is empty.
+    ///
+    /// Cost: one Acquire load of the slot's stamp (the only cache line that moves), the value
+    /// read, and one Release store of the consumer's own index.
+    #[inline]
+    pub fn pop(&mut self) -> Option<T> {
+        if !self.is_published(self.head) {
+            return None;
+        }
+        // SAFETY: the stamp says the producer published this position (Acquire makes its write
+        // visible) and it stays ours until `head` moves past it below; the value is read once.
+        let value = self
+            .ring
+            .slot(self.head)
+            .value
+            .with(|cell| unsafe { (*cell).assume_init_read() });
+        self.head = self.head.wrapping_add(1);
+        self.ring.head.store(self.head, Ordering::Release);
+        Some(value)
+    }
+
+    /// Borrows the oldest element without removing it, or `None` if the ring is empty.
+    #[inline]
+    pub fn peek(&self) -> Option<&T> {
+        if !self.is_published(self.head) {
+            return None;
+        }
+        // SAFETY: published (see `pop`); the producer cannot reuse the slot until `head` moves,
+        // which takes `&mut self`, so the borrow cannot outlive the value.
+        Some(
+            self.ring
+                .slot(self.head)
+                .value
+                .with(|cell| unsafe { (*cell).assume_init_ref() }),
+        )
+    }
+
+    /// Number of elements ready to be read (at most `N`). Cost: one stamp read per element.
+    pub fn len(&self) -> usize {
+        self.ready_upto(N as u32) as usize
+    }
+
+    /// `true` if there is nothing to read right now.
+    pub fn is_empty(&self) -> bool {
+        !self.is_published(self.head)
+    }
+
+    /// Counts published elements from `head`, up to `max`.
+    fn ready_upto(&self, max: u32) -> u32 {
+        let mut count = 0;
+        while count < max && self.is_published(self.head.wrapping_add(count)) {
+            count += 1;
+        }
+        count
+    }
+
+    /// Copies up to `out.len()` of the oldest elements into `out`, removes them, and publishes
+    /// the new index once. Returns how many were copied.
+    pub fn pop_slice(&mut self, out: &mut [T]) -> usize
+    where
+        T: Copy,
+    {
+        let mut drain = self.drain(out.len());
+        let mut count = 0;
+        for (dst, value) in out.iter_mut().zip(&mut drain) {
+            *dst = value;
+            count += 1;
+        }
+        count
+    }
+
+    /// An iterator that removes up to `max` of the ready elements, oldest first. The consumer's
+    /// index is published once, when the iterator is dropped, covering exactly the elements it
+    /// yielded.
+    pub fn drain(&mut self, max: usize) -> Drain<'_, 'a, T, N> {
+        let ready = self.ready_upto(u32::try_from(max).unwrap_or(u32::MAX).min(N as u32));
+        Drain {
+            end: self.head.wrapping_add(ready),
+            consumer: self,
+        }
+    }
+
+    /// The ring's capacity, `N`.
+    pub const fn capacity(&self) -> usize {
+        N
+    }
+}
+
+impl<T, const N: usize> Drop for Consumer<'_, T, N> {
+    fn drop(&mut self) {
+        self.ring.control.release(Side::Consumer);
+    }
+}
+
+impl<T, const N: usize> fmt::Debug for Consumer<'_, T, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes ready elements from a [`Consumer`]; see [`Consumer::drain`].
+pub struct Drain<'c, 'a, T, const N: usize> {
+    consumer: &'c mut Consumer<'a, T, N>,
+    /// One past the last position this drain may yield (all of them were seen published).
+    end: u32,
+}
+
+impl<T, const N: usize> Iterator for Drain<'_, '_, T, N> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Option<T> {
+        let position = self.consumer.head;
+        if position == self.end {
+            return None;
+        }
+        // SAFETY: `drain` saw this position published with an Acquire load, and the head has
+        // not been published past it, so the value is initialised and still ours; read once.
+        let value = self
+            .consumer
+            .ring
+            .slot(position)
+            .value
+            .with(|cell| unsafe { (*cell).assume_init_read() });
+        self.consumer.head = position.wrapping_add(1);
+        Some(value)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.end.wrapping_sub(self.consumer.head) as usize;
+        (left, Some(left))
+    }
+}
+
+impl<T, const N: usize> ExactSizeIterator for Drain<'_, '_, T, N> {}
+
+impl<T, const N: usize> Drop for Drain<'_, '_, T, N> {
+    fn drop(&mut self) {
+        self.consumer
+            .ring
+            .head
+            .store(self.consumer.head, Ordering::Release);
+    }
+}

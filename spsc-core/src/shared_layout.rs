@@ -1,0 +1,35 @@
+//! Compile-time locks on the in-memory layout of both rings.
+//!
+//! Two processes built separately must agree on every offset; a change that moves a field fails
+//! the build here, and must come with a bump of [`RING_FORMAT_VERSION`](crate::RING_FORMAT_VERSION).
+//! (Loom builds replace the atomics with larger model types, so the checks apply to real builds.)
+
+#[cfg(not(loom))]
+mod locked {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use static_assertions::{const_assert, const_assert_eq};
+
+    use crate::layout::{RingControl, RingLayout};
+    use crate::{MessageRing, Ring};
+
+    const_assert_eq!(size_of::<RingLayout>(), 32);
+    const_assert_eq!(size_of::<RingControl>(), 44);
+    const_assert!(size_of::<RingControl>() <= 128);
+
+    // The fixed ring: header line, consumer index line, then slots.
+    const_assert_eq!(align_of::<Ring<u64, 8>>(), 128);
+    const_assert_eq!(offset_of!(Ring<u64, 8>, head), 128);
+    const_assert_eq!(offset_of!(Ring<u64, 8>, slots), 256);
+    const_assert_eq!(size_of::<Ring<u64, 8>>(), 256 + 8 * 16);
+    const_assert_eq!(size_of::<Ring<u32, 4>>(), 384);
+    const_assert_eq!(Ring::<u64, 8>::LAYOUT.slot_size, 16);
+
+    // The message ring: header line, consumer index line, then the byte buffer.
+    const_assert_eq!(align_of::<MessageRing<64>>(), 128);
+    const_assert_eq!(offset_of!(MessageRing<64>, head), 128);
+    const_assert_eq!(offset_of!(MessageRing<64>, buf), 256);
+    const_assert_eq!(size_of::<MessageRing<4096>>(), 256 + 4096);
+    const_assert_eq!(size_of::<MessageRing<64>>(), 256 + 128);
+    const_assert_eq!(MessageRing::<4096>::MAX_PAYLOAD, 2048 - 8);
+}

@@ -1,0 +1,20 @@
+//! The message API conformance suite, run against the in-process message ring at several
+//! capacities (the smallest makes every test wrap around constantly).
+
+mod message_ring_128 {
+    use spsc_core::MessageRing;
+    spsc_core::conformance_suite!(tx, rx => let mut ring = MessageRing::<128>::new();
+                                            let (mut tx, mut rx) = ring.split(););
+}
+
+mod message_ring_1k {
+    use spsc_core::MessageRing;
+    spsc_core::conformance_suite!(tx, rx => let mut ring = MessageRing::<1024>::new();
+                                            let (mut tx, mut rx) = ring.split(););
+}
+
+mod message_ring_64k_boxed {
+    use spsc_core::MessageRing;
+    spsc_core::conformance_suite!(tx, rx => let mut ring = Box::new(MessageRing::<65536>::new());
+                                            let (mut tx, mut rx) = ring.split(););
+}
