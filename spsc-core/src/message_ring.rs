@@ -35,7 +35,9 @@ use core::num::NonZeroU32;
 use core::ptr::NonNull;
 
 use crate::api::{Message, MessageReceiver, MessageSender, RecvError, SendError, SendSlot};
-use crate::layout::{check_region, AttachError, ClaimError, RingControl, RingKind, RingLayout, Side};
+use crate::layout::{
+    check_region, AttachError, ClaimError, RingControl, RingKind, RingLayout, Side,
+};
 use crate::padded::CachePadded;
 use crate::sync::{AtomicU32, Ordering};
 
@@ -170,14 +172,18 @@ impl<const C: usize> MessageRing<C> {
     /// `region` must be valid for reads and writes of `len` bytes for `'a`, and nothing else may
     /// access those bytes during the call. Afterwards they may be accessed only through this
     /// crate's handles (in any process that maps them).
-    pub unsafe fn init_in_place<'a>(region: NonNull<u8>, len: usize) -> Result<&'a Self, AttachError> {
+    pub unsafe fn init_in_place<'a>(
+        region: NonNull<u8>,
+        len: usize,
+    ) -> Result<&'a Self, AttachError> {
         let () = Self::VALID;
         check_region::<Self>(region.as_ptr() as usize, len)?;
         let ring = region.as_ptr().cast::<Self>();
         // SAFETY: aligned and large enough (checked above), exclusively ours per the caller.
         // Every field is written whole, so no reference to uninitialised memory is formed.
         unsafe {
-            core::ptr::addr_of_mut!((*ring).control).write(CachePadded(RingControl::new(Self::LAYOUT)));
+            core::ptr::addr_of_mut!((*ring).control)
+                .write(CachePadded(RingControl::new(Self::LAYOUT)));
             core::ptr::addr_of_mut!((*ring).head).write(CachePadded(AtomicU32::new(0)));
             core::ptr::addr_of_mut!((*ring).buf).write_bytes(0, 1);
             #[cfg(loom)]
@@ -269,7 +275,8 @@ impl<const C: usize> MessageRing<C> {
         dead_owner: NonZeroU32,
         owner: NonZeroU32,
     ) -> Result<MessageProducer<'_, C>, ClaimError> {
-        self.control.claim(Side::Producer, dead_owner.get(), owner)?;
+        self.control
+            .claim(Side::Producer, dead_owner.get(), owner)?;
         MessageProducer::attach(self)
     }
 
@@ -287,7 +294,8 @@ impl<const C: usize> MessageRing<C> {
         dead_owner: NonZeroU32,
         owner: NonZeroU32,
     ) -> Result<MessageConsumer<'_, C>, ClaimError> {
-        self.control.claim(Side::Consumer, dead_owner.get(), owner)?;
+        self.control
+            .claim(Side::Consumer, dead_owner.get(), owner)?;
         MessageConsumer::attach(self)
     }
 
@@ -338,7 +346,12 @@ impl<const C: usize> MessageRing<C> {
         debug_assert!(offset < C as u32 && offset % HEADER == 0);
         // SAFETY: in bounds and aligned as in `read_len`; the producer owns this unpublished
         // record, so no one reads the word concurrently.
-        unsafe { self.base().add(offset as usize + 4).cast::<u32>().write(len) }
+        unsafe {
+            self.base()
+                .add(offset as usize + 4)
+                .cast::<u32>()
+                .write(len)
+        }
     }
 
     /// Checks a published record header against the layout. Anything the other process wrote is

@@ -4,10 +4,10 @@
 //! protocol code is explored by the loom models in `tests/loom.rs`.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU32, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU32, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{fence, AtomicU32, Ordering};
+pub(crate) use core::sync::atomic::{AtomicU32, Ordering};
 
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
