@@ -87,8 +87,6 @@ pub struct Ring<T, const N: usize> {
 // needed and sufficient; every slot is accessed by one side at a time, as the stamp and head
 // protocol (module docs) guarantees, and all other shared state is atomic.
 unsafe impl<T: Send, const N: usize> Sync for Ring<T, N> {}
-// SAFETY: moving the ring moves the `T`s it holds, which `T: Send` allows.
-unsafe impl<T: Send, const N: usize> Send for Ring<T, N> {}
 
 impl<T, const N: usize> Ring<T, N> {
     /// Evaluated by every constructor, so a bad `N` is a compile-time error.

@@ -1,0 +1,192 @@
+//! Two threads ping-pong a message through a pair of rings and print round-trip percentiles:
+//! our `Ring<u64, _>`, our `MessageRing` with 64-byte messages, and a raw two-atomic exchange
+//! (the hardware floor: one cache line moving each way, nothing else).
+//!
+//! ```text
+//! cargo run --release -p spsc-core --example pingpong -- [round_trips] [payload_bytes]
+//! ```
+//!
+//! Defaults: 200 000 round trips, 64-byte message payloads. Each round trip is timed with
+//! `Instant` (about 20 ns of timer cost is included in every figure, the floor's too); the
+//! criterion and report benches (`cargo bench -p spsc-core`) measure more carefully.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use spsc_core::{spin_hint, CachePadded, MessageReceiver, MessageRing, MessageSender, Ring, SendSlot};
+
+/// Round-trip latencies of one contender, sorted.
+struct Samples(Vec<u32>);
+
+impl Samples {
+    fn quantile(&self, q: f64) -> u32 {
+        let index = ((self.0.len() - 1) as f64 * q).round() as usize;
+        self.0[index]
+    }
+
+    fn print(&self, name: &str, floor_p50: Option<u32>, elapsed: Duration) {
+        let p50 = self.quantile(0.5);
+        let ratio = floor_p50.map_or(String::from("1.00x (floor)"), |floor| {
+            format!("{:.2}x floor", f64::from(p50) / f64::from(floor.max(1)))
+        });
+        println!(
+            "{name:<28} p50 {p50:>6} ns  p99 {:>6} ns  p99.9 {:>7} ns  max {:>8} ns  {:>7.2} M round trips/s  {ratio}",
+            self.quantile(0.99),
+            self.quantile(0.999),
+            self.0[self.0.len() - 1],
+            self.0.len() as f64 / elapsed.as_secs_f64() / 1e6,
+        );
+    }
+}
+
+/// Runs `round_trips` timed exchanges: `ping(i)` sends and waits for the echo of `i`.
+fn measure(round_trips: usize, mut ping: impl FnMut(u64)) -> (Samples, Duration) {
+    for i in 0..(round_trips / 10) as u64 {
+        ping(i); // warm-up: caches, branch predictors, CPU frequency
+    }
+    let mut samples = Vec::with_capacity(round_trips);
+    let started = Instant::now();
+    for i in 0..round_trips as u64 {
+        let t0 = Instant::now();
+        ping(i);
+        samples.push(t0.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+    }
+    let elapsed = started.elapsed();
+    samples.sort_unstable();
+    (Samples(samples), elapsed)
+}
+
+fn floor(round_trips: usize) -> (Samples, Duration) {
+    let ping = Arc::new(CachePadded(AtomicU64::new(u64::MAX)));
+    let pong = Arc::new(CachePadded(AtomicU64::new(u64::MAX)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let (ping, pong, stop) = (ping.clone(), pong.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut last = u64::MAX;
+            while !stop.load(Ordering::Relaxed) {
+                let seen = ping.load(Ordering::Acquire);
+                if seen != last {
+                    last = seen;
+                    pong.store(seen, Ordering::Release);
+                } else {
+                    spin_hint();
+                }
+            }
+        })
+    };
+    let result = measure(round_trips, |i| {
+        ping.store(i, Ordering::Release);
+        while pong.load(Ordering::Acquire) != i {
+            spin_hint();
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    echo.join().expect("echo thread");
+    result
+}
+
+fn ring_u64(round_trips: usize) -> (Samples, Duration) {
+    static THERE: Ring<u64, 1024> = Ring::new();
+    static BACK: Ring<u64, 1024> = Ring::new();
+    let owner = std::num::NonZeroU32::MIN;
+    let (mut there, mut back) = (THERE.claim_producer(owner).unwrap(), BACK.claim_consumer(owner).unwrap());
+    let echo = thread::spawn(move || {
+        let (mut rx, mut tx) = (THERE.claim_consumer(owner).unwrap(), BACK.claim_producer(owner).unwrap());
+        loop {
+            match rx.pop() {
+                Some(u64::MAX) => return,
+                Some(value) => while tx.push(value).is_err() {},
+                None => spin_hint(),
+            }
+        }
+    });
+    let result = measure(round_trips, |i| {
+        there.push(i).unwrap();
+        loop {
+            match back.pop() {
+                Some(value) => break assert_eq!(value, i),
+                None => spin_hint(),
+            }
+        }
+    });
+    there.push(u64::MAX).unwrap();
+    echo.join().expect("echo thread");
+    result
+}
+
+fn message_ring(round_trips: usize, payload: u32) -> (Samples, Duration) {
+    static THERE: MessageRing<{ 1 << 16 }> = MessageRing::new();
+    static BACK: MessageRing<{ 1 << 16 }> = MessageRing::new();
+    const STOP: u16 = 1;
+    let owner = std::num::NonZeroU32::MIN;
+    let (mut there, mut back) = (THERE.claim_producer(owner).unwrap(), BACK.claim_consumer(owner).unwrap());
+    let echo = thread::spawn(move || {
+        let (mut rx, mut tx) = (THERE.claim_consumer(owner).unwrap(), BACK.claim_producer(owner).unwrap());
+        loop {
+            let Ok(message) = rx.front() else {
+                spin_hint();
+                continue;
+            };
+            if message.tag() == STOP {
+                return;
+            }
+            // Echo in place: copy the payload straight into the reply's slot.
+            let mut reply = loop {
+                if let Ok(slot) = tx.alloc(message.len() as u32, 0) {
+                    break slot;
+                }
+            };
+            reply.payload_mut().copy_from_slice(message.payload());
+            reply.push();
+            rx.pop().unwrap();
+        }
+    });
+    let result = measure(round_trips, |i| {
+        let mut slot = there.alloc(payload, 0).unwrap();
+        let bytes = slot.payload_mut();
+        bytes.fill(0);
+        let stamp = 8.min(bytes.len());
+        bytes[..stamp].copy_from_slice(&i.to_le_bytes()[..stamp]);
+        slot.push();
+        loop {
+            match back.front() {
+                Ok(echoed) => {
+                    assert_eq!(echoed.len(), payload as usize);
+                    break;
+                }
+                Err(_) => spin_hint(),
+            }
+        }
+        back.pop().unwrap();
+    });
+    there.send(STOP, &[]).unwrap();
+    echo.join().expect("echo thread");
+    result
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let round_trips: usize = args.next().map_or(200_000, |a| a.parse().expect("round_trips: a number"));
+    let payload: u32 = args.next().map_or(64, |a| a.parse().expect("payload_bytes: a number"));
+    assert!(round_trips >= 10, "round_trips must be at least 10");
+    assert!(
+        payload <= MessageRing::<{ 1 << 16 }>::MAX_PAYLOAD,
+        "payload_bytes must be at most {}",
+        MessageRing::<{ 1 << 16 }>::MAX_PAYLOAD
+    );
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    println!("in-process ping-pong: {round_trips} round trips, {cpus} CPUs available");
+    if cpus < 2 {
+        println!("note: fewer than 2 CPUs; two spinning threads will share one and latencies will be poor");
+    }
+    let (floor_samples, elapsed) = floor(round_trips);
+    floor_samples.print("raw two-atomic (floor)", None, elapsed);
+    let floor_p50 = Some(floor_samples.quantile(0.5));
+    let (samples, elapsed) = ring_u64(round_trips);
+    samples.print("Ring<u64>", floor_p50, elapsed);
+    let (samples, elapsed) = message_ring(round_trips, payload);
+    samples.print(&format!("MessageRing {payload} B"), floor_p50, elapsed);
+}
