@@ -1,1 +1,60 @@
-//! Shared-memory duplex channel between two processes (not yet implemented; see issue 3).
+//! A duplex message channel between two processes, in one shared-memory segment: the
+//! shared-memory transport of the workspace's message API ([`spsc_core::MessageSender`] /
+//! [`spsc_core::MessageReceiver`]), so the same generic code runs in-process and cross-process.
+//!
+//! - [`Channel::create_or_open`] opens one [`End`] of the channel in a named segment, creating
+//!   the segment if needed (race-free when both ends start at once) in `/dev/shm` or a folder of
+//!   the caller's choice, with owner-only permissions by default.
+//! - The [`Endpoint`] holds a [`Sender`] on this end's outgoing ring and a [`Receiver`] on its
+//!   incoming one. A live process holding an end excludes any other; an end left by a dead
+//!   process is taken over, with every message already pushed still there.
+//! - The [`SegmentHeader`] is validated before any ring is touched: a wrong, truncated, stale or
+//!   corrupt file is a typed [`HeaderError`], never a panic or a re-initialisation. It carries
+//!   per-direction counters ([`DirectionStats`]), per-end liveness, and a session area for upper
+//!   layers.
+//! - [`PodSender`] / [`PodReceiver`] send and receive `#[repr(C)]` plain-old-data structs in
+//!   place, with no copy on receive.
+//!
+//! ```
+//! use shm_channel::{Channel, ChannelOptions, End};
+//! use spsc_core::{MessageReceiver, MessageSender, SendSlot};
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! // Normally each end is a separate process; the default folder is /dev/shm.
+//! let options = ChannelOptions::new().dir(dir.path());
+//! let mut a = Channel::<65536>::create_or_open("gw_risk", End::A, &options).unwrap();
+//! let mut b = Channel::<65536>::create_or_open("gw_risk", End::B, &options).unwrap();
+//!
+//! // Write in place, then publish.
+//! let mut slot = a.sender().alloc(5, 1).unwrap();
+//! slot.payload_mut().copy_from_slice(b"hello");
+//! slot.push();
+//!
+//! // Read in place; pop is the commit.
+//! let message = b.receiver().front().unwrap();
+//! assert_eq!((message.tag(), message.payload()), (1, &b"hello"[..]));
+//! b.receiver().pop().unwrap();
+//!
+//! // Remove the file once both sides are done (or leave it to be reopened).
+//! a.unlink().unwrap();
+//! ```
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+mod channel;
+mod header;
+mod name;
+mod pid;
+mod segment;
+mod typed;
+
+pub use channel::{Channel, ChannelError, ChannelOptions, ChannelSlot, Endpoint, Receiver, Sender};
+pub use header::{
+    Direction, DirectionStats, End, HeaderError, Identity, Liveness, RecvCounters, RingDescriptor,
+    RingPlacement, SegmentHeader, SendCounters, SessionArea, WaitWords, ABI_VERSION, HEADER_SIZE,
+    RING_ALIGN, SEGMENT_MAGIC,
+};
+pub use name::{NameError, SegmentName, MAX_NAME_LEN};
+pub use pid::is_process_alive;
+pub use segment::{Segment, SegmentError, SegmentOptions, DEFAULT_DIR};
+pub use typed::{PodReceiver, PodRecvError, PodSender, PodSlot};

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use spsc_core::{spin_hint, CachePadded, MessageReceiver, MessageRing, MessageSender, Ring, SendSlot};
+use spsc_core::{
+    spin_hint, CachePadded, MessageReceiver, MessageRing, MessageSender, Ring, SendSlot,
+};
 
 /// Round-trip latencies of one contender, sorted.
 struct Samples(Vec<u32>);
@@ -92,9 +94,15 @@ fn ring_u64(round_trips: usize) -> (Samples, Duration) {
     static THERE: Ring<u64, 1024> = Ring::new();
     static BACK: Ring<u64, 1024> = Ring::new();
     let owner = std::num::NonZeroU32::MIN;
-    let (mut there, mut back) = (THERE.claim_producer(owner).unwrap(), BACK.claim_consumer(owner).unwrap());
+    let (mut there, mut back) = (
+        THERE.claim_producer(owner).unwrap(),
+        BACK.claim_consumer(owner).unwrap(),
+    );
     let echo = thread::spawn(move || {
-        let (mut rx, mut tx) = (THERE.claim_consumer(owner).unwrap(), BACK.claim_producer(owner).unwrap());
+        let (mut rx, mut tx) = (
+            THERE.claim_consumer(owner).unwrap(),
+            BACK.claim_producer(owner).unwrap(),
+        );
         loop {
             match rx.pop() {
                 Some(u64::MAX) => return,
@@ -122,9 +130,15 @@ fn message_ring(round_trips: usize, payload: u32) -> (Samples, Duration) {
     static BACK: MessageRing<{ 1 << 16 }> = MessageRing::new();
     const STOP: u16 = 1;
     let owner = std::num::NonZeroU32::MIN;
-    let (mut there, mut back) = (THERE.claim_producer(owner).unwrap(), BACK.claim_consumer(owner).unwrap());
+    let (mut there, mut back) = (
+        THERE.claim_producer(owner).unwrap(),
+        BACK.claim_consumer(owner).unwrap(),
+    );
     let echo = thread::spawn(move || {
-        let (mut rx, mut tx) = (THERE.claim_consumer(owner).unwrap(), BACK.claim_producer(owner).unwrap());
+        let (mut rx, mut tx) = (
+            THERE.claim_consumer(owner).unwrap(),
+            BACK.claim_producer(owner).unwrap(),
+        );
         loop {
             let Ok(message) = rx.front() else {
                 spin_hint();
@@ -169,8 +183,12 @@ fn message_ring(round_trips: usize, payload: u32) -> (Samples, Duration) {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let round_trips: usize = args.next().map_or(200_000, |a| a.parse().expect("round_trips: a number"));
-    let payload: u32 = args.next().map_or(64, |a| a.parse().expect("payload_bytes: a number"));
+    let round_trips: usize = args
+        .next()
+        .map_or(200_000, |a| a.parse().expect("round_trips: a number"));
+    let payload: u32 = args
+        .next()
+        .map_or(64, |a| a.parse().expect("payload_bytes: a number"));
     assert!(round_trips >= 10, "round_trips must be at least 10");
     assert!(
         payload <= MessageRing::<{ 1 << 16 }>::MAX_PAYLOAD,

@@ -66,6 +66,25 @@ pub trait SendSlot {
     fn push(self);
 }
 
+/// A `&mut` borrow of a sender is a sender, so generic code (and the conformance suite) can work
+/// on a transport's sender without taking it apart.
+impl<T: MessageSender + ?Sized> MessageSender for &mut T {
+    type Slot<'s>
+        = T::Slot<'s>
+    where
+        Self: 's;
+
+    #[inline(always)]
+    fn alloc(&mut self, len: u32, tag: u16) -> Result<Self::Slot<'_>, SendError> {
+        (**self).alloc(len, tag)
+    }
+
+    #[inline(always)]
+    fn max_payload(&self) -> u32 {
+        (**self).max_payload()
+    }
+}
+
 /// The receiving half of a message transport.
 pub trait MessageReceiver {
     /// Borrows the oldest message in place. Repeated calls return the same message until
@@ -91,6 +110,19 @@ pub trait MessageReceiver {
         let result = read(self.front()?);
         self.pop()?;
         Ok(result)
+    }
+}
+
+/// A `&mut` borrow of a receiver is a receiver.
+impl<T: MessageReceiver + ?Sized> MessageReceiver for &mut T {
+    #[inline(always)]
+    fn front(&mut self) -> Result<Message<'_>, RecvError> {
+        (**self).front()
+    }
+
+    #[inline(always)]
+    fn pop(&mut self) -> Result<(), RecvError> {
+        (**self).pop()
     }
 }
 
@@ -150,6 +182,8 @@ pub enum SendError {
     },
 }
 
+impl core::error::Error for SendError {}
+
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -178,6 +212,8 @@ pub enum RecvError {
     /// The sending side is gone and everything it sent has been popped (transports that can tell).
     Disconnected,
 }
+
+impl core::error::Error for RecvError {}
 
 impl fmt::Display for RecvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

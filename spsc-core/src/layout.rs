@@ -117,6 +117,8 @@ pub enum AttachError {
     },
 }
 
+impl core::error::Error for AttachError {}
+
 impl fmt::Display for AttachError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -158,6 +160,8 @@ pub enum ClaimError {
         reason: &'static str,
     },
 }
+
+impl core::error::Error for ClaimError {}
 
 impl fmt::Display for ClaimError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -6,7 +6,7 @@
 //!   read in place (*alloc, write, push*; *front, read, pop*).
 //! - [`MessageSender`] / [`MessageReceiver`]: the message API that every transport of this
 //!   workspace implements, so generic code runs on any of them. The `conformance` feature
-//!   exposes the test suite every implementation must pass ([`conformance_suite!`]).
+//!   exposes the test suite every implementation must pass (`conformance_suite!`).
 //!
 //! Both rings are `#[repr(C)]`, hold indices rather than pointers, start with a header that
 //! describes their [`RingLayout`], and can be initialised in caller-supplied memory

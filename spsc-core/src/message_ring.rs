@@ -92,6 +92,12 @@ enum Record {
 /// let text = rx.recv_with(|m| m.payload().to_vec()).unwrap();
 /// assert_eq!(text, b"order #1");
 /// ```
+///
+/// A capacity below 64 bytes, or not a power of two, does not compile:
+///
+/// ```compile_fail
+/// let ring = spsc_core::MessageRing::<100>::new();
+/// ```
 #[repr(C)]
 pub struct MessageRing<const C: usize> {
     control: CachePadded<RingControl>,
@@ -488,7 +494,15 @@ impl<'a, const C: usize> MessageProducer<'a, C> {
         self.tail = self.tail.wrapping_add(size);
     }
 
-    /// Bytes of records queued and not yet popped, as of the consumer's latest index.
+    /// Bytes of records queued and not yet popped, as of the consumer's index when this producer
+    /// last read it (an upper bound of the true depth). Cost: a subtraction; no shared memory is
+    /// touched, so it is cheap enough to sample on every push.
+    pub fn queued_bytes_cached(&self) -> u32 {
+        self.tail.wrapping_sub(self.cached_head).min(C as u32)
+    }
+
+    /// Bytes of records queued and not yet popped, as of the consumer's latest index. Cost: one
+    /// Acquire load of the consumer's index line.
     pub fn queued_bytes(&mut self) -> u32 {
         // `fits` of an impossible end reloads the index; its answer is irrelevant here.
         let _ = self.fits(self.tail.wrapping_add(C as u32 + 1));

@@ -75,6 +75,12 @@ impl<T> Slot<T> {
 /// assert_eq!(rx.pop(), Some(7));
 /// assert_eq!(rx.pop(), None);
 /// ```
+///
+/// A capacity that is not a power of two does not compile:
+///
+/// ```compile_fail
+/// let ring = spsc_core::Ring::<u64, 3>::new();
+/// ```
 #[repr(C)]
 pub struct Ring<T, const N: usize> {
     control: CachePadded<RingControl>,
@@ -345,6 +351,8 @@ impl<T> fmt::Debug for Full<T> {
         f.write_str("Full(..)")
     }
 }
+
+impl<T> core::error::Error for Full<T> {}
 
 impl<T> fmt::Display for Full<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

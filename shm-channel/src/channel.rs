@@ -1,0 +1,659 @@
+//! The duplex channel: one segment holding a header and two [`MessageRing`]s, A→B and B→A.
+//!
+//! Each process opens one [`End`] and gets an [`Endpoint`]: a [`Sender`] on its outgoing ring and
+//! a [`Receiver`] on its incoming one, implementing the `spsc-core` message API. The ring sides
+//! are claimed with the process id, so a second process (or a second handle in this one) cannot
+//! take an end a live process holds; an end held by a dead process is taken over, keeping every
+//! message already pushed.
+//!
+//! # Why the handles are sound
+//!
+//! `MessageProducer` and `MessageConsumer` borrow their ring, and the ring lives in a mapping.
+//! [`Sender`] and [`Receiver`] each hold, besides the ring handle, an `Arc` to the
+//! [`Segment`] that owns the mapping, and declare the handle *before* the `Arc`, so Rust drops
+//! the handle (whose `Drop` releases its claim by writing into the ring) while the mapping is
+//! still there. The handles are created with a lifetime of `'static`, which is a lie the types
+//! never reveal: the fields are private, every method hands out borrows tied to `&self` or
+//! `&mut self`, and a mapping never moves, even when the `Segment` value does. Swapping two
+//! `Sender`s swaps their `Arc`s with them, so each handle always travels with its own mapping.
+
+use core::fmt;
+use core::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spsc_core::{
+    AttachError, ClaimError, Message, MessageConsumer, MessageProducer, MessageReceiver,
+    MessageRing, MessageSender, MessageSlot, RecvError, RingLayout, SendError, SendSlot,
+};
+
+use crate::header::{
+    bump, Direction, DirectionStats, End, RecvCounters, RingPlacement, SegmentHeader, SendCounters,
+    HEADER_SIZE,
+};
+use crate::name::{NameError, SegmentName};
+use crate::pid::{current_pid, is_process_alive};
+use crate::segment::{Segment, SegmentError, SegmentOptions};
+
+/// How a channel's segment is found and created.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelOptions {
+    segment: SegmentOptions,
+    end_names: Option<[SegmentName; 2]>,
+}
+
+impl ChannelOptions {
+    /// Default options: folder `/dev/shm`, mode 0600, 2 s to wait for a creator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The folder holding the segment file (see [`SegmentOptions::dir`]).
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.segment = self.segment.dir(dir);
+        self
+    }
+
+    /// Permission bits of a created segment (see [`SegmentOptions::mode`]).
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.segment = self.segment.mode(mode);
+        self
+    }
+
+    /// How long an opener waits for a creator (see [`SegmentOptions::init_timeout`]).
+    pub fn init_timeout(mut self, timeout: Duration) -> Self {
+        self.segment = self.segment.init_timeout(timeout);
+        self
+    }
+
+    /// Names of end A and end B, recorded in the header's session area by whoever creates the
+    /// segment (see [`SegmentHeader::end_name`]).
+    ///
+    /// # Errors
+    /// [`NameError`] if either name is invalid.
+    pub fn end_names(mut self, a: &str, b: &str) -> Result<Self, NameError> {
+        self.end_names = Some([SegmentName::new(a)?, SegmentName::new(b)?]);
+        Ok(self)
+    }
+
+    /// The segment options these channel options use.
+    pub fn segment_options(&self) -> &SegmentOptions {
+        &self.segment
+    }
+}
+
+/// Why an end of a channel could not be opened.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChannelError {
+    /// The segment could not be created, opened or validated.
+    Segment(SegmentError),
+    /// A ring inside a validated segment was refused.
+    Ring {
+        /// Which ring.
+        direction: Direction,
+        /// Why.
+        error: AttachError,
+    },
+    /// A live process holds (a side of) that end.
+    EndTaken {
+        /// The end asked for.
+        end: End,
+        /// The ring whose side is held.
+        direction: Direction,
+        /// The process id holding it (possibly this process).
+        holder_pid: u32,
+    },
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Segment(error) => fmt::Display::fmt(error, f),
+            Self::Ring { direction, error } => write!(f, "{direction}: {error}"),
+            Self::EndTaken {
+                end,
+                direction,
+                holder_pid,
+            } => write!(
+                f,
+                "{end} of the channel is held by process {holder_pid} ({direction}); only one \
+                 process may hold an end at a time"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ChannelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Segment(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<SegmentError> for ChannelError {
+    fn from(error: SegmentError) -> Self {
+        Self::Segment(error)
+    }
+}
+
+impl From<NameError> for ChannelError {
+    fn from(error: NameError) -> Self {
+        Self::Segment(SegmentError::Name(error))
+    }
+}
+
+/// A duplex channel whose rings each hold `C` bytes of records (a power of two from 64 to 2³¹):
+/// a namespace for opening its ends.
+///
+/// ```
+/// use shm_channel::{Channel, ChannelOptions, End};
+/// use spsc_core::{MessageReceiver, MessageSender};
+///
+/// # let dir = tempfile::tempdir().unwrap();
+/// let options = ChannelOptions::new().dir(dir.path()); // default: /dev/shm
+/// let mut a = Channel::<4096>::create_or_open("doc-example", End::A, &options).unwrap();
+/// let mut b = Channel::<4096>::create_or_open("doc-example", End::B, &options).unwrap();
+/// a.sender().send(7, b"ping").unwrap();
+/// let got = b.receiver().recv_with(|m| (m.tag(), m.payload().to_vec())).unwrap();
+/// assert_eq!(got, (7, b"ping".to_vec()));
+/// a.unlink().unwrap();
+/// ```
+#[derive(Debug)]
+pub enum Channel<const C: usize> {}
+
+impl<const C: usize> Channel<C> {
+    /// Layout of each ring, as recorded (by fingerprint) in the header.
+    pub const RING_LAYOUT: RingLayout = MessageRing::<C>::LAYOUT;
+
+    const RING_SIZE: usize = core::mem::size_of::<MessageRing<C>>();
+
+    /// Size of the segment file: the header, then ring A→B, then ring B→A.
+    pub const SEGMENT_SIZE: usize = HEADER_SIZE + 2 * Self::RING_SIZE;
+
+    /// The largest message payload, in bytes.
+    pub const MAX_PAYLOAD: u32 = MessageRing::<C>::MAX_PAYLOAD;
+
+    const EXPECTED: [RingLayout; 2] = [Self::RING_LAYOUT; 2];
+
+    const PLACEMENTS: [RingPlacement; 2] = [
+        RingPlacement {
+            offset: HEADER_SIZE,
+            size: Self::RING_SIZE,
+        },
+        RingPlacement {
+            offset: HEADER_SIZE + Self::RING_SIZE,
+            size: Self::RING_SIZE,
+        },
+    ];
+
+    /// Opens `end` of the channel in segment `name`, creating the segment if it does not exist.
+    /// Race-free: when both ends start at once, one creates and the other waits for it (bounded
+    /// by the options' `init_timeout`). An existing segment is validated, never re-initialised:
+    /// messages queued in it are delivered.
+    ///
+    /// # Errors
+    /// [`ChannelError::Segment`] for a bad name, a system error or a refused header;
+    /// [`ChannelError::Ring`] for a refused ring; [`ChannelError::EndTaken`] if a live process
+    /// holds that end.
+    pub fn create_or_open(
+        name: &str,
+        end: End,
+        options: &ChannelOptions,
+    ) -> Result<Endpoint<C>, ChannelError> {
+        let (segment, placements) = Segment::create_or_open(
+            name,
+            Self::SEGMENT_SIZE as u64,
+            &options.segment,
+            &Self::EXPECTED,
+            |segment| Self::init(segment, options),
+        )?;
+        Self::attach(segment, placements, end)
+    }
+
+    /// Creates the segment and opens `end`; fails if the segment exists.
+    ///
+    /// # Errors
+    /// [`SegmentError::AlreadyExists`] (in [`ChannelError::Segment`]), else as
+    /// [`create_or_open`](Self::create_or_open).
+    pub fn create(
+        name: &str,
+        end: End,
+        options: &ChannelOptions,
+    ) -> Result<Endpoint<C>, ChannelError> {
+        let (segment, placements) = Segment::create_ready(
+            name,
+            Self::SEGMENT_SIZE as u64,
+            &options.segment,
+            &Self::EXPECTED,
+            |segment| Self::init(segment, options),
+        )?;
+        Self::attach(segment, placements, end)
+    }
+
+    /// Opens `end` of an existing segment; fails if it does not exist.
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`] (in [`ChannelError::Segment`]), else as
+    /// [`create_or_open`](Self::create_or_open).
+    pub fn open(
+        name: &str,
+        end: End,
+        options: &ChannelOptions,
+    ) -> Result<Endpoint<C>, ChannelError> {
+        let (segment, placements) = Segment::open_ready(name, &options.segment, &Self::EXPECTED)?;
+        Self::attach(segment, placements, end)
+    }
+
+    /// Removes segment `name` from the options' folder. Processes that have it open keep using
+    /// it; the next `create_or_open` makes a fresh one.
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`] if there is no such segment, or a system error.
+    pub fn unlink(name: &str, options: &ChannelOptions) -> Result<(), ChannelError> {
+        Ok(Segment::unlink_name(name, &options.segment)?)
+    }
+
+    /// The creator's initialisation: both rings, and the end names if given.
+    fn init(
+        segment: &Segment,
+        options: &ChannelOptions,
+    ) -> Result<[RingPlacement; 2], SegmentError> {
+        debug_assert!(segment.len() >= Self::SEGMENT_SIZE);
+        for placement in Self::PLACEMENTS {
+            // SAFETY: the segment was created with SEGMENT_SIZE bytes, so `offset + size` is
+            // inside the mapping, which is valid for reads and writes while `segment` lives. The
+            // header still says `initialising`, so no opener touches the rings during the call.
+            let result = unsafe {
+                MessageRing::<C>::init_in_place(
+                    segment.as_ptr().add(placement.offset),
+                    placement.size,
+                )
+            };
+            if result.is_err() {
+                return Err(SegmentError::Header(crate::HeaderError::Impossible {
+                    reason: "ring placement unusable",
+                }));
+            }
+        }
+        if let Some([a, b]) = &options.end_names {
+            let header = segment.header()?;
+            header.set_end_name(End::A, a);
+            header.set_end_name(End::B, b);
+        }
+        Ok(Self::PLACEMENTS)
+    }
+
+    /// Attaches both rings of a validated segment and claims `end`'s sides of them.
+    fn attach(
+        segment: Segment,
+        placements: [RingPlacement; 2],
+        end: End,
+    ) -> Result<Endpoint<C>, ChannelError> {
+        let pid = current_pid();
+        let ring = |direction: Direction| -> Result<&'static MessageRing<C>, ChannelError> {
+            let placement = placements[direction.index()];
+            // SAFETY: `validate` checked the placement lies inside the mapping (aligned, in
+            // bounds); the mapping is valid for reads and writes and shared only with processes
+            // using this crate's handles. The `'static` lifetime is confined to the private
+            // handle fields of `Sender`/`Receiver`, which drop before the mapping's last `Arc`
+            // (module docs).
+            unsafe {
+                MessageRing::<C>::attach(segment.as_ptr().add(placement.offset), placement.size)
+            }
+            .map_err(|error| ChannelError::Ring { direction, error })
+        };
+        let outgoing = ring(end.outgoing())?;
+        let incoming = ring(end.incoming())?;
+        let header: *const SegmentHeader = segment.header().map_err(SegmentError::from)?;
+        // SAFETY: as for the rings: the header lies at the start of the mapping and the reference
+        // is kept only in fields that drop before the mapping (or beside it, without drop glue).
+        let header: &'static SegmentHeader = unsafe { &*header };
+        let attachment = Arc::new(Attachment {
+            header,
+            segment,
+            end,
+            pid: pid.get(),
+            marked: core::sync::atomic::AtomicBool::new(false),
+        });
+        // Declared after `attachment`, so on an early return they drop first.
+        let producer = claim(
+            end,
+            end.outgoing(),
+            pid,
+            || outgoing.claim_producer(pid),
+            |dead| {
+                // SAFETY: `dead` is the pid of a process that no longer exists (checked by
+                // `claim` just before), so it can never touch the ring again; a new process that
+                // reuses the pid sees the side held under its own pid and refuses it.
+                unsafe { outgoing.take_over_producer(dead, pid) }
+            },
+        )?;
+        let consumer = claim(
+            end,
+            end.incoming(),
+            pid,
+            || incoming.claim_consumer(pid),
+            |dead| {
+                // SAFETY: as for the producer.
+                unsafe { incoming.take_over_consumer(dead, pid) }
+            },
+        )?;
+        header.mark_attached(end, pid.get());
+        attachment
+            .marked
+            .store(true, core::sync::atomic::Ordering::Relaxed);
+        Ok(Endpoint {
+            sender: Sender {
+                producer,
+                counters: header.send_counters(end.outgoing()),
+                allocs: 0,
+                sample_pending: false,
+                attachment: Arc::clone(&attachment),
+            },
+            receiver: Receiver {
+                consumer,
+                counters: header.recv_counters(end.incoming()),
+                attachment,
+            },
+        })
+    }
+}
+
+/// Claims a ring side, taking it over from a dead holder. A few rounds, because the holder may
+/// release or change between our attempts.
+fn claim<T>(
+    end: End,
+    direction: Direction,
+    pid: NonZeroU32,
+    claim: impl Fn() -> Result<T, ClaimError>,
+    take_over: impl Fn(NonZeroU32) -> Result<T, ClaimError>,
+) -> Result<T, ChannelError> {
+    let corrupt = |reason| ChannelError::Ring {
+        direction,
+        error: AttachError::Corrupt { reason },
+    };
+    let mut holder = 0;
+    for _ in 0..4 {
+        let taken = match claim() {
+            Ok(handle) => return Ok(handle),
+            Err(ClaimError::Taken { owner }) => owner,
+            Err(ClaimError::Corrupt { reason }) => return Err(corrupt(reason)),
+            Err(_) => return Err(corrupt("unknown claim error")),
+        };
+        holder = taken;
+        let Some(dead) = NonZeroU32::new(taken) else {
+            continue; // released meanwhile
+        };
+        if dead == pid || is_process_alive(taken) {
+            break;
+        }
+        match take_over(dead) {
+            Ok(handle) => return Ok(handle),
+            Err(ClaimError::Taken { owner }) => holder = owner,
+            Err(ClaimError::Corrupt { reason }) => return Err(corrupt(reason)),
+            Err(_) => return Err(corrupt("unknown claim error")),
+        }
+    }
+    Err(ChannelError::EndTaken {
+        end,
+        direction,
+        holder_pid: holder,
+    })
+}
+
+/// What an end's sender and receiver share: the mapping, and the end's liveness record.
+#[derive(Debug)]
+struct Attachment {
+    /// Points into `segment`'s mapping; never used after it (a field of the same value, read
+    /// only through `&self` and in `Drop::drop`, which runs before the fields drop).
+    header: &'static SegmentHeader,
+    segment: Segment,
+    end: End,
+    pid: u32,
+    /// Whether this attachment recorded itself as the end's owner (and so must clear it).
+    marked: core::sync::atomic::AtomicBool,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if *self.marked.get_mut() {
+            self.header.mark_detached(self.end, self.pid);
+        }
+    }
+}
+
+/// One process's end of a channel: a [`Sender`] and a [`Receiver`], plus the segment's header.
+#[derive(Debug)]
+pub struct Endpoint<const C: usize> {
+    sender: Sender<C>,
+    receiver: Receiver<C>,
+}
+
+impl<const C: usize> Endpoint<C> {
+    /// The sending half (on this end's outgoing ring).
+    pub fn sender(&mut self) -> &mut Sender<C> {
+        &mut self.sender
+    }
+
+    /// The receiving half (on this end's incoming ring).
+    pub fn receiver(&mut self) -> &mut Receiver<C> {
+        &mut self.receiver
+    }
+
+    /// Splits the endpoint, e.g. to send and receive on different threads. Each half keeps the
+    /// segment mapped; the end is released when both are dropped.
+    pub fn split(self) -> (Sender<C>, Receiver<C>) {
+        (self.sender, self.receiver)
+    }
+
+    /// Which end this is.
+    pub fn end(&self) -> End {
+        self.sender.attachment.end
+    }
+
+    /// The segment's header: counters, liveness, session area.
+    pub fn header(&self) -> &SegmentHeader {
+        self.sender.header()
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> &Segment {
+        &self.sender.attachment.segment
+    }
+
+    /// `true` if this process created the segment.
+    pub fn created(&self) -> bool {
+        self.segment().created()
+    }
+
+    /// The process id recorded as holding the other end (0 if none has attached, or it
+    /// detached cleanly).
+    pub fn peer_pid(&self) -> u32 {
+        self.header().owner_pid(self.end().peer())
+    }
+
+    /// Whether the other end is held by a process that exists now. `false` before the peer
+    /// first attaches and after it detaches or dies.
+    pub fn peer_alive(&self) -> bool {
+        is_process_alive(self.peer_pid())
+    }
+
+    /// Records a heartbeat for this end; `now` is whatever clock the application uses (the
+    /// library never reads one).
+    pub fn heartbeat(&self, now: u64) {
+        self.header().set_heartbeat(self.end(), now);
+    }
+
+    /// Counters of one direction.
+    pub fn stats(&self, direction: Direction) -> DirectionStats {
+        self.header().stats(direction)
+    }
+
+    /// Removes the segment's file; this endpoint (and the peer's) keep working until dropped.
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`] if it was already removed, or a system error.
+    pub fn unlink(&self) -> Result<(), SegmentError> {
+        self.segment().unlink()
+    }
+}
+
+/// The sending half of an [`Endpoint`]; implements [`MessageSender`] and counts what it sends in
+/// the header.
+pub struct Sender<const C: usize> {
+    // Field order is load-bearing: `producer` and `counters` point into the mapping that
+    // `attachment` keeps alive, so they must drop first (module docs).
+    producer: MessageProducer<'static, C>,
+    counters: &'static SendCounters,
+    allocs: u32,
+    sample_pending: bool,
+    attachment: Arc<Attachment>,
+}
+
+impl<const C: usize> Sender<C> {
+    /// The segment's header.
+    pub fn header(&self) -> &SegmentHeader {
+        self.attachment.header
+    }
+
+    /// Records the queue depth in the high-water mark.
+    #[cold]
+    fn sample_depth(&mut self) {
+        let depth = u64::from(self.producer.queued_bytes());
+        let mark = &self.counters.high_water_bytes;
+        if depth > mark.load(core::sync::atomic::Ordering::Relaxed) {
+            mark.store(depth, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl<const C: usize> fmt::Debug for Sender<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("end", &self.attachment.end)
+            .field("producer", &self.producer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<const C: usize> MessageSender for Sender<C> {
+    type Slot<'s>
+        = ChannelSlot<'s, C>
+    where
+        Self: 's;
+
+    /// As [`MessageProducer::alloc`]; also samples the queue depth every 64 allocations and after
+    /// the ring was full, off the path of the message itself.
+    #[inline]
+    fn alloc(&mut self, len: u32, tag: u16) -> Result<ChannelSlot<'_, C>, SendError> {
+        self.allocs = self.allocs.wrapping_add(1);
+        if self.sample_pending || self.allocs % 64 == 0 {
+            self.sample_pending = false;
+            self.sample_depth();
+        }
+        let counters = self.counters;
+        match self.producer.alloc(len, tag) {
+            Ok(inner) => Ok(ChannelSlot {
+                inner,
+                counters,
+                len,
+            }),
+            Err(error) => {
+                if error == SendError::Full {
+                    bump(&counters.full_rejections, 1);
+                    self.sample_pending = true;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn max_payload(&self) -> u32 {
+        MessageRing::<C>::MAX_PAYLOAD
+    }
+}
+
+/// A message being written by a [`Sender`]; see [`SendSlot`].
+pub struct ChannelSlot<'s, const C: usize> {
+    inner: MessageSlot<'s, 'static, C>,
+    counters: &'s SendCounters,
+    len: u32,
+}
+
+impl<const C: usize> SendSlot for ChannelSlot<'_, C> {
+    #[inline(always)]
+    fn payload_mut(&mut self) -> &mut [u8] {
+        self.inner.payload_mut()
+    }
+
+    fn tag(&self) -> u16 {
+        self.inner.tag()
+    }
+
+    /// Publishes the message, then counts it (two relaxed stores on the sender's own line).
+    #[inline]
+    fn push(self) {
+        self.inner.push();
+        bump(&self.counters.messages, 1);
+        bump(&self.counters.bytes, u64::from(self.len));
+    }
+}
+
+impl<const C: usize> fmt::Debug for ChannelSlot<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelSlot")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+/// The receiving half of an [`Endpoint`]; implements [`MessageReceiver`] and counts what it pops
+/// in the header.
+pub struct Receiver<const C: usize> {
+    // Field order is load-bearing, as in `Sender`.
+    consumer: MessageConsumer<'static, C>,
+    counters: &'static RecvCounters,
+    attachment: Arc<Attachment>,
+}
+
+impl<const C: usize> Receiver<C> {
+    /// The segment's header.
+    pub fn header(&self) -> &SegmentHeader {
+        self.attachment.header
+    }
+
+    /// `true` if there is no message to read now.
+    pub fn is_empty(&mut self) -> bool {
+        self.consumer.is_empty()
+    }
+}
+
+impl<const C: usize> fmt::Debug for Receiver<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("end", &self.attachment.end)
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<const C: usize> MessageReceiver for Receiver<C> {
+    #[inline]
+    fn front(&mut self) -> Result<Message<'_>, RecvError> {
+        self.consumer.front()
+    }
+
+    /// Pops, then counts the message (two relaxed stores on the receiver's own line).
+    #[inline]
+    fn pop(&mut self) -> Result<(), RecvError> {
+        let len = self.consumer.front()?.len() as u64;
+        self.consumer.pop()?;
+        bump(&self.counters.messages, 1);
+        bump(&self.counters.bytes, len);
+        Ok(())
+    }
+}

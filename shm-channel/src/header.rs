@@ -1,0 +1,746 @@
+//! The `#[repr(C)]` header at the start of every segment, its fixed layout, and its validation.
+//!
+//! See [`SegmentHeader`] for the layout.
+
+use core::fmt;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use spsc_core::RingLayout;
+
+use crate::name::{SegmentName, MAX_NAME_LEN};
+use crate::pid::is_process_alive;
+
+/// `b"SHMCHAN\0"` as a little-endian `u64`: the first word of every segment.
+pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMCHAN\0");
+
+/// Version of the segment format. Bumped on any change to the header layout or to the meaning of
+/// a field; a segment of another version is refused, never reinterpreted.
+pub const ABI_VERSION: u32 = 1;
+
+/// Size of the header in bytes; the first ring starts at or after it.
+pub const HEADER_SIZE: usize = core::mem::size_of::<SegmentHeader>();
+
+/// Alignment of every ring inside the segment (the rings' own alignment).
+pub const RING_ALIGN: u64 = 128;
+
+const STATE_UNSET: u32 = 0;
+const STATE_INITIALISING: u32 = 1;
+const STATE_READY: u32 = 2;
+
+/// One of the two ends of a channel. End A sends on ring A→B and receives on ring B→A.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum End {
+    /// The end that sends on A→B.
+    A,
+    /// The end that sends on B→A.
+    B,
+}
+
+impl End {
+    /// The other end.
+    pub const fn peer(self) -> End {
+        match self {
+            End::A => End::B,
+            End::B => End::A,
+        }
+    }
+
+    /// 0 for A, 1 for B: the index of this end's blocks in the header.
+    pub const fn index(self) -> usize {
+        match self {
+            End::A => 0,
+            End::B => 1,
+        }
+    }
+
+    /// The direction this end sends on.
+    pub const fn outgoing(self) -> Direction {
+        match self {
+            End::A => Direction::AToB,
+            End::B => Direction::BToA,
+        }
+    }
+
+    /// The direction this end receives on.
+    pub const fn incoming(self) -> Direction {
+        self.peer().outgoing()
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            End::A => "end A",
+            End::B => "end B",
+        })
+    }
+}
+
+/// One of the two rings of a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Ring 0: sent by end A, received by end B.
+    AToB,
+    /// Ring 1: sent by end B, received by end A.
+    BToA,
+}
+
+impl Direction {
+    /// 0 for A→B, 1 for B→A: the ring's index in the header.
+    pub const fn index(self) -> usize {
+        match self {
+            Direction::AToB => 0,
+            Direction::BToA => 1,
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::AToB => "ring A→B",
+            Direction::BToA => "ring B→A",
+        })
+    }
+}
+
+/// Where one ring lives in the segment, as recorded by the creator.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RingDescriptor {
+    offset: AtomicU64,
+    size: AtomicU64,
+    fingerprint: AtomicU64,
+    _reserved: AtomicU64,
+}
+
+/// What the segment is: written once by the creator, before it publishes `ready`.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct Identity {
+    magic: AtomicU64,
+    abi_version: AtomicU32,
+    header_size: AtomicU32,
+    total_size: AtomicU64,
+    state: AtomicU32,
+    creator_pid: AtomicU32,
+    rings: [RingDescriptor; 2],
+    _reserved: [AtomicU64; 4],
+}
+
+/// Who holds one end, and whether it is still there. Written only by that end.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct Liveness {
+    owner_pid: AtomicU32,
+    attach_count: AtomicU32,
+    heartbeat: AtomicU64,
+    _reserved: [AtomicU64; 14],
+}
+
+/// Counters of one direction kept by its sender (relaxed, single writer).
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct SendCounters {
+    pub(crate) messages: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) full_rejections: AtomicU64,
+    pub(crate) high_water_bytes: AtomicU64,
+    _reserved: [AtomicU64; 12],
+}
+
+/// Counters of one direction kept by its receiver (relaxed, single writer).
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct RecvCounters {
+    pub(crate) messages: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    _reserved: [AtomicU64; 14],
+}
+
+/// The words a blocking receiver of one direction parks on (futex), reserved for the waiting
+/// layer: zero until it exists, so segments made now stay valid when it arrives.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct WaitWords {
+    seq: AtomicU32,
+    sleepers: AtomicU32,
+    _reserved: [AtomicU64; 15],
+}
+
+/// Words of one end's name in the session area: [`MAX_NAME_LEN`] bytes rounded up to 256.
+const NAME_WORDS: usize = 32;
+const _: () = assert!(NAME_WORDS * 8 >= MAX_NAME_LEN);
+
+/// State that upper layers (`shm-server`) keep in the segment, so that a connection is one file.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct SessionArea {
+    generation: AtomicU64,
+    name_lens: [AtomicU32; 2],
+    names: [[AtomicU64; NAME_WORDS]; 2],
+    user: [AtomicU64; 62],
+}
+
+/// The header at offset 0 of every segment.
+///
+/// # Layout (ABI version 1; offsets in bytes; each block on its own 128 bytes, i.e. two 64-byte
+/// cache lines, since x86 prefetches lines in pairs)
+///
+/// | offset | size | block | written by |
+/// |-------:|-----:|-------|------------|
+/// | 0 | 128 | identity: magic, ABI version, header size, total size, state, creator pid, two ring descriptors (offset, size, layout fingerprint) | the creator, before `ready` |
+/// | 128 | 2 × 128 | liveness of end A, end B: owner pid, attach count, heartbeat | that end |
+/// | 384 | 2 × 128 | sender counters of A→B, B→A: messages, bytes, queue-full rejections, depth high-water mark | that direction's sender |
+/// | 640 | 2 × 128 | receiver counters of A→B, B→A: messages, bytes | that direction's receiver |
+/// | 896 | 2 × 128 | wait words of A→B, B→A (for the blocking-wait layer; zero until it exists) | both sides of that direction |
+/// | 1152 | 1024 | session area for upper layers: session generation, both end names, 62 user words | upper layers |
+/// | 2176 | 1920 | reserved, zero | nobody yet |
+/// | 4096 | | rings (each 128-aligned; offsets recorded in the identity block) | |
+///
+/// The identity block: magic `u64` @0, ABI version `u32` @8, header size `u32` @12, total size
+/// `u64` @16, state `u32` @24, creator pid `u32` @28, ring descriptors @32 and @64 (offset `u64`,
+/// size `u64`, layout fingerprint `u64`, reserved `u64`), reserved to 128.
+///
+/// Every field is an atomic, so a view of the header is sound whatever the bytes are and whatever
+/// another process writes concurrently; values that come from the segment are checked before they
+/// are used as an offset or a length. The state word goes `unset` (0, a freshly zero-filled file)
+/// → `initialising` (1) → `ready` (2); `ready` is stored with Release after everything else, and
+/// every reader loads it with Acquire before reading anything the creator wrote.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct SegmentHeader {
+    identity: Identity,
+    liveness: [Liveness; 2],
+    send_counters: [SendCounters; 2],
+    recv_counters: [RecvCounters; 2],
+    wait: [WaitWords; 2],
+    session: SessionArea,
+    _reserved: [AtomicU64; 240],
+}
+
+/// Compile-time locks: a change that moves any field fails the build here, and must come with a
+/// bump of [`ABI_VERSION`].
+mod locked {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use static_assertions::const_assert_eq;
+
+    use super::*;
+
+    const_assert_eq!(size_of::<SegmentHeader>(), 4096);
+    const_assert_eq!(align_of::<SegmentHeader>(), 128);
+    const_assert_eq!(offset_of!(SegmentHeader, identity), 0);
+    const_assert_eq!(offset_of!(SegmentHeader, liveness), 128);
+    const_assert_eq!(offset_of!(SegmentHeader, send_counters), 384);
+    const_assert_eq!(offset_of!(SegmentHeader, recv_counters), 640);
+    const_assert_eq!(offset_of!(SegmentHeader, wait), 896);
+    const_assert_eq!(offset_of!(SegmentHeader, session), 1152);
+    const_assert_eq!(offset_of!(SegmentHeader, _reserved), 2176);
+
+    const_assert_eq!(size_of::<Identity>(), 128);
+    const_assert_eq!(offset_of!(Identity, magic), 0);
+    const_assert_eq!(offset_of!(Identity, abi_version), 8);
+    const_assert_eq!(offset_of!(Identity, header_size), 12);
+    const_assert_eq!(offset_of!(Identity, total_size), 16);
+    const_assert_eq!(offset_of!(Identity, state), 24);
+    const_assert_eq!(offset_of!(Identity, creator_pid), 28);
+    const_assert_eq!(offset_of!(Identity, rings), 32);
+    const_assert_eq!(size_of::<RingDescriptor>(), 32);
+    const_assert_eq!(offset_of!(RingDescriptor, offset), 0);
+    const_assert_eq!(offset_of!(RingDescriptor, size), 8);
+    const_assert_eq!(offset_of!(RingDescriptor, fingerprint), 16);
+
+    const_assert_eq!(size_of::<Liveness>(), 128);
+    const_assert_eq!(offset_of!(Liveness, owner_pid), 0);
+    const_assert_eq!(offset_of!(Liveness, attach_count), 4);
+    const_assert_eq!(offset_of!(Liveness, heartbeat), 8);
+
+    const_assert_eq!(size_of::<SendCounters>(), 128);
+    const_assert_eq!(offset_of!(SendCounters, messages), 0);
+    const_assert_eq!(offset_of!(SendCounters, bytes), 8);
+    const_assert_eq!(offset_of!(SendCounters, full_rejections), 16);
+    const_assert_eq!(offset_of!(SendCounters, high_water_bytes), 24);
+    const_assert_eq!(size_of::<RecvCounters>(), 128);
+    const_assert_eq!(offset_of!(RecvCounters, messages), 0);
+    const_assert_eq!(offset_of!(RecvCounters, bytes), 8);
+
+    const_assert_eq!(size_of::<WaitWords>(), 128);
+    const_assert_eq!(offset_of!(WaitWords, seq), 0);
+    const_assert_eq!(offset_of!(WaitWords, sleepers), 4);
+
+    const_assert_eq!(size_of::<SessionArea>(), 1024);
+    const_assert_eq!(offset_of!(SessionArea, generation), 0);
+    const_assert_eq!(offset_of!(SessionArea, name_lens), 8);
+    const_assert_eq!(offset_of!(SessionArea, names), 16);
+    const_assert_eq!(offset_of!(SessionArea, user), 528);
+
+    // The atomics have the size and alignment of the integers they wrap on every target this
+    // crate builds for, so the layout is the same in every process.
+    const_assert_eq!(size_of::<AtomicU64>(), 8);
+    const_assert_eq!(align_of::<AtomicU64>(), 8);
+}
+
+/// Why a segment's header was refused. Nothing in the segment was modified.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The file is shorter than a segment header: truncated, or not a segment.
+    TooShort {
+        /// The file's length in bytes.
+        len: u64,
+        /// The header's size.
+        required: u64,
+    },
+    /// The first word is not [`SEGMENT_MAGIC`]: the file is not a channel segment.
+    BadMagic {
+        /// The word found.
+        found: u64,
+    },
+    /// The segment was made by a build with another segment format.
+    VersionMismatch {
+        /// The version recorded in the segment.
+        found: u32,
+        /// This build's [`ABI_VERSION`].
+        expected: u32,
+    },
+    /// A ring in the segment has another layout (capacity, format) than this build expects.
+    LayoutMismatch {
+        /// Which ring.
+        direction: Direction,
+        /// Fingerprint recorded in the segment.
+        found: u64,
+        /// Fingerprint this build expects.
+        expected: u64,
+    },
+    /// The file is shorter than the size its header records: it was truncated.
+    Truncated {
+        /// Size recorded in the header.
+        recorded: u64,
+        /// The file's length.
+        actual: u64,
+    },
+    /// The file is longer than the size its header records.
+    SizeMismatch {
+        /// Size recorded in the header.
+        recorded: u64,
+        /// The file's length.
+        actual: u64,
+    },
+    /// The creator died while initialising the segment (state still `initialising`, creator's
+    /// process gone). The segment holds no messages; remove it and create it again.
+    HalfInitialised {
+        /// The dead creator's process id.
+        creator_pid: u32,
+    },
+    /// The creator is still initialising the segment (or has not written its pid yet); retry.
+    NotReady {
+        /// The creator's process id, 0 if not written yet.
+        creator_pid: u32,
+    },
+    /// The state word holds a value no build writes.
+    BadState {
+        /// The value found.
+        found: u32,
+    },
+    /// An offset or size in the header is impossible (overlapping or misaligned rings, a ring
+    /// past the end of the file, ...): the segment is corrupt.
+    Impossible {
+        /// Which check failed.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooShort { len, required } => write!(
+                f,
+                "segment file is {len} bytes, shorter than the {required}-byte header: it is \
+                 truncated or not a channel segment"
+            ),
+            Self::BadMagic { found } => write!(
+                f,
+                "file is not a channel segment (magic {found:#018x}, expected {SEGMENT_MAGIC:#018x})"
+            ),
+            Self::VersionMismatch { found, expected } => write!(
+                f,
+                "segment has format version {found} but this build uses {expected}: rebuild both \
+                 sides from the same version, or remove the segment"
+            ),
+            Self::LayoutMismatch {
+                direction,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{direction} has layout fingerprint {found:#018x} but this build expects \
+                 {expected:#018x}: both sides must use the same channel capacity and crate version"
+            ),
+            Self::Truncated { recorded, actual } => write!(
+                f,
+                "segment file is {actual} bytes but its header says {recorded}: it was truncated"
+            ),
+            Self::SizeMismatch { recorded, actual } => write!(
+                f,
+                "segment file is {actual} bytes but its header says {recorded}"
+            ),
+            Self::HalfInitialised { creator_pid } => write!(
+                f,
+                "segment is half-initialised: its creator (pid {creator_pid}) died while setting \
+                 it up; it holds no messages, remove it and create it again"
+            ),
+            Self::NotReady { creator_pid } => write!(
+                f,
+                "segment is still being initialised by its creator (pid {creator_pid})"
+            ),
+            Self::BadState { found } => {
+                write!(f, "segment state word is {found}, which no build writes: it is corrupt")
+            }
+            Self::Impossible { reason } => write!(f, "segment header is corrupt: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
+/// A ring's place in the mapping, checked against the header's bounds by
+/// [`SegmentHeader::validate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingPlacement {
+    /// Offset from the start of the segment, a multiple of [`RING_ALIGN`].
+    pub offset: usize,
+    /// Size in bytes.
+    pub size: usize,
+}
+
+/// A snapshot of one direction's counters, as a monitor reads them. The two halves are read
+/// separately, so `depth` is approximate while traffic flows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectionStats {
+    /// Messages the sender pushed.
+    pub sent_messages: u64,
+    /// Payload bytes the sender pushed.
+    pub sent_bytes: u64,
+    /// Times `alloc` reported the ring full.
+    pub full_rejections: u64,
+    /// Highest number of queued bytes (records included) the sender observed; sampled every 64
+    /// messages and on every full ring, so a short peak may be missed.
+    pub high_water_bytes: u64,
+    /// Messages the receiver popped.
+    pub received_messages: u64,
+    /// Payload bytes the receiver popped.
+    pub received_bytes: u64,
+}
+
+impl DirectionStats {
+    /// Messages pushed and not yet popped, as of the snapshot.
+    pub fn depth(&self) -> u64 {
+        self.sent_messages.saturating_sub(self.received_messages)
+    }
+}
+
+/// Adds `n` to a counter with a single writer: a relaxed load and store, cheaper than a locked
+/// read-modify-write, and exact because nobody else writes it.
+#[inline(always)]
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+impl SegmentHeader {
+    /// The id of the process that created the segment (0 if it never recorded it).
+    pub fn creator_pid(&self) -> u32 {
+        self.identity.creator_pid.load(Ordering::Acquire)
+    }
+
+    /// `true` once the creator has published the segment.
+    pub fn is_ready(&self) -> bool {
+        self.identity.state.load(Ordering::Acquire) == STATE_READY
+    }
+
+    /// Writes the identity block of a freshly created (zero-filled) segment, leaving it in state
+    /// `initialising`. Only the creator calls this, before anyone else can read a ready state.
+    pub(crate) fn begin_init(&self, creator_pid: u32) {
+        let id = &self.identity;
+        id.creator_pid.store(creator_pid, Ordering::Relaxed);
+        id.state.store(STATE_INITIALISING, Ordering::Release);
+    }
+
+    /// Records the segment's identity and ring placements (creator only, while initialising).
+    pub(crate) fn write_identity(&self, total_size: u64, rings: &[(RingPlacement, RingLayout); 2]) {
+        let id = &self.identity;
+        id.magic.store(SEGMENT_MAGIC, Ordering::Relaxed);
+        id.abi_version.store(ABI_VERSION, Ordering::Relaxed);
+        id.header_size.store(HEADER_SIZE as u32, Ordering::Relaxed);
+        id.total_size.store(total_size, Ordering::Relaxed);
+        for (desc, (placement, layout)) in id.rings.iter().zip(rings) {
+            desc.offset
+                .store(placement.offset as u64, Ordering::Relaxed);
+            desc.size.store(placement.size as u64, Ordering::Relaxed);
+            desc.fingerprint
+                .store(layout.fingerprint(), Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes the segment: everything written before becomes visible to whoever loads the
+    /// state with Acquire and sees `ready`.
+    pub(crate) fn publish_ready(&self) {
+        self.identity.state.store(STATE_READY, Ordering::Release);
+    }
+
+    /// Checks everything about the segment before any ring is touched: that a segment of
+    /// `file_len` bytes with this header holds two rings of the `expected` layouts, in bounds,
+    /// aligned and apart. Returns where the rings are.
+    ///
+    /// # Errors
+    /// One [`HeaderError`] per kind of problem; [`HeaderError::NotReady`] is the only transient
+    /// one (the creator is alive and still initialising).
+    pub fn validate(
+        &self,
+        file_len: u64,
+        expected: &[RingLayout; 2],
+    ) -> Result<[RingPlacement; 2], HeaderError> {
+        if file_len < HEADER_SIZE as u64 {
+            return Err(HeaderError::TooShort {
+                len: file_len,
+                required: HEADER_SIZE as u64,
+            });
+        }
+        let id = &self.identity;
+        // Acquire first: if it reads `ready`, every field below was written before it.
+        let state = id.state.load(Ordering::Acquire);
+        let magic = id.magic.load(Ordering::Relaxed);
+        let starting = state == STATE_UNSET || state == STATE_INITIALISING;
+        if magic != SEGMENT_MAGIC && !(magic == 0 && starting) {
+            return Err(HeaderError::BadMagic { found: magic });
+        }
+        match state {
+            STATE_READY => {}
+            STATE_UNSET | STATE_INITIALISING => {
+                let creator_pid = id.creator_pid.load(Ordering::Relaxed);
+                return Err(if creator_pid != 0 && !is_process_alive(creator_pid) {
+                    HeaderError::HalfInitialised { creator_pid }
+                } else {
+                    HeaderError::NotReady { creator_pid }
+                });
+            }
+            found => return Err(HeaderError::BadState { found }),
+        }
+        self.check_layout(file_len, expected)
+    }
+
+    /// Everything [`validate`](Self::validate) checks after the state: version, fingerprints,
+    /// sizes and offsets. The creator runs it before publishing `ready`.
+    pub(crate) fn check_layout(
+        &self,
+        file_len: u64,
+        expected: &[RingLayout; 2],
+    ) -> Result<[RingPlacement; 2], HeaderError> {
+        let id = &self.identity;
+        let version = id.abi_version.load(Ordering::Relaxed);
+        if version != ABI_VERSION {
+            return Err(HeaderError::VersionMismatch {
+                found: version,
+                expected: ABI_VERSION,
+            });
+        }
+        if id.header_size.load(Ordering::Relaxed) != HEADER_SIZE as u32 {
+            return Err(HeaderError::Impossible {
+                reason: "recorded header size differs from this format version's",
+            });
+        }
+        let mut descs = [(0u64, 0u64); 2];
+        for (i, (desc, layout)) in id.rings.iter().zip(expected).enumerate() {
+            let found = desc.fingerprint.load(Ordering::Relaxed);
+            if found != layout.fingerprint() {
+                return Err(HeaderError::LayoutMismatch {
+                    direction: if i == 0 {
+                        Direction::AToB
+                    } else {
+                        Direction::BToA
+                    },
+                    found,
+                    expected: layout.fingerprint(),
+                });
+            }
+            descs[i] = (
+                desc.offset.load(Ordering::Relaxed),
+                desc.size.load(Ordering::Relaxed),
+            );
+        }
+        let total = id.total_size.load(Ordering::Relaxed);
+        if file_len < total {
+            return Err(HeaderError::Truncated {
+                recorded: total,
+                actual: file_len,
+            });
+        }
+        if file_len > total {
+            return Err(HeaderError::SizeMismatch {
+                recorded: total,
+                actual: file_len,
+            });
+        }
+        let mut placements = [RingPlacement { offset: 0, size: 0 }; 2];
+        for (i, (&(offset, size), layout)) in descs.iter().zip(expected).enumerate() {
+            if size != u64::from(layout.total_size) {
+                return Err(HeaderError::Impossible {
+                    reason: "recorded ring size does not match the ring's layout",
+                });
+            }
+            if offset % RING_ALIGN != 0 {
+                return Err(HeaderError::Impossible {
+                    reason: "ring offset is not 128-byte aligned",
+                });
+            }
+            if offset < HEADER_SIZE as u64 {
+                return Err(HeaderError::Impossible {
+                    reason: "ring overlaps the segment header",
+                });
+            }
+            match offset.checked_add(size) {
+                Some(end) if end <= total => {}
+                _ => {
+                    return Err(HeaderError::Impossible {
+                        reason: "ring runs past the end of the segment",
+                    })
+                }
+            }
+            // In bounds of a file we mapped, so both fit in usize.
+            let (Ok(offset), Ok(size)) = (usize::try_from(offset), usize::try_from(size)) else {
+                return Err(HeaderError::Impossible {
+                    reason: "ring offset does not fit in memory",
+                });
+            };
+            placements[i] = RingPlacement { offset, size };
+        }
+        let [a, b] = placements;
+        if a.offset < b.offset + b.size && b.offset < a.offset + a.size {
+            return Err(HeaderError::Impossible {
+                reason: "the two rings overlap",
+            });
+        }
+        Ok(placements)
+    }
+
+    /// The process id holding `end` (0 when nobody does).
+    pub fn owner_pid(&self, end: End) -> u32 {
+        self.liveness[end.index()].owner_pid.load(Ordering::Acquire)
+    }
+
+    /// How many times `end` has been attached since the segment was created: a restart of that
+    /// end shows as an increase.
+    pub fn attach_count(&self, end: End) -> u32 {
+        self.liveness[end.index()]
+            .attach_count
+            .load(Ordering::Acquire)
+    }
+
+    /// The last heartbeat `end` recorded (a timestamp in the unit its owner chose; 0 if none).
+    pub fn heartbeat(&self, end: End) -> u64 {
+        self.liveness[end.index()].heartbeat.load(Ordering::Acquire)
+    }
+
+    /// Records that this process now holds `end`.
+    pub(crate) fn mark_attached(&self, end: End, pid: u32) {
+        let live = &self.liveness[end.index()];
+        live.owner_pid.store(pid, Ordering::Release);
+        live.attach_count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Clears `end`'s owner if it is still `pid`.
+    pub(crate) fn mark_detached(&self, end: End, pid: u32) {
+        let _ = self.liveness[end.index()].owner_pid.compare_exchange(
+            pid,
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Records a heartbeat of `end`.
+    pub(crate) fn set_heartbeat(&self, end: End, now: u64) {
+        self.liveness[end.index()]
+            .heartbeat
+            .store(now, Ordering::Release);
+    }
+
+    pub(crate) fn send_counters(&self, direction: Direction) -> &SendCounters {
+        &self.send_counters[direction.index()]
+    }
+
+    pub(crate) fn recv_counters(&self, direction: Direction) -> &RecvCounters {
+        &self.recv_counters[direction.index()]
+    }
+
+    /// A snapshot of one direction's counters; reading never disturbs either side's hot path
+    /// more than a cache-line transfer of the counter lines.
+    pub fn stats(&self, direction: Direction) -> DirectionStats {
+        let send = self.send_counters(direction);
+        let recv = self.recv_counters(direction);
+        DirectionStats {
+            sent_messages: send.messages.load(Ordering::Relaxed),
+            sent_bytes: send.bytes.load(Ordering::Relaxed),
+            full_rejections: send.full_rejections.load(Ordering::Relaxed),
+            high_water_bytes: send.high_water_bytes.load(Ordering::Relaxed),
+            received_messages: recv.messages.load(Ordering::Relaxed),
+            received_bytes: recv.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The session generation upper layers keep here.
+    pub fn session_generation(&self) -> u64 {
+        self.session.generation.load(Ordering::Acquire)
+    }
+
+    /// Sets the session generation (upper layers).
+    pub fn set_session_generation(&self, generation: u64) {
+        self.session.generation.store(generation, Ordering::Release);
+    }
+
+    /// One of the 62 words of the session area free for upper layers; `None` past the last.
+    pub fn user_word(&self, index: usize) -> Option<&AtomicU64> {
+        self.session.user.get(index)
+    }
+
+    /// Records `end`'s name (creator, while initialising; later writers must make sure nobody
+    /// reads concurrently, as a reader may otherwise see a mix of two names and reject it).
+    pub(crate) fn set_end_name(&self, end: End, name: &SegmentName) {
+        let bytes = name.as_str().as_bytes();
+        let words = &self.session.names[end.index()];
+        for (word, chunk) in words.iter().zip(bytes.chunks(8)) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            word.store(u64::from_le_bytes(buf), Ordering::Relaxed);
+        }
+        self.session.name_lens[end.index()].store(bytes.len() as u32, Ordering::Release);
+    }
+
+    /// `end`'s name as recorded by the creator, if any, validated like any name that comes from
+    /// another process (`None` when absent or invalid).
+    pub fn end_name(&self, end: End) -> Option<SegmentName> {
+        let len = self.session.name_lens[end.index()].load(Ordering::Acquire) as usize;
+        if len == 0 || len > MAX_NAME_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; NAME_WORDS * 8];
+        for (word, chunk) in self.session.names[end.index()]
+            .iter()
+            .zip(bytes.chunks_mut(8))
+        {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        }
+        let text = core::str::from_utf8(&bytes[..len]).ok()?;
+        SegmentName::new(text).ok()
+    }
+
+    /// The wait words of `direction`, for the blocking-wait layer.
+    #[allow(dead_code)]
+    pub(crate) fn wait_words(&self, direction: Direction) -> (&AtomicU32, &AtomicU32) {
+        let wait = &self.wait[direction.index()];
+        (&wait.seq, &wait.sleepers)
+    }
+}

@@ -1,0 +1,398 @@
+//! Every header validation error, provoked by corrupting a real segment file and opening it.
+//! Each test also checks that the refused file was left exactly as it was (no re-initialisation).
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shm_channel::{
+    Channel, ChannelError, ChannelOptions, Direction, End, HeaderError, SegmentError, ABI_VERSION,
+    HEADER_SIZE, SEGMENT_MAGIC,
+};
+use spsc_core::{AttachError, MessageSender, RING_MAGIC};
+
+type Chan = Channel<4096>;
+
+// Offsets in the header (locked by static assertions in `header.rs`).
+const MAGIC: u64 = 0;
+const VERSION: u64 = 8;
+const HEADER_SIZE_FIELD: u64 = 12;
+const TOTAL_SIZE: u64 = 16;
+const STATE: u64 = 24;
+const CREATOR_PID: u64 = 28;
+const RING0_OFFSET: u64 = 32;
+const RING0_SIZE: u64 = 40;
+const RING0_FINGERPRINT: u64 = 48;
+const RING1_OFFSET: u64 = 64;
+const RING1_FINGERPRINT: u64 = 80;
+const STATE_INITIALISING: u32 = 1;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    options: ChannelOptions,
+}
+
+/// A real, ready segment with one queued message, no process attached.
+fn segment() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ChannelOptions::new()
+        .dir(dir.path())
+        .init_timeout(Duration::from_millis(50));
+    let mut a = Chan::create("seg", End::A, &options).unwrap();
+    a.sender().send(3, b"queued").unwrap();
+    drop(a);
+    let path = dir.path().join("seg");
+    Fixture {
+        _dir: dir,
+        path,
+        options,
+    }
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, offset).unwrap();
+}
+
+fn read_u64(path: &Path, offset: u64) -> u64 {
+    let file = std::fs::File::open(path).unwrap();
+    let mut buf = [0; 8];
+    file.read_exact_at(&mut buf, offset).unwrap();
+    u64::from_le_bytes(buf)
+}
+
+fn set_len(path: &Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+/// Opens end B with each entry point and returns the (same) error; checks the file is untouched.
+fn refused(fixture: &Fixture) -> ChannelError {
+    let before = std::fs::read(&fixture.path).unwrap();
+    let open = Chan::open("seg", End::B, &fixture.options).unwrap_err();
+    let create_or_open = Chan::create_or_open("seg", End::B, &fixture.options).unwrap_err();
+    assert_eq!(without_wait_time(&open), without_wait_time(&create_or_open));
+    assert!(!open.to_string().is_empty());
+    assert_eq!(
+        std::fs::read(&fixture.path).unwrap(),
+        before,
+        "a refused segment must not be modified"
+    );
+    open
+}
+
+/// The error with the (run-dependent) waiting time of a timeout zeroed, for comparison.
+fn without_wait_time(error: &ChannelError) -> ChannelError {
+    match error {
+        ChannelError::Segment(SegmentError::InitTimeout { creator_pid, .. }) => {
+            ChannelError::Segment(SegmentError::InitTimeout {
+                creator_pid: *creator_pid,
+                waited: Duration::ZERO,
+            })
+        }
+        other => other.clone(),
+    }
+}
+
+fn header_error(fixture: &Fixture) -> HeaderError {
+    match refused(fixture) {
+        ChannelError::Segment(SegmentError::Header(error)) => error,
+        other => panic!("expected a header error, got {other:?}"),
+    }
+}
+
+/// A pid that belonged to a process that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn intact_segment_opens_and_keeps_its_message() {
+    let fixture = segment();
+    let mut b = Chan::open("seg", End::B, &fixture.options).unwrap();
+    let message = spsc_core::MessageReceiver::front(b.receiver()).unwrap();
+    assert_eq!((message.tag(), message.payload()), (3, &b"queued"[..]));
+    assert_eq!(read_u64(&fixture.path, MAGIC), SEGMENT_MAGIC);
+}
+
+#[test]
+fn wrong_magic() {
+    let fixture = segment();
+    write_at(&fixture.path, MAGIC, b"NOTASEG!");
+    assert_eq!(
+        header_error(&fixture),
+        HeaderError::BadMagic {
+            found: u64::from_le_bytes(*b"NOTASEG!")
+        }
+    );
+}
+
+#[test]
+fn not_a_segment_at_all() {
+    let fixture = segment();
+    std::fs::write(
+        &fixture.path,
+        "just some text, long enough? no.".repeat(200),
+    )
+    .unwrap();
+    assert!(matches!(
+        header_error(&fixture),
+        HeaderError::BadMagic { .. }
+    ));
+}
+
+#[test]
+fn other_version() {
+    let fixture = segment();
+    write_at(&fixture.path, VERSION, &(ABI_VERSION + 1).to_le_bytes());
+    assert_eq!(
+        header_error(&fixture),
+        HeaderError::VersionMismatch {
+            found: ABI_VERSION + 1,
+            expected: ABI_VERSION
+        }
+    );
+}
+
+#[test]
+fn other_fingerprint() {
+    let fixture = segment();
+    let expected = Chan::RING_LAYOUT.fingerprint();
+    write_at(
+        &fixture.path,
+        RING1_FINGERPRINT,
+        &(expected ^ 1).to_le_bytes(),
+    );
+    assert_eq!(
+        header_error(&fixture),
+        HeaderError::LayoutMismatch {
+            direction: Direction::BToA,
+            found: expected ^ 1,
+            expected
+        }
+    );
+}
+
+#[test]
+fn other_capacity_is_a_layout_mismatch() {
+    let fixture = segment();
+    let error = Channel::<8192>::open("seg", End::B, &fixture.options).unwrap_err();
+    assert_eq!(
+        error,
+        ChannelError::Segment(SegmentError::Header(HeaderError::LayoutMismatch {
+            direction: Direction::AToB,
+            found: Chan::RING_LAYOUT.fingerprint(),
+            expected: Channel::<8192>::RING_LAYOUT.fingerprint(),
+        }))
+    );
+}
+
+#[test]
+fn truncated_file() {
+    let fixture = segment();
+    let size = Chan::SEGMENT_SIZE as u64;
+    set_len(&fixture.path, size - 128);
+    assert_eq!(
+        header_error(&fixture),
+        HeaderError::Truncated {
+            recorded: size,
+            actual: size - 128
+        }
+    );
+}
+
+#[test]
+fn file_shorter_than_the_header() {
+    let fixture = segment();
+    set_len(&fixture.path, 100);
+    assert_eq!(
+        header_error(&fixture),
+        HeaderError::TooShort {
+            len: 100,
+            required: HEADER_SIZE as u64
+        }
+    );
+}
+
+#[test]
+fn empty_file() {
+    let fixture = segment();
+    set_len(&fixture.path, 0);
+    assert_eq!(
+        header_error(&fixture),
+        HeaderError::TooShort {
+            len: 0,
+            required: HEADER_SIZE as u64
+        }
+    );
+}
+
+#[test]
+fn file_longer_than_recorded() {
+    let fixture = segment();
+    let size = Chan::SEGMENT_SIZE as u64;
+    set_len(&fixture.path, size + 4096);
+    assert_eq!(
+        header_error(&fixture),
+        HeaderError::SizeMismatch {
+            recorded: size,
+            actual: size + 4096
+        }
+    );
+}
+
+#[test]
+fn half_initialised_by_a_dead_creator() {
+    let fixture = segment();
+    let pid = dead_pid();
+    write_at(&fixture.path, STATE, &STATE_INITIALISING.to_le_bytes());
+    write_at(&fixture.path, CREATOR_PID, &pid.to_le_bytes());
+    assert_eq!(
+        header_error(&fixture),
+        HeaderError::HalfInitialised { creator_pid: pid }
+    );
+}
+
+#[test]
+fn initialising_by_a_live_creator_times_out() {
+    let fixture = segment();
+    let me = std::process::id();
+    write_at(&fixture.path, STATE, &STATE_INITIALISING.to_le_bytes());
+    write_at(&fixture.path, CREATOR_PID, &me.to_le_bytes());
+    match refused(&fixture) {
+        ChannelError::Segment(SegmentError::InitTimeout { creator_pid, .. }) => {
+            assert_eq!(creator_pid, me)
+        }
+        other => panic!("expected InitTimeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn zero_filled_file_never_becomes_ready() {
+    let fixture = segment();
+    std::fs::write(&fixture.path, vec![0u8; Chan::SEGMENT_SIZE]).unwrap();
+    match refused(&fixture) {
+        ChannelError::Segment(SegmentError::InitTimeout { creator_pid, .. }) => {
+            assert_eq!(creator_pid, 0)
+        }
+        other => panic!("expected InitTimeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_state() {
+    let fixture = segment();
+    write_at(&fixture.path, STATE, &7u32.to_le_bytes());
+    assert_eq!(header_error(&fixture), HeaderError::BadState { found: 7 });
+}
+
+#[test]
+fn impossible_offsets_and_sizes() {
+    let size = Chan::SEGMENT_SIZE as u64;
+    let ring0 = HEADER_SIZE as u64;
+    let cases: [(&str, u64, Vec<u8>, &str); 7] = [
+        (
+            "misaligned ring",
+            RING0_OFFSET,
+            (ring0 + 8).to_le_bytes().to_vec(),
+            "ring offset is not 128-byte aligned",
+        ),
+        (
+            "ring inside the header",
+            RING0_OFFSET,
+            0u64.to_le_bytes().to_vec(),
+            "ring overlaps the segment header",
+        ),
+        (
+            "ring past the end",
+            RING0_OFFSET,
+            (size - 128).to_le_bytes().to_vec(),
+            "ring runs past the end of the segment",
+        ),
+        (
+            "offset that overflows",
+            RING1_OFFSET,
+            (u64::MAX - 127).to_le_bytes().to_vec(),
+            "ring runs past the end of the segment",
+        ),
+        (
+            "overlapping rings",
+            RING1_OFFSET,
+            ring0.to_le_bytes().to_vec(),
+            "the two rings overlap",
+        ),
+        (
+            "ring size",
+            RING0_SIZE,
+            128u64.to_le_bytes().to_vec(),
+            "recorded ring size does not match the ring's layout",
+        ),
+        (
+            "header size",
+            HEADER_SIZE_FIELD,
+            64u32.to_le_bytes().to_vec(),
+            "recorded header size differs from this format version's",
+        ),
+    ];
+    for (what, offset, bytes, reason) in cases {
+        let fixture = segment();
+        write_at(&fixture.path, offset, &bytes);
+        assert_eq!(
+            header_error(&fixture),
+            HeaderError::Impossible { reason },
+            "{what}"
+        );
+    }
+    // A total size that disagrees with the file is reported as such, not as an offset problem.
+    let fixture = segment();
+    write_at(&fixture.path, TOTAL_SIZE, &(size * 2).to_le_bytes());
+    assert_eq!(
+        header_error(&fixture),
+        HeaderError::Truncated {
+            recorded: size * 2,
+            actual: size
+        }
+    );
+}
+
+#[test]
+fn corrupt_ring_inside_a_valid_header() {
+    let fixture = segment();
+    write_at(
+        &fixture.path,
+        HEADER_SIZE as u64,
+        &0xdead_beef_u32.to_le_bytes(),
+    );
+    assert_eq!(
+        refused(&fixture),
+        ChannelError::Ring {
+            direction: Direction::AToB,
+            error: AttachError::BadMagic { found: 0xdead_beef }
+        }
+    );
+    // Sanity: the ring's magic really was where we wrote.
+    assert_ne!(RING_MAGIC, 0xdead_beef);
+}
+
+#[test]
+fn fingerprint_of_ring_zero_is_checked_too() {
+    let fixture = segment();
+    write_at(&fixture.path, RING0_FINGERPRINT, &0u64.to_le_bytes());
+    assert!(matches!(
+        header_error(&fixture),
+        HeaderError::LayoutMismatch {
+            direction: Direction::AToB,
+            found: 0,
+            ..
+        }
+    ));
+}
