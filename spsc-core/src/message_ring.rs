@@ -494,6 +494,14 @@ impl<'a, const C: usize> MessageProducer<'a, C> {
         self.tail = self.tail.wrapping_add(size);
     }
 
+    /// The wrapping byte position the next record will be written at. Positions only grow (mod
+    /// 2³²) and survive a take-over, so layers above can use them for exactly-once bookkeeping:
+    /// a message pushed at position `p` is popped once the consumer's
+    /// [`position`](MessageConsumer::position) has moved past `p`.
+    pub const fn position(&self) -> u32 {
+        self.tail
+    }
+
     /// Bytes of records queued and not yet popped, as of the consumer's index when this producer
     /// last read it (an upper bound of the true depth). Cost: a subtraction; no shared memory is
     /// touched, so it is cheap enough to sample on every push.
@@ -687,6 +695,13 @@ impl<'a, const C: usize> MessageConsumer<'a, C> {
                 }
             }
         }
+    }
+
+    /// The wrapping byte position of the next record to read (the oldest unpopped message, or
+    /// the padding before it). Every pop moves it past the popped record; see
+    /// [`MessageProducer::position`].
+    pub const fn position(&self) -> u32 {
+        self.head
     }
 
     /// `true` if there is no message to read right now.

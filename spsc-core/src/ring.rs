@@ -472,6 +472,11 @@ impl<'a, T, const N: usize> Producer<'a, T, N> {
         self.tail = first.wrapping_add(count);
     }
 
+    /// The wrapping position (element count mod 2³²) the next push writes.
+    pub const fn position(&self) -> u32 {
+        self.tail
+    }
+
     /// Free slots right now (reloads the consumer's index if the cached view says not all are free).
     pub fn free_len(&mut self) -> usize {
         self.free_for(N as u32) as usize
@@ -561,6 +566,11 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
                 .value
                 .with(|cell| unsafe { (*cell).assume_init_ref() }),
         )
+    }
+
+    /// The wrapping position (element count mod 2³²) of the next element to pop.
+    pub const fn position(&self) -> u32 {
+        self.head
     }
 
     /// Number of elements ready to be read (at most `N`). Cost: one stamp read per element.
