@@ -1,0 +1,763 @@
+//! Machinery shared by the two benchmark binaries (`rings`, criterion; `report`, interleaved
+//! rounds): thread pinning, the contenders behind one trait, the raw two-line floor, and the
+//! ping-pong and streaming drivers. Every contender runs through the very same driver code, so a
+//! difference between two of them is a difference between the queues.
+// Each bench binary uses a different subset of this module.
+#![allow(dead_code)]
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use spsc_core::{CachePadded, MessageReceiver, MessageRing, MessageSender, Ring, SendSlot};
+
+/// Element capacity of every element ring (heapless holds one less: its `N` is `CAP`).
+pub const CAP: usize = 1024;
+/// Byte capacity of the message rings: 64 KiB, about the footprint of `Ring<[u8; 64], CAP>`.
+pub const MSG_CAP: usize = 1 << 16;
+/// Elements per batch call in the batch-streaming scenarios.
+pub const BATCH: usize = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Thread pinning
+// ---------------------------------------------------------------------------------------------
+
+/// The two CPUs the benchmark threads are pinned to, chosen once from the process's allowed set
+/// (before any thread is pinned, since pinning would shrink the set seen afterwards).
+pub fn cpu_pair() -> Option<(core_affinity::CoreId, core_affinity::CoreId)> {
+    static PAIR: OnceLock<Option<(core_affinity::CoreId, core_affinity::CoreId)>> = OnceLock::new();
+    *PAIR.get_or_init(|| {
+        let ids = core_affinity::get_core_ids().unwrap_or_default();
+        let pair = match ids.as_slice() {
+            [a, b, ..] => Some((*a, *b)),
+            _ => None,
+        };
+        match pair {
+            Some((a, b)) => eprintln!(
+                "spsc-core benches: pinning the two sides to CPUs {} and {} (of {} allowed)",
+                a.id,
+                b.id,
+                ids.len()
+            ),
+            None => eprintln!(
+                "spsc-core benches: NOTE: fewer than two CPUs available ({}); threads are not \
+                 pinned and both sides share a core, so the numbers mean little",
+                ids.len()
+            ),
+        }
+        pair
+    })
+}
+
+fn pin(core: Option<core_affinity::CoreId>) {
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core) {
+            eprintln!(
+                "spsc-core benches: NOTE: could not pin a thread to CPU {}",
+                core.id
+            );
+        }
+    }
+}
+
+/// Runs `first` and `second` on two fresh threads pinned to the two CPUs of [`cpu_pair`], and
+/// returns both results. Fresh threads each trial keep the pinning of the caller untouched.
+pub fn run_pinned<A, B, RA, RB>(first: A, second: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    let pair = cpu_pair();
+    std::thread::scope(|scope| {
+        let a = scope.spawn(move || {
+            pin(pair.map(|p| p.0));
+            first()
+        });
+        let b = scope.spawn(move || {
+            pin(pair.map(|p| p.1));
+            second()
+        });
+        (
+            a.join().expect("benchmark thread panicked"),
+            b.join().expect("benchmark thread panicked"),
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payloads
+// ---------------------------------------------------------------------------------------------
+
+/// An element type carried through the element rings: `u64` or `[u8; 64]`.
+pub trait Payload: Copy + Send + 'static {
+    /// Human-readable size, for names.
+    const LABEL: &'static str;
+    /// Size in bytes.
+    const SIZE: usize;
+    /// A value carrying `seq` (every 8-byte word of it, so the whole value is written).
+    fn from_seq(seq: u64) -> Self;
+    /// The sequence number the value carries.
+    fn seq(&self) -> u64;
+}
+
+impl Payload for u64 {
+    const LABEL: &'static str = "8 B";
+    const SIZE: usize = 8;
+    #[inline(always)]
+    fn from_seq(seq: u64) -> Self {
+        seq
+    }
+    #[inline(always)]
+    fn seq(&self) -> u64 {
+        *self
+    }
+}
+
+impl Payload for [u8; 64] {
+    const LABEL: &'static str = "64 B";
+    const SIZE: usize = 64;
+    #[inline(always)]
+    fn from_seq(seq: u64) -> Self {
+        let mut bytes = [0u8; 64];
+        for word in bytes.chunks_exact_mut(8) {
+            word.copy_from_slice(&seq.to_le_bytes());
+        }
+        bytes
+    }
+    #[inline(always)]
+    fn seq(&self) -> u64 {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self[..8]);
+        u64::from_le_bytes(word)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contenders
+// ---------------------------------------------------------------------------------------------
+
+/// The producing half of a contender.
+pub trait Tx<T>: Send {
+    /// Pushes one value, handing it back when the queue is full.
+    fn try_push(&mut self, value: T) -> Result<(), T>;
+    /// Pushes a prefix of `items` (as many as fit), returning how many. Contenders without a
+    /// batch API loop over single pushes.
+    fn push_batch(&mut self, items: &[T]) -> usize;
+}
+
+/// The consuming half of a contender.
+pub trait Rx<T>: Send {
+    /// Pops one value, if any.
+    fn try_pop(&mut self) -> Option<T>;
+    /// Pops up to `out.len()` values into `out`, returning how many. Contenders without a batch
+    /// API loop over single pops.
+    fn pop_batch(&mut self, out: &mut [T]) -> usize;
+}
+
+/// A queue under test: owns its storage and splits into a [`Tx`] and an [`Rx`].
+pub trait Channel<T: Payload>: Sized {
+    /// Name in the tables.
+    const NAME: &'static str;
+    /// Whether `push_batch`/`pop_batch` use a real batch API (otherwise single ops, marked).
+    const NATIVE_BATCH: bool;
+    /// Whether this is one of the reference crates (as opposed to ours).
+    const REFERENCE: bool;
+    /// Producer half.
+    type Tx<'a>: Tx<T>
+    where
+        Self: 'a;
+    /// Consumer half.
+    type Rx<'a>: Rx<T>
+    where
+        Self: 'a;
+    /// A fresh, empty queue of [`CAP`] elements (boxed: some are large).
+    fn create() -> Box<Self>;
+    /// Both halves.
+    fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>);
+}
+
+fn single_push_loop<T: Copy>(items: &[T], mut push: impl FnMut(T) -> bool) -> usize {
+    let mut n = 0;
+    for &item in items {
+        if !push(item) {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+fn single_pop_loop<T>(out: &mut [T], mut pop: impl FnMut() -> Option<T>) -> usize {
+    let mut n = 0;
+    for slot in out.iter_mut() {
+        match pop() {
+            Some(value) => *slot = value,
+            None => break,
+        }
+        n += 1;
+    }
+    n
+}
+
+// --- ours: spsc_core::Ring ---
+
+impl<T: Payload> Tx<T> for spsc_core::Producer<'_, T, CAP> {
+    #[inline(always)]
+    fn try_push(&mut self, value: T) -> Result<(), T> {
+        self.push(value).map_err(|full| full.0)
+    }
+    #[inline(always)]
+    fn push_batch(&mut self, items: &[T]) -> usize {
+        self.push_slice(items)
+    }
+}
+
+impl<T: Payload> Rx<T> for spsc_core::Consumer<'_, T, CAP> {
+    #[inline(always)]
+    fn try_pop(&mut self) -> Option<T> {
+        self.pop()
+    }
+    #[inline(always)]
+    fn pop_batch(&mut self, out: &mut [T]) -> usize {
+        self.pop_slice(out)
+    }
+}
+
+impl<T: Payload> Channel<T> for Ring<T, CAP> {
+    const NAME: &'static str = "spsc_core::Ring";
+    const NATIVE_BATCH: bool = true;
+    const REFERENCE: bool = false;
+    type Tx<'a> = spsc_core::Producer<'a, T, CAP>;
+    type Rx<'a> = spsc_core::Consumer<'a, T, CAP>;
+    fn create() -> Box<Self> {
+        Box::new(Ring::new())
+    }
+    fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
+        Ring::split(self)
+    }
+}
+
+// --- rtrb ---
+
+/// `rtrb::RingBuffer`, whose halves are created together and owned.
+pub struct Rtrb<T>(Option<(rtrb::Producer<T>, rtrb::Consumer<T>)>);
+
+impl<T: Payload> Tx<T> for rtrb::Producer<T> {
+    #[inline(always)]
+    fn try_push(&mut self, value: T) -> Result<(), T> {
+        self.push(value)
+            .map_err(|rtrb::PushError::Full(value)| value)
+    }
+    #[inline(always)]
+    fn push_batch(&mut self, items: &[T]) -> usize {
+        // Built on `write_chunk_uninit`: one index load, a copy, one index store.
+        self.push_partial_slice(items).0.len()
+    }
+}
+
+impl<T: Payload> Rx<T> for rtrb::Consumer<T> {
+    #[inline(always)]
+    fn try_pop(&mut self) -> Option<T> {
+        self.pop().ok()
+    }
+    #[inline(always)]
+    fn pop_batch(&mut self, out: &mut [T]) -> usize {
+        // Built on `read_chunk`.
+        self.pop_partial_slice(out).0.len()
+    }
+}
+
+impl<T: Payload> Channel<T> for Rtrb<T> {
+    const NAME: &'static str = "rtrb";
+    const NATIVE_BATCH: bool = true;
+    const REFERENCE: bool = true;
+    type Tx<'a> = rtrb::Producer<T>;
+    type Rx<'a> = rtrb::Consumer<T>;
+    fn create() -> Box<Self> {
+        Box::new(Self(Some(rtrb::RingBuffer::new(CAP))))
+    }
+    fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
+        self.0.take().expect("split once")
+    }
+}
+
+// --- heapless::spsc ---
+
+impl<T: Payload> Tx<T> for heapless::spsc::Producer<'_, T> {
+    #[inline(always)]
+    fn try_push(&mut self, value: T) -> Result<(), T> {
+        self.enqueue(value)
+    }
+    #[inline(always)]
+    fn push_batch(&mut self, items: &[T]) -> usize {
+        single_push_loop(items, |item| self.enqueue(item).is_ok())
+    }
+}
+
+impl<T: Payload> Rx<T> for heapless::spsc::Consumer<'_, T> {
+    #[inline(always)]
+    fn try_pop(&mut self) -> Option<T> {
+        self.dequeue()
+    }
+    #[inline(always)]
+    fn pop_batch(&mut self, out: &mut [T]) -> usize {
+        single_pop_loop(out, || self.dequeue())
+    }
+}
+
+impl<T: Payload> Channel<T> for heapless::spsc::Queue<T, CAP> {
+    const NAME: &'static str = "heapless::spsc";
+    const NATIVE_BATCH: bool = false;
+    const REFERENCE: bool = true;
+    type Tx<'a> = heapless::spsc::Producer<'a, T>;
+    type Rx<'a> = heapless::spsc::Consumer<'a, T>;
+    fn create() -> Box<Self> {
+        Box::new(heapless::spsc::Queue::new())
+    }
+    fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
+        heapless::spsc::Queue::split(self)
+    }
+}
+
+// --- crossbeam_queue::ArrayQueue (an MPMC queue used as SPSC) ---
+
+/// One side of a shared `ArrayQueue`.
+pub struct Crossbeam<'a, T>(&'a ArrayQueue<T>);
+
+impl<T: Payload> Tx<T> for Crossbeam<'_, T> {
+    #[inline(always)]
+    fn try_push(&mut self, value: T) -> Result<(), T> {
+        self.0.push(value)
+    }
+    #[inline(always)]
+    fn push_batch(&mut self, items: &[T]) -> usize {
+        single_push_loop(items, |item| self.0.push(item).is_ok())
+    }
+}
+
+impl<T: Payload> Rx<T> for Crossbeam<'_, T> {
+    #[inline(always)]
+    fn try_pop(&mut self) -> Option<T> {
+        self.0.pop()
+    }
+    #[inline(always)]
+    fn pop_batch(&mut self, out: &mut [T]) -> usize {
+        single_pop_loop(out, || self.0.pop())
+    }
+}
+
+impl<T: Payload> Channel<T> for ArrayQueue<T> {
+    const NAME: &'static str = "crossbeam ArrayQueue";
+    const NATIVE_BATCH: bool = false;
+    const REFERENCE: bool = true;
+    type Tx<'a> = Crossbeam<'a, T>;
+    type Rx<'a> = Crossbeam<'a, T>;
+    fn create() -> Box<Self> {
+        Box::new(ArrayQueue::new(CAP))
+    }
+    fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
+        (Crossbeam(self), Crossbeam(self))
+    }
+}
+
+/// The ring type of ours for element payloads.
+pub type Ours<T> = Ring<T, CAP>;
+/// The reference heapless queue type.
+pub type Heapless<T> = heapless::spsc::Queue<T, CAP>;
+/// The message ring used throughout.
+pub type MsgRing = MessageRing<MSG_CAP>;
+
+// ---------------------------------------------------------------------------------------------
+// Timing of individual round trips
+// ---------------------------------------------------------------------------------------------
+
+/// How the ping-pong sender times its round trips. [`NoTimer`] for criterion (which times the
+/// whole run), a histogram-recording timer for the report.
+pub trait RoundTripTimer: Send {
+    /// Round trips per timed group (1: each one timed on its own).
+    fn group(&self) -> u64;
+    /// A timestamp before a group.
+    fn start(&mut self) -> u64;
+    /// Called after a group of [`group`](Self::group) round trips that started at `t0`.
+    fn stop(&mut self, t0: u64);
+}
+
+/// Times nothing.
+pub struct NoTimer;
+
+impl RoundTripTimer for NoTimer {
+    #[inline(always)]
+    fn group(&self) -> u64 {
+        1
+    }
+    #[inline(always)]
+    fn start(&mut self) -> u64 {
+        0
+    }
+    #[inline(always)]
+    fn stop(&mut self, _t0: u64) {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ping-pong drivers
+// ---------------------------------------------------------------------------------------------
+
+/// Round trips done before timing starts in each trial (caches, branch predictors, page faults).
+pub const WARMUP_ROUND_TRIPS: u64 = 2_000;
+
+/// Ping-pong through two element queues: the sender pushes `seq` into A and waits for it on B;
+/// the echo thread pops from A and pushes it back into B. Runs `warmup + n` round trips (n
+/// rounded up to whole timer groups) and returns the time of the last `n` with the timer.
+pub fn ping_pong<T: Payload, C: Channel<T>, M: RoundTripTimer>(
+    warmup: u64,
+    n: u64,
+    mut timer: M,
+) -> (Duration, M) {
+    let mut a = C::create();
+    let mut b = C::create();
+    let (mut a_tx, mut a_rx) = a.split();
+    let (mut b_tx, mut b_rx) = b.split();
+    let group = timer.group();
+    let groups = n.div_ceil(group);
+    let total = warmup + groups * group;
+    let barrier = Barrier::new(2);
+    let (sender, ()) = run_pinned(
+        || {
+            barrier.wait();
+            let mut round_trip = |seq: u64| {
+                let mut value = T::from_seq(seq);
+                while let Err(back) = a_tx.try_push(value) {
+                    value = back;
+                }
+                loop {
+                    if let Some(echo) = b_rx.try_pop() {
+                        assert_eq!(echo.seq(), seq, "ping-pong echo out of order");
+                        break;
+                    }
+                }
+            };
+            for seq in 0..warmup {
+                round_trip(seq);
+            }
+            let begin = Instant::now();
+            let mut seq = warmup;
+            for _ in 0..groups {
+                let t0 = timer.start();
+                for _ in 0..group {
+                    round_trip(seq);
+                    seq += 1;
+                }
+                timer.stop(t0);
+            }
+            (begin.elapsed(), timer)
+        },
+        || {
+            barrier.wait();
+            for _ in 0..total {
+                let mut value = loop {
+                    if let Some(value) = a_rx.try_pop() {
+                        break value;
+                    }
+                };
+                while let Err(back) = b_tx.try_push(value) {
+                    value = back;
+                }
+            }
+        },
+    );
+    sender
+}
+
+/// The hardware floor: two `AtomicU64`s, each alone on its own 128-byte-aligned line. The sender
+/// stores `seq` into the first and waits for the echo thread to store it into the second.
+pub fn ping_pong_floor<M: RoundTripTimer>(warmup: u64, n: u64, mut timer: M) -> (Duration, M) {
+    let ping = CachePadded(AtomicU64::new(0));
+    let pong = CachePadded(AtomicU64::new(0));
+    let group = timer.group();
+    let groups = n.div_ceil(group);
+    let total = warmup + groups * group;
+    let barrier = Barrier::new(2);
+    let (sender, ()) = run_pinned(
+        || {
+            barrier.wait();
+            let round_trip = |seq: u64| {
+                ping.store(seq, Ordering::Release);
+                while pong.load(Ordering::Acquire) != seq {}
+            };
+            for seq in 1..=warmup {
+                round_trip(seq);
+            }
+            let begin = Instant::now();
+            let mut seq = warmup + 1;
+            for _ in 0..groups {
+                let t0 = timer.start();
+                for _ in 0..group {
+                    round_trip(seq);
+                    seq += 1;
+                }
+                timer.stop(t0);
+            }
+            (begin.elapsed(), timer)
+        },
+        || {
+            barrier.wait();
+            for seq in 1..=total {
+                while ping.load(Ordering::Acquire) != seq {}
+                pong.store(seq, Ordering::Release);
+            }
+        },
+    );
+    sender
+}
+
+/// Fills a message payload with `seq` in every 8-byte word (the whole payload is written, as an
+/// element ring's value is).
+#[inline(always)]
+fn fill_payload(payload: &mut [u8], seq: u64) {
+    for word in payload.chunks_exact_mut(8) {
+        word.copy_from_slice(&seq.to_le_bytes());
+    }
+}
+
+/// Reads every word of a received payload (as popping an element copies all of it) and returns
+/// the sequence number in the first word.
+#[inline(always)]
+fn read_payload(payload: &[u8]) -> u64 {
+    let mut fold = 0u64;
+    for word in payload.chunks_exact(8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        fold ^= u64::from_le_bytes(bytes);
+    }
+    black_box(fold);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&payload[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// Ping-pong through two [`MsgRing`]s with `len`-byte payloads (a multiple of 8, at least 8).
+/// The echo thread copies the payload from A's front into a slot allocated on B, pushes it, then
+/// pops A.
+pub fn ping_pong_message<M: RoundTripTimer>(
+    len: u32,
+    warmup: u64,
+    n: u64,
+    mut timer: M,
+) -> (Duration, M) {
+    let mut a: Box<MsgRing> = Box::new(MessageRing::new());
+    let mut b: Box<MsgRing> = Box::new(MessageRing::new());
+    let (mut a_tx, mut a_rx) = a.split();
+    let (mut b_tx, mut b_rx) = b.split();
+    let group = timer.group();
+    let groups = n.div_ceil(group);
+    let total = warmup + groups * group;
+    let barrier = Barrier::new(2);
+    let (sender, ()) = run_pinned(
+        || {
+            barrier.wait();
+            let mut round_trip = |seq: u64| {
+                let mut slot = loop {
+                    if let Ok(slot) = a_tx.alloc(len, 1) {
+                        break slot;
+                    }
+                };
+                fill_payload(slot.payload_mut(), seq);
+                slot.push();
+                loop {
+                    if let Ok(message) = b_rx.front() {
+                        assert_eq!(read_payload(message.payload()), seq, "echo out of order");
+                        break;
+                    }
+                }
+                b_rx.pop().expect("front was there");
+            };
+            for seq in 0..warmup {
+                round_trip(seq);
+            }
+            let begin = Instant::now();
+            let mut seq = warmup;
+            for _ in 0..groups {
+                let t0 = timer.start();
+                for _ in 0..group {
+                    round_trip(seq);
+                    seq += 1;
+                }
+                timer.stop(t0);
+            }
+            (begin.elapsed(), timer)
+        },
+        || {
+            barrier.wait();
+            for _ in 0..total {
+                let message = loop {
+                    if let Ok(message) = a_rx.front() {
+                        break message;
+                    }
+                };
+                let mut slot = loop {
+                    if let Ok(slot) = b_tx.alloc(len, message.tag()) {
+                        break slot;
+                    }
+                };
+                slot.payload_mut().copy_from_slice(message.payload());
+                slot.push();
+                a_rx.pop().expect("front was there");
+            }
+        },
+    );
+    sender
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming drivers
+// ---------------------------------------------------------------------------------------------
+
+/// Items the producer pushes between two looks at the clock (see [`Budget`]).
+const CLOCK_EVERY: u64 = 4096;
+
+/// Bounds a streaming trial: the producer stops early once `budget` has passed (checked every
+/// [`CLOCK_EVERY`] items) and tells the consumer how many it pushed. On a shared machine a
+/// descheduled side can slow a trial a hundredfold; this keeps a run's length predictable.
+struct Budget {
+    budget: Duration,
+    /// Items the consumer must receive: `n`, or fewer once the producer stopped early.
+    limit: CachePadded<AtomicU64>,
+}
+
+impl Budget {
+    fn new(n: u64, budget: Duration) -> Self {
+        Self {
+            budget,
+            limit: CachePadded(AtomicU64::new(n)),
+        }
+    }
+
+    /// Called by the producer after `pushed` items; `true` means stop now.
+    #[inline(always)]
+    fn expired(&self, begin: Instant, pushed: u64) -> bool {
+        if pushed % CLOCK_EVERY != 0 || begin.elapsed() < self.budget {
+            return false;
+        }
+        self.limit.store(pushed, Ordering::Relaxed);
+        true
+    }
+
+    /// What the consumer must receive as far as it knows now (one L1 hit normally).
+    #[inline(always)]
+    fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+}
+
+/// One-way streaming: the producer pushes up to `n` values as fast as it can (spinning on full),
+/// stopping early after `budget`; the consumer pops and checks them. Returns the items moved and
+/// the time from the common start until the consumer has the last one. `batch` uses
+/// `push_batch`/`pop_batch` with [`BATCH`]-element buffers.
+pub fn stream<T: Payload, C: Channel<T>>(n: u64, budget: Duration, batch: bool) -> (u64, Duration) {
+    let mut queue = C::create();
+    let (mut tx, mut rx) = queue.split();
+    let barrier = Barrier::new(2);
+    let budget = Budget::new(n, budget);
+    let (begin, (items, end)) = run_pinned(
+        || {
+            barrier.wait();
+            let begin = Instant::now();
+            if batch {
+                let mut buf = [T::from_seq(0); BATCH];
+                let mut next = 0u64;
+                while next < n && !budget.expired(begin, next) {
+                    let len = (n - next).min(BATCH as u64) as usize;
+                    for (i, value) in buf[..len].iter_mut().enumerate() {
+                        *value = T::from_seq(next + i as u64);
+                    }
+                    let mut done = 0;
+                    while done < len {
+                        done += tx.push_batch(&buf[done..len]);
+                    }
+                    next += len as u64;
+                }
+            } else {
+                for seq in 0..n {
+                    if budget.expired(begin, seq) {
+                        break;
+                    }
+                    let mut value = T::from_seq(seq);
+                    while let Err(back) = tx.try_push(value) {
+                        value = back;
+                    }
+                }
+            }
+            begin
+        },
+        || {
+            barrier.wait();
+            let mut expected = 0u64;
+            if batch {
+                let mut buf = [T::from_seq(0); BATCH];
+                while expected < budget.limit() {
+                    let got = rx.pop_batch(&mut buf);
+                    for value in black_box(&buf[..got]) {
+                        assert_eq!(value.seq(), expected, "stream out of order");
+                        expected += 1;
+                    }
+                }
+            } else {
+                while expected < budget.limit() {
+                    if let Some(value) = rx.try_pop() {
+                        let value = black_box(value);
+                        assert_eq!(value.seq(), expected, "stream out of order");
+                        expected += 1;
+                    }
+                }
+            }
+            (expected, Instant::now())
+        },
+    );
+    (items, end.saturating_duration_since(begin))
+}
+
+/// One-way streaming of up to `n` messages of `len` bytes (a multiple of 8) through a [`MsgRing`]:
+/// alloc + fill + push on one side, front + read + pop on the other; bounded by `budget` as
+/// [`stream`] is.
+pub fn stream_message(len: u32, n: u64, budget: Duration) -> (u64, Duration) {
+    let mut ring: Box<MsgRing> = Box::new(MessageRing::new());
+    let (mut tx, mut rx) = ring.split();
+    let barrier = Barrier::new(2);
+    let budget = Budget::new(n, budget);
+    let (begin, (items, end)) = run_pinned(
+        || {
+            barrier.wait();
+            let begin = Instant::now();
+            for seq in 0..n {
+                if budget.expired(begin, seq) {
+                    break;
+                }
+                let mut slot = loop {
+                    if let Ok(slot) = tx.alloc(len, 1) {
+                        break slot;
+                    }
+                };
+                fill_payload(slot.payload_mut(), seq);
+                slot.push();
+            }
+            begin
+        },
+        || {
+            barrier.wait();
+            let mut expected = 0u64;
+            while expected < budget.limit() {
+                if let Ok(message) = rx.front() {
+                    assert_eq!(read_payload(message.payload()), expected, "out of order");
+                    rx.pop().expect("front was there");
+                    expected += 1;
+                }
+            }
+            (expected, Instant::now())
+        },
+    );
+    (items, end.saturating_duration_since(begin))
+}

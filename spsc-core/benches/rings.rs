@@ -1,0 +1,114 @@
+//! Criterion benchmarks of the rings against reference crates, every contender in the same group.
+//!
+//! `cargo bench -p spsc-core --bench rings` (a filter narrows it: `-- ping_pong`). Each
+//! measurement (`iter_custom`) creates fresh queues and two threads pinned to two distinct CPUs,
+//! and times only the loop itself. For percentiles and per-round ranges, run the `report` bench
+//! instead (see BENCHMARKS.md).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    ping_pong, ping_pong_floor, ping_pong_message, stream, stream_message, Channel, Heapless,
+    NoTimer, Ours, Payload, Rtrb, WARMUP_ROUND_TRIPS,
+};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use crossbeam_queue::ArrayQueue;
+
+/// Short times so the whole bench finishes in a few minutes on two cores.
+fn configure() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+}
+
+fn ping_pong_one<T: Payload, C: Channel<T>>(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group.bench_function(C::NAME, |b| {
+        b.iter_custom(|iters| ping_pong::<T, C, _>(WARMUP_ROUND_TRIPS, iters, NoTimer).0)
+    });
+}
+
+fn ping_pong_size<T: Payload>(c: &mut Criterion, message_len: Option<u32>) {
+    let mut group = c.benchmark_group(format!("ping_pong/{}", T::LABEL));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("floor (2 atomics)", |b| {
+        b.iter_custom(|iters| ping_pong_floor(WARMUP_ROUND_TRIPS, iters, NoTimer).0)
+    });
+    ping_pong_one::<T, Ours<T>>(&mut group);
+    ping_pong_one::<T, Rtrb<T>>(&mut group);
+    ping_pong_one::<T, Heapless<T>>(&mut group);
+    ping_pong_one::<T, ArrayQueue<T>>(&mut group);
+    if let Some(len) = message_len {
+        group.bench_function("spsc_core::MessageRing", |b| {
+            b.iter_custom(|iters| ping_pong_message(len, WARMUP_ROUND_TRIPS, iters, NoTimer).0)
+        });
+    }
+    group.finish();
+}
+
+fn bench_ping_pong(c: &mut Criterion) {
+    ping_pong_size::<u64>(c, Some(8));
+    ping_pong_size::<[u8; 64]>(c, Some(64));
+    let mut group = c.benchmark_group("ping_pong/1 KiB");
+    group.bench_function("floor (2 atomics)", |b| {
+        b.iter_custom(|iters| ping_pong_floor(WARMUP_ROUND_TRIPS, iters, NoTimer).0)
+    });
+    group.bench_function("spsc_core::MessageRing", |b| {
+        b.iter_custom(|iters| ping_pong_message(1024, WARMUP_ROUND_TRIPS, iters, NoTimer).0)
+    });
+    group.finish();
+}
+
+fn stream_one<T: Payload, C: Channel<T>>(group: &mut BenchmarkGroup<'_, WallTime>, batch: bool) {
+    let name = if batch && !C::NATIVE_BATCH {
+        format!("{} (single ops)", C::NAME)
+    } else {
+        C::NAME.to_string()
+    };
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| stream::<T, C>(iters, Duration::MAX, batch).1)
+    });
+}
+
+fn stream_size<T: Payload>(c: &mut Criterion, batch: bool) {
+    let kind = if batch { "batch" } else { "single" };
+    let mut group = c.benchmark_group(format!("stream_{kind}/{}", T::LABEL));
+    group.throughput(Throughput::Elements(1));
+    stream_one::<T, Ours<T>>(&mut group, batch);
+    stream_one::<T, Rtrb<T>>(&mut group, batch);
+    stream_one::<T, Heapless<T>>(&mut group, batch);
+    stream_one::<T, ArrayQueue<T>>(&mut group, batch);
+    group.finish();
+}
+
+fn bench_stream(c: &mut Criterion) {
+    for batch in [false, true] {
+        stream_size::<u64>(c, batch);
+        stream_size::<[u8; 64]>(c, batch);
+    }
+}
+
+fn bench_message_stream(c: &mut Criterion) {
+    for len in [64u32, 1024] {
+        let mut group = c.benchmark_group(format!("stream_message/{len} B"));
+        group.throughput(Throughput::Bytes(u64::from(len)));
+        group.bench_function("spsc_core::MessageRing", |b| {
+            b.iter_custom(|iters| stream_message(len, iters, Duration::MAX).1)
+        });
+        if len == 64 {
+            // The element ring of the same payload, for the "≥ half of Ring<[u8; 64]>" target.
+            stream_one::<[u8; 64], Ours<[u8; 64]>>(&mut group, false);
+        }
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = configure();
+    targets = bench_ping_pong, bench_stream, bench_message_stream
+}
+criterion_main!(benches);
