@@ -264,7 +264,7 @@ impl RingControl {
 /// Checks a caller-supplied region's address and size before it is viewed as a `T`.
 pub(crate) fn check_region<T>(address: usize, len: usize) -> Result<(), AttachError> {
     let required = core::mem::align_of::<T>();
-    if address % required != 0 {
+    if !address.is_multiple_of(required) {
         return Err(AttachError::Misaligned { required, address });
     }
     let size = core::mem::size_of::<T>();

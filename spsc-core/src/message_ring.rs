@@ -221,7 +221,7 @@ impl<const C: usize> MessageRing<C> {
         // is valid for any bit pattern (integers, atomics, bytes).
         let ring = unsafe { &*region.as_ptr().cast::<Self>() };
         ring.control.validate(&Self::LAYOUT)?;
-        if ring.head.load(Ordering::Acquire) % HEADER != 0 {
+        if !ring.head.load(Ordering::Acquire).is_multiple_of(HEADER) {
             return Err(AttachError::Corrupt {
                 reason: "consumer index is not 8-byte aligned",
             });
@@ -321,7 +321,7 @@ impl<const C: usize> MessageRing<C> {
     /// The commit word of the record at `offset` (8-aligned, below `C`).
     #[inline(always)]
     fn commit_word(&self, offset: u32) -> &AtomicU32 {
-        debug_assert!(offset < C as u32 && offset % HEADER == 0);
+        debug_assert!(offset < C as u32 && offset.is_multiple_of(HEADER));
         #[cfg(loom)]
         {
             &self.loom.commits[(offset / HEADER) as usize]
@@ -339,7 +339,7 @@ impl<const C: usize> MessageRing<C> {
     /// Reads the length word of the record at `offset` (8-aligned, below `C`).
     #[inline(always)]
     fn read_len(&self, offset: u32) -> u32 {
-        debug_assert!(offset < C as u32 && offset % HEADER == 0);
+        debug_assert!(offset < C as u32 && offset.is_multiple_of(HEADER));
         // SAFETY: `offset + 8 <= C` (aligned offset below a multiple of 8) and 4-aligned. The
         // caller read the record's commit word with Acquire (or owns the record), so the
         // producer's write of this word happened before; it is read once, by value.
@@ -349,7 +349,7 @@ impl<const C: usize> MessageRing<C> {
     /// Writes the length word of a record the producer owns.
     #[inline(always)]
     fn write_len(&self, offset: u32, len: u32) {
-        debug_assert!(offset < C as u32 && offset % HEADER == 0);
+        debug_assert!(offset < C as u32 && offset.is_multiple_of(HEADER));
         // SAFETY: in bounds and aligned as in `read_len`; the producer owns this unpublished
         // record, so no one reads the word concurrently.
         unsafe {
@@ -438,7 +438,7 @@ impl<'a, const C: usize> MessageProducer<'a, C> {
             Err(ClaimError::Corrupt { reason })
         };
         let head = ring.head.load(Ordering::Acquire);
-        if head % HEADER != 0 {
+        if !head.is_multiple_of(HEADER) {
             return corrupt("consumer index is not 8-byte aligned");
         }
         let mut tail = head;
@@ -473,7 +473,7 @@ impl<'a, const C: usize> MessageProducer<'a, C> {
             return Ok(true);
         }
         let head = self.ring.head.load(Ordering::Acquire);
-        if head % HEADER != 0 || self.tail.wrapping_sub(head) > C as u32 {
+        if !head.is_multiple_of(HEADER) || self.tail.wrapping_sub(head) > C as u32 {
             return Err(SendError::Corrupt {
                 reason: "consumer published an impossible index",
             });
@@ -654,7 +654,7 @@ pub struct MessageConsumer<'a, const C: usize> {
 impl<'a, const C: usize> MessageConsumer<'a, C> {
     fn attach(ring: &'a MessageRing<C>) -> Result<Self, ClaimError> {
         let head = ring.head.load(Ordering::Acquire);
-        if head % HEADER != 0 {
+        if !head.is_multiple_of(HEADER) {
             ring.control.release(Side::Consumer);
             return Err(ClaimError::Corrupt {
                 reason: "consumer index is not 8-byte aligned",
