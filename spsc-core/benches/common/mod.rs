@@ -639,7 +639,7 @@ impl Budget {
     /// Called by the producer after `pushed` items; `true` means stop now.
     #[inline(always)]
     fn expired(&self, begin: Instant, pushed: u64) -> bool {
-        if pushed % CLOCK_EVERY != 0 || begin.elapsed() < self.budget {
+        if !pushed.is_multiple_of(CLOCK_EVERY) || begin.elapsed() < self.budget {
             return false;
         }
         self.limit.store(pushed, Ordering::Relaxed);
