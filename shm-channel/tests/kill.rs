@@ -474,7 +474,7 @@ impl<'h> Outgoing<'h> {
         let size = record_size(len);
         self.pos = landing(self.pos, size).wrapping_add(size);
         self.next += 1;
-        if seq % 512 == 0 && sender_position(tx) != self.pos {
+        if seq.is_multiple_of(512) && sender_position(tx) != self.pos {
             fail(
                 self.end,
                 self.direction,
@@ -561,7 +561,7 @@ impl<'h> Incoming<'h> {
         self.done.store(seq + 1, Ordering::Release);
         self.pos = at.wrapping_add(size);
         self.expected += 1;
-        if seq % 512 == 0 && receiver_position(rx) != self.pos {
+        if seq.is_multiple_of(512) && receiver_position(rx) != self.pos {
             fail(
                 self.end,
                 self.direction,
@@ -625,7 +625,7 @@ fn role_stream_end() {
             // Two cores for two children and the parent: never spin without yielding.
             std::thread::yield_now();
         }
-        if rounds % 256 == 0 && SystemTime::now() > deadline {
+        if rounds.is_multiple_of(256) && SystemTime::now() > deadline {
             fail(end, end.outgoing(), "deadline passed");
         }
     }
