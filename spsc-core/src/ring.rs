@@ -609,7 +609,8 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
 
     /// An iterator that removes up to `max` of the ready elements, oldest first. The consumer's
     /// index is published once, when the iterator is dropped, covering exactly the elements it
-    /// yielded.
+    /// yielded (for element types with drop glue, after every element, so that leaking the
+    /// iterator cannot make a value be dropped twice).
     pub fn drain(&mut self, max: usize) -> Drain<'_, 'a, T, N> {
         let ready = self.ready_upto(u32::try_from(max).unwrap_or(u32::MAX).min(N as u32));
         Drain {
@@ -626,6 +627,9 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
 
 impl<T, const N: usize> Drop for Consumer<'_, T, N> {
     fn drop(&mut self) {
+        // Normally a no-op (the index is published by every pop); after a leaked `Drain` it
+        // hands the true position to the next consumer.
+        self.ring.head.store(self.head, Ordering::Release);
         self.ring.control.release(Side::Consumer);
     }
 }
@@ -663,6 +667,16 @@ impl<T, const N: usize> Iterator for Drain<'_, '_, T, N> {
             .value
             .with(|cell| unsafe { (*cell).assume_init_read() });
         self.consumer.head = position.wrapping_add(1);
+        if mem::needs_drop::<T>() {
+            // A leaked `Drain` never runs its `Drop`: publishing per element keeps the shared
+            // index from lagging behind values already moved out, which `Ring::drop` or a later
+            // consumer would otherwise drop or read a second time. Types without drop glue keep
+            // the one publication per batch (a leak can then only repeat plain data).
+            self.consumer
+                .ring
+                .head
+                .store(self.consumer.head, Ordering::Release);
+        }
         Some(value)
     }
 

@@ -1,0 +1,634 @@
+//! Loom models of both rings' concurrent protocols.
+//!
+//! Run with
+//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=/tmp/target-loom cargo test -p spsc-core --test loom --release`.
+//!
+//! Under `--cfg loom` the crate's atomics and cells are loom's (`src/sync.rs`): loom explores the
+//! interleavings of the threads below and the values every Relaxed/Acquire load may return, and
+//! reports any access to a `Ring` slot value, or to an 8-byte unit of a `MessageRing` record
+//! (header or payload), that is not ordered after the other side's last access. Every model also
+//! checks the data received: values, order, payload bytes, and drop counts.
+//!
+//! Size: the models use the smallest capacities that still wrap (a `Ring` of 2 slots, a
+//! `MessageRing` of 64 bytes), two threads (three in one), and a handful of operations. The
+//! small models are explored exhaustively, the larger ones with a preemption bound
+//! ([`BOUNDED`], whose comment says why it suffices); `LOOM_MAX_PREEMPTIONS` overrides both.
+#![cfg(loom)]
+
+use core::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use loom::sync::Arc;
+use loom::thread;
+use spsc_core::{
+    spin_hint, ClaimError, Consumer, Full, MessageConsumer, MessageProducer, MessageReceiver,
+    MessageRing, MessageSender, Producer, RecvError, Ring, SendError, SendSlot,
+};
+
+/// Exploration without a preemption bound: every interleaving loom can distinguish. Used by the
+/// models small enough to finish within seconds.
+const EXHAUSTIVE: Option<usize> = None;
+
+/// The preemption bound of the larger models: at most this many context switches per execution
+/// at points where the running thread could have continued (switches at a spinning wait, where
+/// `spin_hint` is a loom yield, cost nothing). Why 4 suffices: each protocol step is one atomic
+/// access guarded by a few plain ones, and the bug patterns of these rings (a value or payload
+/// read before its stamp or commit word, a slot or record reused before the consumer released
+/// it, a stale index after a re-claim) need a preemption inside the producer's
+/// write-then-publish window and one inside the consumer's read-then-release window, once per
+/// lap at most, which 4 covers for the two laps these models run. For every schedule loom still
+/// explores every value each load may return under the memory model, which is what exposes a
+/// missing ordering. With 4 the file runs in well under a minute on two cores (5 doubles it).
+const BOUNDED: Option<usize> = Some(4);
+
+/// Runs `f` under loom with `preemption_bound` (`LOOM_MAX_PREEMPTIONS` overrides it) and prints
+/// how many executions were explored (visible with `--nocapture`).
+fn model<F>(preemption_bound: Option<usize>, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = preemption_bound;
+    }
+    let executions = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = executions.clone();
+    builder.check(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    println!(
+        "{}: {} executions explored (preemption bound {:?})",
+        std::thread::current().name().unwrap_or("model"),
+        executions.load(Ordering::Relaxed),
+        builder.preemption_bound
+    );
+}
+
+fn owner(id: u32) -> NonZeroU32 {
+    NonZeroU32::new(id).expect("owner ids are non-zero")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the fixed ring.
+
+fn claim_producer_spin<T, const N: usize>(ring: &Ring<T, N>, id: u32) -> Producer<'_, T, N> {
+    loop {
+        match ring.claim_producer(owner(id)) {
+            Ok(producer) => return producer,
+            Err(ClaimError::Taken { .. }) => spin_hint(),
+            Err(error) => panic!("claim_producer: {error}"),
+        }
+    }
+}
+
+fn push_spin<T, const N: usize>(tx: &mut Producer<'_, T, N>, mut value: T) {
+    loop {
+        match tx.push(value) {
+            Ok(()) => return,
+            Err(Full(back)) => {
+                value = back;
+                spin_hint();
+            }
+        }
+    }
+}
+
+fn pop_spin<T, const N: usize>(rx: &mut Consumer<'_, T, N>) -> T {
+    loop {
+        if let Some(value) = rx.pop() {
+            return value;
+        }
+        spin_hint();
+    }
+}
+
+/// An element that counts its drops in a per-test table (loom runs every thread of a model on
+/// one OS thread, so std atomics are plain counters here; each model resets its table).
+struct Counted {
+    id: usize,
+    drops: &'static [AtomicUsize; 4],
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.drops[self.id].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn drop_counts(drops: &[AtomicUsize; 4]) -> [usize; 4] {
+    core::array::from_fn(|i| drops[i].load(Ordering::Relaxed))
+}
+
+fn reset(drops: &[AtomicUsize; 4]) {
+    for count in drops {
+        count.store(0, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Single push/pop through wrap-around.
+
+/// Four values through two slots: the producer must wait for the consumer to release each slot
+/// (`Full`, then a reload of `head`) and reuse it for the next lap's stamp.
+#[test]
+fn ring_push_pop_wraps_in_order() {
+    model(EXHAUSTIVE, || {
+        let ring = Arc::new(Ring::<u32, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            for value in 1..=4 {
+                push_spin(&mut tx, value);
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let received: Vec<u32> = (0..4).map(|_| pop_spin(&mut rx)).collect();
+        assert_eq!(received, [1, 2, 3, 4]);
+        producer.join().unwrap();
+        assert_eq!(rx.pop(), None, "nothing beyond what was pushed");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Batch paths.
+
+/// `push_slice` publishes a batch (partially, when the ring is short of room) while `pop_slice`
+/// takes what is ready and publishes the consumer index once.
+#[test]
+fn ring_push_slice_vs_pop_slice() {
+    model(BOUNDED, || {
+        let ring = Arc::new(Ring::<u32, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            let data = [10, 20, 30];
+            let mut sent = 0;
+            while sent < data.len() {
+                let pushed = tx.push_slice(&data[sent..]);
+                assert!(pushed <= 2, "a batch never exceeds the capacity");
+                sent += pushed;
+                if sent < data.len() {
+                    spin_hint();
+                }
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let mut received = Vec::new();
+        while received.len() < 3 {
+            let mut out = [0u32; 2];
+            let count = rx.pop_slice(&mut out);
+            received.extend_from_slice(&out[..count]);
+            if count == 0 {
+                spin_hint();
+            }
+        }
+        assert_eq!(received, [10, 20, 30]);
+        producer.join().unwrap();
+        assert_eq!(rx.pop(), None);
+    });
+}
+
+/// `push_iter` of owned (heap) values leaves what did not fit in the iterator; `drain` moves the
+/// ready ones out. Owned values make a double read or a lost element visible as a wrong result.
+#[test]
+fn ring_push_iter_vs_drain() {
+    model(BOUNDED, || {
+        let ring = Arc::new(Ring::<Box<u32>, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            let mut items = (1..=3).map(Box::new);
+            let mut sent = 0;
+            while sent < 3 {
+                sent += tx.push_iter(&mut items);
+                if sent < 3 {
+                    spin_hint();
+                }
+            }
+            assert!(items.next().is_none());
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let mut received = Vec::new();
+        while received.len() < 3 {
+            let before = received.len();
+            received.extend(rx.drain(usize::MAX).map(|value| *value));
+            if received.len() == before {
+                spin_hint();
+            }
+        }
+        assert_eq!(received, [1, 2, 3]);
+        producer.join().unwrap();
+        assert!(rx.pop().is_none());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Handles re-attached mid-stream.
+
+/// Two producer handles, each on its own thread, race for the producer side (the loser spins on
+/// `Taken` until the winner's handle is dropped). The second must resume exactly after the
+/// first's last published value, without overwriting it. The consumer pops concurrently, but
+/// without waiting (loom schedules unfairly: two threads spinning at once could starve the
+/// third forever), and takes the rest after the join: each value once, each producer's values
+/// in order, one batch after the other.
+#[test]
+fn ring_producer_handoff_between_threads() {
+    model(EXHAUSTIVE, || {
+        let ring = Arc::new(Ring::<u32, 4>::new());
+        let spawn_producer = |id: u32, values: &'static [u32]| {
+            let ring = ring.clone();
+            thread::spawn(move || {
+                let mut tx = claim_producer_spin(&ring, id);
+                for &value in values {
+                    tx.push(value).expect("3 values never fill 4 slots");
+                }
+            })
+        };
+        let first = spawn_producer(1, &[1, 2]);
+        let second = spawn_producer(2, &[3]);
+        let mut rx = ring.claim_consumer(owner(3)).unwrap();
+        let mut received: Vec<u32> = (0..2).filter_map(|_| rx.pop()).collect();
+        first.join().unwrap();
+        second.join().unwrap();
+        received.extend(core::iter::from_fn(|| rx.pop()));
+        assert!(
+            received == [1, 2, 3] || received == [3, 1, 2],
+            "each value once, batches not interleaved: {received:?}"
+        );
+    });
+}
+
+/// A producer pushes, is dropped, and a new handle (claimed, then taken over from a leaked one)
+/// continues through wrap-around while the consumer pops concurrently.
+#[test]
+fn ring_producer_reclaim_and_take_over() {
+    model(BOUNDED, || {
+        let ring = Arc::new(Ring::<u32, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let ring = &*producer_ring;
+            let mut tx = ring.claim_producer(owner(1)).unwrap();
+            push_spin(&mut tx, 1);
+            push_spin(&mut tx, 2);
+            drop(tx);
+            let mut tx = ring.claim_producer(owner(2)).unwrap();
+            push_spin(&mut tx, 3);
+            core::mem::forget(tx);
+            // SAFETY: the handle of owner 2 was forgotten above and is never used again.
+            let mut tx = unsafe { ring.take_over_producer(owner(2), owner(3)) }.unwrap();
+            push_spin(&mut tx, 4);
+        });
+        let mut rx = ring.claim_consumer(owner(9)).unwrap();
+        let received: Vec<u32> = (0..4).map(|_| pop_spin(&mut rx)).collect();
+        assert_eq!(received, [1, 2, 3, 4]);
+        producer.join().unwrap();
+        assert_eq!(rx.pop(), None);
+    });
+}
+
+/// The consumer handle is dropped (and later leaked and taken over) mid-stream. An element it
+/// only peeked is delivered to the next handle, which must see it immediately: the claim
+/// synchronises with the release of the previous handle.
+#[test]
+fn ring_consumer_reclaim_and_take_over() {
+    model(EXHAUSTIVE, || {
+        let ring = Arc::new(Ring::<u32, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            for value in 1..=3 {
+                push_spin(&mut tx, value);
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        assert_eq!(pop_spin(&mut rx), 1);
+        let peeked = loop {
+            if let Some(&value) = rx.peek() {
+                break value;
+            }
+            spin_hint();
+        };
+        assert_eq!(peeked, 2);
+        drop(rx);
+        let mut rx = ring.claim_consumer(owner(3)).unwrap();
+        assert_eq!(rx.peek(), Some(&2), "peeked element delivered again");
+        assert_eq!(rx.pop(), Some(2));
+        core::mem::forget(rx);
+        // SAFETY: the handle of owner 3 was forgotten above and is never used again.
+        let mut rx = unsafe { ring.take_over_consumer(owner(3), owner(4)) }.unwrap();
+        assert_eq!(pop_spin(&mut rx), 3);
+        producer.join().unwrap();
+        assert_eq!(rx.pop(), None);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Dropping a ring that still holds elements.
+
+/// Three counted elements through two slots; the consumer pops one. Dropping the ring after the
+/// threads join must drop the two left in it, each exactly once.
+#[test]
+fn ring_drop_with_elements_left() {
+    static DROPS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+    model(EXHAUSTIVE, || {
+        reset(&DROPS);
+        let ring = Arc::new(Ring::<Counted, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            for id in 0..3 {
+                push_spin(&mut tx, Counted { id, drops: &DROPS });
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let first = pop_spin(&mut rx);
+        assert_eq!(first.id, 0);
+        drop(first);
+        drop(rx);
+        producer.join().unwrap();
+        assert_eq!(drop_counts(&DROPS), [1, 0, 0, 0]);
+        drop(ring);
+        assert_eq!(drop_counts(&DROPS), [1, 1, 1, 0]);
+    });
+}
+
+/// A `Drain` that is dropped before yielding every ready element publishes exactly the ones it
+/// yielded: the rest stay in the ring and are dropped with it, once.
+#[test]
+fn ring_partial_drain_then_drop() {
+    static DROPS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+    model(EXHAUSTIVE, || {
+        reset(&DROPS);
+        let ring = Arc::new(Ring::<Counted, 4>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            let pushed = tx.push_iter((0..3).map(|id| Counted { id, drops: &DROPS }));
+            assert_eq!(pushed, 3, "an empty ring of 4 takes 3");
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let first = loop {
+            let mut drain = rx.drain(2);
+            if let Some(value) = drain.next() {
+                break value;
+            }
+            drop(drain);
+            spin_hint();
+        };
+        assert_eq!(first.id, 0);
+        drop(first);
+        producer.join().unwrap();
+        // The next consumer handle starts right after the one element the drain yielded.
+        drop(rx);
+        let rx = ring.claim_consumer(owner(3)).unwrap();
+        assert_eq!(rx.peek().map(|value| value.id), Some(1));
+        drop(rx);
+        assert_eq!(drop_counts(&DROPS), [1, 0, 0, 0]);
+        drop(ring);
+        assert_eq!(drop_counts(&DROPS), [1, 1, 1, 0]);
+    });
+}
+
+/// FAILS (soundness bug in `Ring`, see the report): a `Drain` leaked with `mem::forget` (safe
+/// code) after yielding an element never publishes the consumer index, so the element it moved
+/// out is still "unconsumed" for `Ring::drop` (and for the next consumer handle), which drops
+/// it a second time. With `Box` elements that is a double free.
+#[test]
+fn ring_leaked_drain_then_drop() {
+    static DROPS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+    model(EXHAUSTIVE, || {
+        reset(&DROPS);
+        let ring = Arc::new(Ring::<Counted, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            push_spin(
+                &mut tx,
+                Counted {
+                    id: 0,
+                    drops: &DROPS,
+                },
+            );
+            push_spin(
+                &mut tx,
+                Counted {
+                    id: 1,
+                    drops: &DROPS,
+                },
+            );
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let first = loop {
+            let mut drain = rx.drain(1);
+            if let Some(value) = drain.next() {
+                core::mem::forget(drain);
+                break value;
+            }
+            drop(drain);
+            spin_hint();
+        };
+        assert_eq!(first.id, 0);
+        drop(first);
+        drop(rx);
+        producer.join().unwrap();
+        drop(ring);
+        assert_eq!(
+            drop_counts(&DROPS),
+            [1, 1, 0, 0],
+            "each element dropped exactly once"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the message ring.
+
+/// A payload whose every byte depends on the message and the position, so a stale, shifted or
+/// foreign byte shows.
+fn payload(message: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|j| message.wrapping_mul(37).wrapping_add(j as u8 * 7) | 1)
+        .collect()
+}
+
+fn send_spin<const C: usize>(tx: &mut MessageProducer<'_, C>, tag: u16, bytes: &[u8]) {
+    loop {
+        match tx.send(tag, bytes) {
+            Ok(()) => return,
+            Err(SendError::Full) => spin_hint(),
+            Err(error) => panic!("send: {error}"),
+        }
+    }
+}
+
+fn recv_spin<const C: usize>(rx: &mut MessageConsumer<'_, C>) -> (u16, Vec<u8>) {
+    loop {
+        match rx.recv_with(|message| (message.tag(), message.payload().to_vec())) {
+            Ok(received) => return received,
+            Err(RecvError::Empty) => spin_hint(),
+            Err(error) => panic!("recv: {error}"),
+        }
+    }
+}
+
+fn front_spin<const C: usize>(rx: &mut MessageConsumer<'_, C>) -> (u16, Vec<u8>) {
+    loop {
+        match rx.front() {
+            Ok(message) => return (message.tag(), message.payload().to_vec()),
+            Err(RecvError::Empty) => spin_hint(),
+            Err(error) => panic!("front: {error}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Messages that wrap with a padding record.
+
+/// C = 64, MAX_PAYLOAD = 24. Records of 24 and 32 bytes at 0 and 24, a padding record at 56
+/// (the third needs 24), then 24 and 32 bytes at 0 and 24 again, each waiting for the consumer
+/// to release room. The second lap puts record boundaries where the first lap's commit words
+/// were, so a consumer that overtook the producer would read a stale header unless the producer
+/// zeroed it first (the "commit word at the write position is 0" invariant). Every payload byte
+/// must arrive as written.
+#[test]
+fn message_ring_wraps_with_padding() {
+    model(BOUNDED, || {
+        const LENS: [usize; 4] = [16, 24, 16, 24];
+        let ring = Arc::new(MessageRing::<64>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            for (i, len) in LENS.into_iter().enumerate() {
+                send_spin(&mut tx, 100 + i as u16, &payload(i as u8, len));
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        for (i, len) in LENS.into_iter().enumerate() {
+            assert_eq!(recv_spin(&mut rx), (100 + i as u16, payload(i as u8, len)));
+        }
+        producer.join().unwrap();
+        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A slot allocated and dropped without push.
+
+/// The producer fills a slot and drops it (publishing nothing) while the consumer polls; the
+/// consumer must never see it, and the slot's room is reused by the next message.
+#[test]
+fn message_ring_alloc_without_push() {
+    model(EXHAUSTIVE, || {
+        let ring = Arc::new(MessageRing::<64>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            send_spin(&mut tx, 1, &payload(1, 24));
+            // Needs the consumer to pop the first message (24 + 8 + the next header > 32).
+            let mut slot = loop {
+                match tx.alloc(24, 9) {
+                    Ok(slot) => break slot,
+                    Err(SendError::Full) => spin_hint(),
+                    Err(error) => panic!("alloc: {error}"),
+                }
+            };
+            slot.payload_mut().fill(0xEE);
+            drop(slot);
+            send_spin(&mut tx, 2, &payload(2, 16));
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        assert_eq!(recv_spin(&mut rx), (1, payload(1, 24)));
+        assert_eq!(recv_spin(&mut rx), (2, payload(2, 16)));
+        producer.join().unwrap();
+        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+        drop(rx);
+        // A new producer resumes after the last pushed record, not the abandoned slot.
+        let mut tx = ring.claim_producer(owner(3)).unwrap();
+        send_spin(&mut tx, 3, &payload(3, 8));
+        let mut rx = ring.claim_consumer(owner(4)).unwrap();
+        assert_eq!(recv_spin(&mut rx), (3, payload(3, 8)));
+        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Message ring handles re-attached mid-stream.
+
+/// The first producer pushes a message, allocates another and is leaked mid-write; a take-over
+/// discards the unpushed slot and continues (through a padding record); a later handle is
+/// dropped and re-claimed. The consumer sees each pushed message once, in order.
+#[test]
+fn message_ring_producer_take_over() {
+    model(BOUNDED, || {
+        let ring = Arc::new(MessageRing::<64>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let ring = &*producer_ring;
+            let mut tx = ring.claim_producer(owner(1)).unwrap();
+            send_spin(&mut tx, 1, &payload(1, 16));
+            let mut slot = tx.alloc(8, 9).expect("an 8-byte slot fits after 24 bytes");
+            slot.payload_mut().fill(0xEE);
+            core::mem::forget(slot);
+            core::mem::forget(tx);
+            // SAFETY: the handle of owner 1 was forgotten above and is never used again.
+            let mut tx = unsafe { ring.take_over_producer(owner(1), owner(2)) }.unwrap();
+            send_spin(&mut tx, 2, &payload(2, 24));
+            drop(tx);
+            let mut tx = ring.claim_producer(owner(3)).unwrap();
+            send_spin(&mut tx, 3, &payload(3, 16));
+        });
+        let mut rx = ring.claim_consumer(owner(9)).unwrap();
+        assert_eq!(recv_spin(&mut rx), (1, payload(1, 16)));
+        assert_eq!(recv_spin(&mut rx), (2, payload(2, 24)));
+        assert_eq!(recv_spin(&mut rx), (3, payload(3, 16)));
+        producer.join().unwrap();
+        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+    });
+}
+
+/// A message read with `front` but not popped when the consumer handle goes away is delivered
+/// again, immediately, to the next handle (claimed after a drop, or taken over from a leaked
+/// one); a popped one never is.
+#[test]
+fn message_ring_consumer_reclaim() {
+    model(EXHAUSTIVE, || {
+        let ring = Arc::new(MessageRing::<64>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            send_spin(&mut tx, 1, &payload(1, 16));
+            send_spin(&mut tx, 2, &payload(2, 24));
+            send_spin(&mut tx, 3, &payload(3, 24));
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        assert_eq!(front_spin(&mut rx), (1, payload(1, 16)));
+        drop(rx);
+        let mut rx = ring.claim_consumer(owner(3)).unwrap();
+        let again = rx
+            .front()
+            .map(|message| (message.tag(), message.payload().to_vec()));
+        assert_eq!(
+            again,
+            Ok((1, payload(1, 16))),
+            "unpopped message delivered again"
+        );
+        rx.pop().unwrap();
+        assert_eq!(front_spin(&mut rx), (2, payload(2, 24)));
+        core::mem::forget(rx);
+        // SAFETY: the handle of owner 3 was forgotten above and is never used again.
+        let mut rx = unsafe { ring.take_over_consumer(owner(3), owner(4)) }.unwrap();
+        let again = rx
+            .front()
+            .map(|message| (message.tag(), message.payload().to_vec()));
+        assert_eq!(
+            again,
+            Ok((2, payload(2, 24))),
+            "unpopped message delivered again"
+        );
+        rx.pop().unwrap();
+        assert_eq!(recv_spin(&mut rx), (3, payload(3, 24)));
+        producer.join().unwrap();
+        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+    });
+}
