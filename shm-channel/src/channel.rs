@@ -35,6 +35,7 @@ use crate::header::{
 use crate::name::{NameError, SegmentName};
 use crate::pid::{current_pid, is_process_alive};
 use crate::segment::{Segment, SegmentError, SegmentOptions};
+use crate::wait::{monotonic_nanos, Parker, WaitCell, WaitOptions, WaitOutcome};
 
 /// How a channel's segment is found and created.
 #[derive(Clone, Debug, Default)]
@@ -349,6 +350,7 @@ impl<const C: usize> Channel<C> {
         Ok(Endpoint {
             sender: Sender {
                 producer,
+                wait: header.wait_cell(end.outgoing()),
                 counters: header.send_counters(end.outgoing()),
                 allocs: 0,
                 sample_pending: false,
@@ -356,6 +358,8 @@ impl<const C: usize> Channel<C> {
             },
             receiver: Receiver {
                 consumer,
+                parker: Parker::new(header.wait_cell(end.incoming())),
+                ring: incoming,
                 counters: header.recv_counters(end.incoming()),
                 attachment,
             },
@@ -483,9 +487,19 @@ impl<const C: usize> Endpoint<C> {
     }
 
     /// Records a heartbeat for this end; `now` is whatever clock the application uses (the
-    /// library never reads one).
+    /// library never reads one). For the peer's [`WaitOptions::heartbeat_limit`] to judge it,
+    /// use [`monotonic_nanos`].
     pub fn heartbeat(&self, now: u64) {
         self.header().set_heartbeat(self.end(), now);
+    }
+
+    /// How long ago the peer recorded its last heartbeat, as of `now` on the clock the peer uses
+    /// (0 if its heartbeat is ahead of `now`); `None` if it never recorded one.
+    pub fn peer_heartbeat_age(&self, now: u64) -> Option<u64> {
+        match self.header().heartbeat(self.end().peer()) {
+            0 => None,
+            beat => Some(now.saturating_sub(beat)),
+        }
     }
 
     /// Counters of one direction.
@@ -508,6 +522,7 @@ pub struct Sender<const C: usize> {
     // Field order is load-bearing: `producer` and `counters` point into the mapping that
     // `attachment` keeps alive, so they must drop first (module docs).
     producer: MessageProducer<'static, C>,
+    wait: &'static WaitCell,
     counters: &'static SendCounters,
     allocs: u32,
     sample_pending: bool,
@@ -551,14 +566,16 @@ impl<const C: usize> MessageSender for Sender<C> {
     #[inline]
     fn alloc(&mut self, len: u32, tag: u16) -> Result<ChannelSlot<'_, C>, SendError> {
         self.allocs = self.allocs.wrapping_add(1);
-        if self.sample_pending || self.allocs % 64 == 0 {
+        if self.sample_pending || self.allocs.is_multiple_of(64) {
             self.sample_pending = false;
             self.sample_depth();
         }
         let counters = self.counters;
+        let wait = self.wait;
         match self.producer.alloc(len, tag) {
             Ok(inner) => Ok(ChannelSlot {
                 inner,
+                wait,
                 counters,
                 len,
             }),
@@ -580,6 +597,7 @@ impl<const C: usize> MessageSender for Sender<C> {
 /// A message being written by a [`Sender`]; see [`SendSlot`].
 pub struct ChannelSlot<'s, const C: usize> {
     inner: MessageSlot<'s, 'static, C>,
+    wait: &'s WaitCell,
     counters: &'s SendCounters,
     len: u32,
 }
@@ -594,10 +612,14 @@ impl<const C: usize> SendSlot for ChannelSlot<'_, C> {
         self.inner.tag()
     }
 
-    /// Publishes the message, then counts it (two relaxed stores on the sender's own line).
+    /// Publishes the message, wakes the receiver if it sleeps, then counts the message (two
+    /// relaxed stores on the sender's own line). Waking costs one load of a line that stays
+    /// shared while the receiver has never blocked; a fence while it may block; a syscall only
+    /// if it is asleep or about to sleep ([`crate::wait`]).
     #[inline]
     fn push(self) {
         self.inner.push();
+        self.wait.notify();
         bump(&self.counters.messages, 1);
         bump(&self.counters.bytes, u64::from(self.len));
     }
@@ -614,8 +636,10 @@ impl<const C: usize> fmt::Debug for ChannelSlot<'_, C> {
 /// The receiving half of an [`Endpoint`]; implements [`MessageReceiver`] and counts what it pops
 /// in the header.
 pub struct Receiver<const C: usize> {
-    // Field order is load-bearing, as in `Sender`.
+    // Field order is load-bearing, as in `Sender`; `parker` disarms its cell when dropped.
     consumer: MessageConsumer<'static, C>,
+    parker: Parker<'static>,
+    ring: &'static MessageRing<C>,
     counters: &'static RecvCounters,
     attachment: Arc<Attachment>,
 }
@@ -629,6 +653,119 @@ impl<const C: usize> Receiver<C> {
     /// `true` if there is no message to read now.
     pub fn is_empty(&mut self) -> bool {
         self.consumer.is_empty()
+    }
+
+    /// Waits until [`front`](MessageReceiver::front) has something to report (a message, or
+    /// [`RecvError::Corrupt`]), as `options` say. Reads the monotonic clock while waiting (this
+    /// is not the hot path); returns at once, without reading it, if a message is there.
+    ///
+    /// Every liveness interval it checks the sender of this direction: the process holding the
+    /// ring's producer side must exist, and its heartbeat must be younger than the options'
+    /// limit if one is set. Messages already in the ring are reported first, even after the
+    /// sender died: pop is the commit.
+    ///
+    /// # Errors
+    /// [`RecvError::Empty`] when the timeout passed; [`RecvError::Disconnected`] when the ring is
+    /// empty and the sender is gone: its process died, it exceeded the heartbeat limit, or it
+    /// detached after having attached (a sender that never attached yet is waited for).
+    pub fn wait_readable(&mut self, options: &WaitOptions) -> Result<(), RecvError> {
+        let Self {
+            consumer,
+            parker,
+            ring,
+            attachment,
+            ..
+        } = self;
+        let header = attachment.header;
+        let peer = attachment.end.peer();
+        let heartbeat_limit = options.heartbeat_limit_ns();
+        let outcome = parker.wait(
+            options,
+            || !consumer.is_empty(),
+            |now| sender_gone(header, ring, peer, heartbeat_limit, now),
+            monotonic_nanos,
+        );
+        match outcome {
+            WaitOutcome::Ready => Ok(()),
+            WaitOutcome::TimedOut => Err(RecvError::Empty),
+            // The dead sender's last messages may have landed after our last poll.
+            WaitOutcome::PeerGone if !consumer.is_empty() => Ok(()),
+            WaitOutcome::PeerGone => Err(RecvError::Disconnected),
+        }
+    }
+
+    /// Waits for the next message as [`wait_readable`](Self::wait_readable) does, then borrows
+    /// it in place; [`pop`](MessageReceiver::pop) it when done.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_channel::{Channel, ChannelOptions, End, WaitOptions, WaitStrategy};
+    /// use spsc_core::{MessageReceiver, MessageSender, RecvError};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let options = ChannelOptions::new().dir(dir.path());
+    /// let mut a = Channel::<4096>::create_or_open("wait-doc", End::A, &options).unwrap();
+    /// let mut b = Channel::<4096>::create_or_open("wait-doc", End::B, &options).unwrap();
+    /// let block = WaitOptions::new(WaitStrategy::Block { spin_first: 100 })
+    ///     .timeout(Duration::from_millis(10));
+    ///
+    /// a.sender().send(3, b"wake up").unwrap();
+    /// let message = b.receiver().recv_wait(&block).unwrap();
+    /// assert_eq!(message.payload(), b"wake up");
+    /// b.receiver().pop().unwrap();
+    /// // Nothing more: the timeout reports an empty ring.
+    /// assert_eq!(b.receiver().recv_wait(&block).unwrap_err(), RecvError::Empty);
+    /// ```
+    ///
+    /// # Errors
+    /// As [`wait_readable`](Self::wait_readable), and [`RecvError::Corrupt`] as
+    /// [`front`](MessageReceiver::front).
+    pub fn recv_wait(&mut self, options: &WaitOptions) -> Result<Message<'_>, RecvError> {
+        self.wait_readable(options)?;
+        self.consumer.front()
+    }
+
+    /// Tells the sender this receiver will not block any more, so it stops fencing after each
+    /// push. Dropping the receiver does the same; the next blocking wait re-arms.
+    pub fn disarm_blocking(&mut self) {
+        self.parker.disarm();
+    }
+
+    /// Whether the sender of this direction is gone (see [`wait_readable`](Self::wait_readable));
+    /// `now` and `heartbeat_limit` in nanoseconds of [`monotonic_nanos`].
+    pub fn sender_gone(&self, now: u64, heartbeat_limit: Option<u64>) -> bool {
+        let attachment = &self.attachment;
+        sender_gone(
+            attachment.header,
+            self.ring,
+            attachment.end.peer(),
+            heartbeat_limit,
+            now,
+        )
+    }
+}
+
+/// Whether the producer of `ring`, held by end `peer`, is gone as of `now` (nanoseconds of
+/// [`monotonic_nanos`]): its process no longer exists, its heartbeat is older than
+/// `heartbeat_limit`, or it released the ring after having attached.
+fn sender_gone<const C: usize>(
+    header: &SegmentHeader,
+    ring: &MessageRing<C>,
+    peer: End,
+    heartbeat_limit: Option<u64>,
+    now: u64,
+) -> bool {
+    let (producer, _) = ring.holders();
+    if producer == 0 {
+        // Never attached yet: wait for it. Attached once and released since: gone.
+        return header.attach_count(peer) > 0;
+    }
+    if !is_process_alive(producer) {
+        return true;
+    }
+    match (heartbeat_limit, header.heartbeat(peer)) {
+        (Some(limit), beat) if beat != 0 => now.saturating_sub(beat) > limit,
+        _ => false,
     }
 }
 

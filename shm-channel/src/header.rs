@@ -9,6 +9,7 @@ use spsc_core::RingLayout;
 
 use crate::name::{SegmentName, MAX_NAME_LEN};
 use crate::pid::is_process_alive;
+use crate::wait::{WaitCell, WaitStats};
 
 /// `b"SHMCHAN\0"` as a little-endian `u64`: the first word of every segment.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMCHAN\0");
@@ -158,14 +159,14 @@ pub struct RecvCounters {
     _reserved: [AtomicU64; 14],
 }
 
-/// The words a blocking receiver of one direction parks on (futex), reserved for the waiting
-/// layer: zero until it exists, so segments made now stay valid when it arrives.
+/// The words a blocking receiver of one direction parks on (a futex) and its sender wakes it
+/// with: a [`WaitCell`], whose all-zero state (disarmed, nobody asleep) is what a freshly
+/// created segment holds.
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct WaitWords {
-    seq: AtomicU32,
-    sleepers: AtomicU32,
-    _reserved: [AtomicU64; 15],
+    cell: WaitCell,
+    _reserved: [AtomicU64; 12],
 }
 
 /// Words of one end's name in the session area: [`MAX_NAME_LEN`] bytes rounded up to 256.
@@ -193,7 +194,7 @@ pub struct SessionArea {
 /// | 128 | 2 × 128 | liveness of end A, end B: owner pid, attach count, heartbeat | that end |
 /// | 384 | 2 × 128 | sender counters of A→B, B→A: messages, bytes, queue-full rejections, depth high-water mark | that direction's sender |
 /// | 640 | 2 × 128 | receiver counters of A→B, B→A: messages, bytes | that direction's receiver |
-/// | 896 | 2 × 128 | wait words of A→B, B→A (for the blocking-wait layer; zero until it exists) | both sides of that direction |
+/// | 896 | 2 × 128 | wait words of A→B, B→A: futex word, sleeper flag, armed epoch, acknowledged epoch, wake and park counters ([`WaitCell`]) | both sides of that direction |
 /// | 1152 | 1024 | session area for upper layers: session generation, both end names, 62 user words | upper layers |
 /// | 2176 | 1920 | reserved, zero | nobody yet |
 /// | 4096 | | rings (each 128-aligned; offsets recorded in the identity block) | |
@@ -220,7 +221,9 @@ pub struct SegmentHeader {
 }
 
 /// Compile-time locks: a change that moves any field fails the build here, and must come with a
-/// bump of [`ABI_VERSION`].
+/// bump of [`ABI_VERSION`]. (Loom builds put larger model types in the wait words, so the checks
+/// apply to real builds.)
+#[cfg(not(loom))]
 mod locked {
     use core::mem::{align_of, offset_of, size_of};
 
@@ -266,8 +269,7 @@ mod locked {
     const_assert_eq!(offset_of!(RecvCounters, bytes), 8);
 
     const_assert_eq!(size_of::<WaitWords>(), 128);
-    const_assert_eq!(offset_of!(WaitWords, seq), 0);
-    const_assert_eq!(offset_of!(WaitWords, sleepers), 4);
+    const_assert_eq!(offset_of!(WaitWords, cell), 0);
 
     const_assert_eq!(size_of::<SessionArea>(), 1024);
     const_assert_eq!(offset_of!(SessionArea, generation), 0);
@@ -737,10 +739,14 @@ impl SegmentHeader {
         SegmentName::new(text).ok()
     }
 
-    /// The wait words of `direction`, for the blocking-wait layer.
-    #[allow(dead_code)]
-    pub(crate) fn wait_words(&self, direction: Direction) -> (&AtomicU32, &AtomicU32) {
-        let wait = &self.wait[direction.index()];
-        (&wait.seq, &wait.sleepers)
+    /// The park/wake words of `direction`.
+    pub(crate) fn wait_cell(&self, direction: Direction) -> &WaitCell {
+        &self.wait[direction.index()].cell
+    }
+
+    /// A snapshot of `direction`'s park/wake words: how often its receiver prepared to sleep and
+    /// its sender woke it, and whether it may block now.
+    pub fn wait_stats(&self, direction: Direction) -> WaitStats {
+        self.wait_cell(direction).stats()
     }
 }

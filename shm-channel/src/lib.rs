@@ -12,6 +12,10 @@
 //!   corrupt file is a typed [`HeaderError`], never a panic or a re-initialisation. It carries
 //!   per-direction counters ([`DirectionStats`]), per-end liveness, and a session area for upper
 //!   layers.
+//! - [`Receiver::recv_wait`] waits for the next message by busy-polling, spinning then
+//!   yielding, or blocking on a futex in the segment ([`WaitStrategy`]); the sender pays a
+//!   syscall only when the receiver sleeps, and a waiting receiver notices a dead or silent peer
+//!   within a configurable interval ([`wait`] module).
 //! - [`PodSender`] / [`PodReceiver`] send and receive `#[repr(C)]` plain-old-data structs in
 //!   place, with no copy on receive.
 //!
@@ -47,6 +51,7 @@ mod name;
 mod pid;
 mod segment;
 mod typed;
+pub mod wait;
 
 pub use channel::{Channel, ChannelError, ChannelOptions, ChannelSlot, Endpoint, Receiver, Sender};
 pub use header::{
@@ -58,3 +63,4 @@ pub use name::{NameError, SegmentName, MAX_NAME_LEN};
 pub use pid::is_process_alive;
 pub use segment::{Segment, SegmentError, SegmentOptions, DEFAULT_DIR};
 pub use typed::{PodReceiver, PodRecvError, PodSender, PodSlot};
+pub use wait::{monotonic_nanos, WaitOptions, WaitStats, WaitStrategy};
