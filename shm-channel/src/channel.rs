@@ -535,6 +535,13 @@ impl<const C: usize> Sender<C> {
         self.attachment.header
     }
 
+    /// The wrapping byte position the next message will be written at (see
+    /// [`MessageProducer::position`]): recovered on take-over, so a layer above can tell whether
+    /// a push it was doing when it crashed happened.
+    pub fn position(&self) -> u32 {
+        self.producer.position()
+    }
+
     /// Records the queue depth in the high-water mark.
     #[cold]
     fn sample_depth(&mut self) {
@@ -648,6 +655,13 @@ impl<const C: usize> Receiver<C> {
     /// The segment's header.
     pub fn header(&self) -> &SegmentHeader {
         self.attachment.header
+    }
+
+    /// The wrapping byte position of the next message to read (see
+    /// [`MessageConsumer::position`]); every pop moves it, so it is the durable record of what
+    /// was delivered.
+    pub fn position(&self) -> u32 {
+        self.consumer.position()
     }
 
     /// `true` if there is no message to read now.

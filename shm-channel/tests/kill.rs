@@ -37,8 +37,7 @@
 //!
 //! So the resume point comes from the ring's own commit, never from the message contents: a ring
 //! that redelivered a popped message, lost a pushed one or kept one whose push never returned
-//! fails the check at once. Positions are read through the handles' `Debug` output (see
-//! [`sender_position`]) until the channel offers them as an API.
+//! fails the check at once. Positions come from the handles' `position()`.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -283,32 +282,14 @@ fn unpack(word: u64) -> Option<(u64, u32)> {
     (word != 0).then(|| ((word >> 32) - 1, word as u32))
 }
 
-/// Reads the number after `key` in a handle's `Debug` output.
-fn debug_number(debug: &str, key: &str) -> u32 {
-    let start = debug
-        .find(key)
-        .unwrap_or_else(|| panic!("no `{key}` in {debug:?}: the handle's Debug output changed"))
-        + key.len();
-    let digits: String = debug[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits
-        .parse()
-        .unwrap_or_else(|_| panic!("no number after `{key}` in {debug:?}"))
-}
-
-/// The producer's write position (`MessageProducer::tail`), a wrapping byte count.
-///
-/// Read from the `Debug` output because the channel has no accessor for it yet; an upper layer
-/// that keeps its own exactly-once bookkeeping needs one (and the consumer's, below).
+/// The producer's write position, a wrapping byte count.
 fn sender_position(tx: &Sender<C>) -> u32 {
-    debug_number(&format!("{tx:?}"), "MessageProducer { tail: ")
+    tx.position()
 }
 
-/// The consumer's read position (`MessageConsumer::head`), which `pop` commits to the ring.
+/// The consumer's read position, which `pop` commits to the ring.
 fn receiver_position(rx: &Receiver<C>) -> u32 {
-    debug_number(&format!("{rx:?}"), "MessageConsumer { head: ")
+    rx.position()
 }
 
 /// Where a restarted producer resumes: the next message to push, and which case it found.
