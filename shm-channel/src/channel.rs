@@ -679,7 +679,7 @@ impl<const C: usize> Receiver<C> {
     /// sender died: pop is the commit.
     ///
     /// # Errors
-    /// [`RecvError::Empty`] when the timeout passed; [`RecvError::Disconnected`] when the ring is
+    /// [`RecvError::TimedOut`] when the timeout passed; [`RecvError::Disconnected`] when the ring is
     /// empty and the sender is gone: its process died, it exceeded the heartbeat limit, or it
     /// detached after having attached (a sender that never attached yet is waited for).
     pub fn wait_readable(&mut self, options: &WaitOptions) -> Result<(), RecvError> {
@@ -701,7 +701,7 @@ impl<const C: usize> Receiver<C> {
         );
         match outcome {
             WaitOutcome::Ready => Ok(()),
-            WaitOutcome::TimedOut => Err(RecvError::Empty),
+            WaitOutcome::TimedOut => Err(RecvError::TimedOut),
             // The dead sender's last messages may have landed after our last poll.
             WaitOutcome::PeerGone if !consumer.is_empty() => Ok(()),
             WaitOutcome::PeerGone => Err(RecvError::Disconnected),
@@ -728,7 +728,7 @@ impl<const C: usize> Receiver<C> {
     /// assert_eq!(message.payload(), b"wake up");
     /// b.receiver().pop().unwrap();
     /// // Nothing more: the timeout reports an empty ring.
-    /// assert_eq!(b.receiver().recv_wait(&block).unwrap_err(), RecvError::Empty);
+    /// assert_eq!(b.receiver().recv_wait(&block).unwrap_err(), RecvError::TimedOut);
     /// ```
     ///
     /// # Errors

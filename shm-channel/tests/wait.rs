@@ -165,10 +165,10 @@ fn a_sender_makes_no_syscall_unless_the_receiver_sleeps() {
     // Once the receiver has blocked, the sender fences after each push but makes a syscall only
     // when the receiver has announced itself: here it never does, as it is not waiting.
     let block = WaitOptions::new(WaitStrategy::Block { spin_first: 0 }).timeout(Duration::ZERO);
-    assert_eq!(rx.recv_wait(&block).unwrap_err(), RecvError::Empty);
+    assert_eq!(rx.recv_wait(&block).unwrap_err(), RecvError::TimedOut);
     let short =
         WaitOptions::new(WaitStrategy::Block { spin_first: 0 }).timeout(Duration::from_millis(1));
-    assert_eq!(rx.recv_wait(&short).unwrap_err(), RecvError::Empty);
+    assert_eq!(rx.recv_wait(&short).unwrap_err(), RecvError::TimedOut);
     let armed = stats(&tx);
     assert!(
         armed.armed && armed.parks > 0 && !armed.sleeping,
@@ -206,7 +206,7 @@ fn timeouts_report_empty_and_never_end_early() {
         let start = Instant::now();
         assert_eq!(
             b.receiver().recv_wait(&wait).unwrap_err(),
-            RecvError::Empty,
+            RecvError::TimedOut,
             "{strategy:?}: the peer is alive, so the timeout ends the wait"
         );
         let waited = start.elapsed();
@@ -223,7 +223,7 @@ fn timeouts_report_empty_and_never_end_early() {
     // A zero timeout polls once, without sleeping.
     let parks = b.header().wait_stats(Direction::AToB).parks;
     let poll = WaitOptions::new(BLOCK).timeout(Duration::ZERO);
-    assert_eq!(b.receiver().recv_wait(&poll).unwrap_err(), RecvError::Empty);
+    assert_eq!(b.receiver().recv_wait(&poll).unwrap_err(), RecvError::TimedOut);
     assert_eq!(b.header().wait_stats(Direction::AToB).parks, parks);
 }
 
@@ -235,7 +235,7 @@ fn a_peer_that_never_attached_is_waited_for() {
         .timeout(Duration::from_millis(100))
         .liveness_check(Duration::from_millis(10));
     assert!(!a.peer_alive());
-    assert_eq!(a.receiver().recv_wait(&wait).unwrap_err(), RecvError::Empty);
+    assert_eq!(a.receiver().recv_wait(&wait).unwrap_err(), RecvError::TimedOut);
 }
 
 #[test]
@@ -286,13 +286,13 @@ fn a_stale_heartbeat_counts_as_gone_when_asked() {
         .liveness_check(Duration::from_millis(10));
     assert_eq!(
         b.receiver().recv_wait(&no_limit).unwrap_err(),
-        RecvError::Empty
+        RecvError::TimedOut
     );
     assert_eq!(
         b.receiver()
             .recv_wait(&check(Duration::from_secs(60)))
             .unwrap_err(),
-        RecvError::Empty
+        RecvError::TimedOut
     );
     // A fresh heartbeat passes the check.
     a.heartbeat(monotonic_nanos());
@@ -300,7 +300,7 @@ fn a_stale_heartbeat_counts_as_gone_when_asked() {
         b.receiver()
             .recv_wait(&check(Duration::from_secs(5)))
             .unwrap_err(),
-        RecvError::Empty
+        RecvError::TimedOut
     );
 }
 

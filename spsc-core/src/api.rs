@@ -211,6 +211,8 @@ pub enum RecvError {
     },
     /// The sending side is gone and everything it sent has been popped (transports that can tell).
     Disconnected,
+    /// A waiting receive gave up after its timeout with nothing to read (transports that wait).
+    TimedOut,
 }
 
 impl core::error::Error for RecvError {}
@@ -221,6 +223,7 @@ impl fmt::Display for RecvError {
             Self::Empty => f.write_str("no message to read"),
             Self::Corrupt { reason } => write!(f, "queue is corrupt: {reason}"),
             Self::Disconnected => f.write_str("the sender is disconnected"),
+            Self::TimedOut => f.write_str("no message arrived before the timeout"),
         }
     }
 }
