@@ -223,7 +223,10 @@ fn timeouts_report_empty_and_never_end_early() {
     // A zero timeout polls once, without sleeping.
     let parks = b.header().wait_stats(Direction::AToB).parks;
     let poll = WaitOptions::new(BLOCK).timeout(Duration::ZERO);
-    assert_eq!(b.receiver().recv_wait(&poll).unwrap_err(), RecvError::TimedOut);
+    assert_eq!(
+        b.receiver().recv_wait(&poll).unwrap_err(),
+        RecvError::TimedOut
+    );
     assert_eq!(b.header().wait_stats(Direction::AToB).parks, parks);
 }
 
@@ -235,7 +238,10 @@ fn a_peer_that_never_attached_is_waited_for() {
         .timeout(Duration::from_millis(100))
         .liveness_check(Duration::from_millis(10));
     assert!(!a.peer_alive());
-    assert_eq!(a.receiver().recv_wait(&wait).unwrap_err(), RecvError::TimedOut);
+    assert_eq!(
+        a.receiver().recv_wait(&wait).unwrap_err(),
+        RecvError::TimedOut
+    );
 }
 
 #[test]
