@@ -41,6 +41,13 @@ enum Op {
         max: u8,
         take: u8,
     },
+    /// Borrows up to `max` elements in place, checks them, commits `commit` of them (dropping
+    /// them in place), or leaks the chunk when `leak` (which must remove nothing).
+    ReadChunk {
+        max: u8,
+        commit: u8,
+        leak: bool,
+    },
     Len,
     FreeLen,
     DropProducer,
@@ -267,6 +274,27 @@ fn run<T: Elem>(input: &Input) {
                         model.front().copied(),
                         "consumer after a forgotten drain"
                     );
+                }
+            }
+            Op::ReadChunk { max, commit, leak } => {
+                if let Some(rx) = rx.as_mut() {
+                    let chunk = rx.read_chunk(usize::from(*max));
+                    assert_eq!(
+                        chunk.len(),
+                        usize::from(*max).min(model.len()),
+                        "chunk length"
+                    );
+                    for (i, v) in chunk.iter().enumerate() {
+                        assert_eq!(Some(v.value()), model.get(i).copied(), "chunk element {i}");
+                    }
+                    if *leak {
+                        std::mem::forget(chunk);
+                    } else {
+                        let removed = usize::from(*commit).min(chunk.len());
+                        chunk.commit(usize::from(*commit));
+                        model.drain(..removed);
+                    }
+                    assert_eq!(rx.len(), model.len(), "len after a read chunk");
                 }
             }
             Op::Len => {

@@ -48,5 +48,5 @@ pub use api::{Message, MessageReceiver, MessageSender, RecvError, SendError, Sen
 pub use layout::{AttachError, ClaimError, RingKind, RingLayout, RING_FORMAT_VERSION, RING_MAGIC};
 pub use message_ring::{MessageConsumer, MessageProducer, MessageRing, MessageSlot};
 pub use padded::CachePadded;
-pub use ring::{Consumer, Drain, Full, Producer, Ring};
+pub use ring::{Consumer, Drain, Full, Producer, ReadChunk, Ring};
 pub use sync::spin_hint;

@@ -598,19 +598,50 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
     where
         T: Copy,
     {
-        let mut drain = self.drain(out.len());
-        let mut count = 0;
-        for (dst, value) in out.iter_mut().zip(&mut drain) {
-            *dst = value;
-            count += 1;
+        let ready = self.ready_upto(u32::try_from(out.len()).unwrap_or(u32::MAX).min(N as u32));
+        for (i, dst) in out.iter_mut().take(ready as usize).enumerate() {
+            // SAFETY: `ready_upto` saw positions head..head+ready published (Acquire), and they
+            // stay ours until the index is published below; `T: Copy`, so reading leaves nothing
+            // to drop.
+            *dst = self
+                .ring
+                .slot(self.head.wrapping_add(i as u32))
+                .value
+                .with(|cell| unsafe { (*cell).assume_init_read() });
         }
-        count
+        if ready > 0 {
+            self.head = self.head.wrapping_add(ready);
+            self.ring.head.store(self.head, Ordering::Release);
+        }
+        ready as usize
     }
 
-    /// An iterator that removes up to `max` of the ready elements, oldest first. The consumer's
-    /// index is published once, when the iterator is dropped, covering exactly the elements it
-    /// yielded (for element types with drop glue, after every element, so that leaking the
-    /// iterator cannot make a value be dropped twice).
+    /// Borrows up to `max` of the ready elements in place, oldest first, without removing them;
+    /// [`ReadChunk::commit`] then removes some or all of them with one publication of the
+    /// consumer's index. Dropping (or leaking) the chunk removes nothing.
+    ///
+    /// ```
+    /// let mut ring = spsc_core::Ring::<String, 4>::new();
+    /// let (mut tx, mut rx) = ring.split();
+    /// tx.push_iter(["a", "b", "c"].map(String::from));
+    /// let chunk = rx.read_chunk(8);
+    /// assert_eq!(chunk.iter().map(String::as_str).collect::<Vec<_>>(), ["a", "b", "c"]);
+    /// chunk.commit(2); // drops "a" and "b" in place
+    /// assert_eq!(rx.pop().as_deref(), Some("c"));
+    /// ```
+    pub fn read_chunk(&mut self, max: usize) -> ReadChunk<'_, 'a, T, N> {
+        let len = self.ready_upto(u32::try_from(max).unwrap_or(u32::MAX).min(N as u32));
+        ReadChunk {
+            consumer: self,
+            len,
+        }
+    }
+
+    /// An iterator that removes up to `max` of the ready elements, oldest first, moving them out.
+    ///
+    /// Each element's removal is published as it is yielded, so a leaked iterator can neither
+    /// make a value be dropped twice nor hold back the producer; for one publication per batch
+    /// use [`pop_slice`](Self::pop_slice) or [`read_chunk`](Self::read_chunk).
     pub fn drain(&mut self, max: usize) -> Drain<'_, 'a, T, N> {
         let ready = self.ready_upto(u32::try_from(max).unwrap_or(u32::MAX).min(N as u32));
         Drain {
@@ -627,9 +658,6 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
 
 impl<T, const N: usize> Drop for Consumer<'_, T, N> {
     fn drop(&mut self) {
-        // Normally a no-op (the index is published by every pop); after a leaked `Drain` it
-        // hands the true position to the next consumer.
-        self.ring.head.store(self.head, Ordering::Release);
         self.ring.control.release(Side::Consumer);
     }
 }
@@ -667,16 +695,10 @@ impl<T, const N: usize> Iterator for Drain<'_, '_, T, N> {
             .value
             .with(|cell| unsafe { (*cell).assume_init_read() });
         self.consumer.head = position.wrapping_add(1);
-        if mem::needs_drop::<T>() {
-            // A leaked `Drain` never runs its `Drop`: publishing per element keeps the shared
-            // index from lagging behind values already moved out, which `Ring::drop` or a later
-            // consumer would otherwise drop or read a second time. Types without drop glue keep
-            // the one publication per batch (a leak can then only repeat plain data).
-            self.consumer
-                .ring
-                .head
-                .store(self.consumer.head, Ordering::Release);
-        }
+        self.consumer
+            .ring
+            .head
+            .store(self.consumer.head, Ordering::Release);
         Some(value)
     }
 
@@ -688,11 +710,84 @@ impl<T, const N: usize> Iterator for Drain<'_, '_, T, N> {
 
 impl<T, const N: usize> ExactSizeIterator for Drain<'_, '_, T, N> {}
 
-impl<T, const N: usize> Drop for Drain<'_, '_, T, N> {
-    fn drop(&mut self) {
-        self.consumer
-            .ring
-            .head
-            .store(self.consumer.head, Ordering::Release);
+/// Ready elements of a [`Consumer`], borrowed in place; see [`Consumer::read_chunk`].
+pub struct ReadChunk<'c, 'a, T, const N: usize> {
+    consumer: &'c mut Consumer<'a, T, N>,
+    /// Elements from the consumer's position on that were seen published.
+    len: u32,
+}
+
+impl<'c, 'a, T, const N: usize> ReadChunk<'c, 'a, T, N> {
+    /// How many elements the chunk holds.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// `true` if the chunk holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The `index`-th oldest element of the chunk.
+    pub fn get(&self, index: usize) -> Option<&T> {
+        if index >= self.len as usize {
+            return None;
+        }
+        let position = self.consumer.head.wrapping_add(index as u32);
+        // SAFETY: positions head..head+len were seen published (Acquire) by `read_chunk`, and
+        // the producer cannot reuse them before the index moves, which needs `commit(self)`.
+        Some(
+            self.consumer
+                .ring
+                .slot(position)
+                .value
+                .with(|cell| unsafe { (*cell).assume_init_ref() }),
+        )
+    }
+
+    /// The chunk's elements, oldest first.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &T> + use<'_, 'c, 'a, T, N> {
+        (0..self.len as usize).map(move |index| match self.get(index) {
+            Some(value) => value,
+            None => unreachable!("index below len"),
+        })
+    }
+
+    /// Removes the `count` oldest elements of the chunk (all of them if `count` is larger),
+    /// dropping them in place, and publishes the consumer's index once.
+    pub fn commit(self, count: usize) {
+        let count = u32::try_from(count).unwrap_or(u32::MAX).min(self.len);
+        if count == 0 {
+            return;
+        }
+        let consumer = self.consumer;
+        if mem::needs_drop::<T>() {
+            for i in 0..count {
+                let position = consumer.head.wrapping_add(i);
+                // SAFETY: published and unconsumed (see `get`); dropped once, and the index is
+                // published past it right after, before anyone can read it again.
+                consumer
+                    .ring
+                    .slot(position)
+                    .value
+                    .with_mut(|cell| unsafe { (*cell).assume_init_drop() });
+            }
+        }
+        consumer.head = consumer.head.wrapping_add(count);
+        consumer.ring.head.store(consumer.head, Ordering::Release);
+    }
+
+    /// Removes every element of the chunk; see [`commit`](Self::commit).
+    pub fn commit_all(self) {
+        let len = self.len as usize;
+        self.commit(len);
+    }
+}
+
+impl<T, const N: usize> fmt::Debug for ReadChunk<'_, '_, T, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadChunk")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }

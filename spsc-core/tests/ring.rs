@@ -2,6 +2,10 @@
 //! element drops, claims, positions that wrap past `u32::MAX`, and a property test against a
 //! `VecDeque` model. Single-threaded: `tests/threaded.rs` covers two threads.
 
+// These tests leak or drop `Drain`s on purpose: leaking one must stay harmless whatever its
+// implementation (today it has no `Drop`, which these lints point out).
+#![allow(clippy::forget_non_drop, clippy::drop_non_drop)]
+
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::mem;
@@ -910,4 +914,60 @@ proptest! {
     ) {
         run_model(start, &ops)?;
     }
+}
+
+#[test]
+fn read_chunk_borrows_in_place_and_commits_once() {
+    let mut ring = Ring::<String, 8>::new();
+    let (mut tx, mut rx) = ring.split();
+    assert_eq!(tx.push_iter((0..6).map(|i| i.to_string())), 6);
+    {
+        let chunk = rx.read_chunk(4);
+        assert_eq!(chunk.len(), 4);
+        assert_eq!(chunk.get(3).map(String::as_str), Some("3"));
+        assert_eq!(chunk.get(4), None);
+        let seen: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        assert_eq!(seen, ["0", "1", "2", "3"]);
+        // Nothing is removed until commit: the producer still sees 2 free slots.
+        chunk.commit(3);
+    }
+    assert_eq!(tx.free_len(), 5);
+    assert_eq!(rx.pop().as_deref(), Some("3"));
+    // A chunk asking for more than is ready holds what is ready; commit_all removes it all.
+    let chunk = rx.read_chunk(100);
+    assert_eq!(chunk.len(), 2);
+    chunk.commit_all();
+    assert!(rx.is_empty());
+    assert!(rx.read_chunk(4).is_empty());
+    assert_eq!(tx.free_len(), 8);
+}
+
+#[test]
+fn a_leaked_read_chunk_removes_nothing_and_drops_nothing_twice() {
+    let drops = drop_table(3);
+    {
+        let mut ring = Ring::<Tracked<'_>, 4>::new();
+        let (mut tx, mut rx) = ring.split();
+        for id in 0..3 {
+            assert!(tx.push(Tracked { id, drops: &drops }).is_ok());
+        }
+        mem::forget(rx.read_chunk(3));
+        assert_eq!(
+            drop_counts(&drops),
+            [0, 0, 0],
+            "a leaked chunk drops nothing"
+        );
+        assert_eq!(rx.len(), 3, "a leaked chunk removes nothing");
+        rx.read_chunk(3).commit(2);
+        assert_eq!(
+            drop_counts(&drops),
+            [1, 1, 0],
+            "commit drops the committed elements in place"
+        );
+    }
+    assert_eq!(
+        drop_counts(&drops),
+        [1, 1, 1],
+        "the ring drops what is left, once"
+    );
 }
