@@ -425,8 +425,11 @@ pub fn ping_pong<T: Payload, C: Channel<T>, M: RoundTripTimer>(
     let groups = n.div_ceil(group);
     let total = warmup + groups * group;
     let barrier = Barrier::new(2);
+    // Each thread owns its handles (moved in), as a real user's threads would: handles
+    // left in this frame would share cache lines and slow every contender.
+    let barrier = &barrier;
     let (sender, ()) = run_pinned(
-        || {
+        move || {
             barrier.wait();
             let mut round_trip = |seq: u64| {
                 let mut value = T::from_seq(seq);
@@ -455,7 +458,7 @@ pub fn ping_pong<T: Payload, C: Channel<T>, M: RoundTripTimer>(
             }
             (begin.elapsed(), timer)
         },
-        || {
+        move || {
             barrier.wait();
             for _ in 0..total {
                 let mut value = loop {
@@ -481,8 +484,13 @@ pub fn ping_pong_floor<M: RoundTripTimer>(warmup: u64, n: u64, mut timer: M) -> 
     let groups = n.div_ceil(group);
     let total = warmup + groups * group;
     let barrier = Barrier::new(2);
+    // Each thread owns its handles (moved in), as a real user's threads would: handles
+    // left in this frame would share cache lines and slow every contender.
+    let barrier = &barrier;
+    let ping = &ping;
+    let pong = &pong;
     let (sender, ()) = run_pinned(
-        || {
+        move || {
             barrier.wait();
             let round_trip = |seq: u64| {
                 ping.store(seq, Ordering::Release);
@@ -503,7 +511,7 @@ pub fn ping_pong_floor<M: RoundTripTimer>(warmup: u64, n: u64, mut timer: M) -> 
             }
             (begin.elapsed(), timer)
         },
-        || {
+        move || {
             barrier.wait();
             for seq in 1..=total {
                 while ping.load(Ordering::Acquire) != seq {}
@@ -556,8 +564,11 @@ pub fn ping_pong_message<M: RoundTripTimer>(
     let groups = n.div_ceil(group);
     let total = warmup + groups * group;
     let barrier = Barrier::new(2);
+    // Each thread owns its handles (moved in), as a real user's threads would: handles
+    // left in this frame would share cache lines and slow every contender.
+    let barrier = &barrier;
     let (sender, ()) = run_pinned(
-        || {
+        move || {
             barrier.wait();
             let mut round_trip = |seq: u64| {
                 let mut slot = loop {
@@ -590,7 +601,7 @@ pub fn ping_pong_message<M: RoundTripTimer>(
             }
             (begin.elapsed(), timer)
         },
-        || {
+        move || {
             barrier.wait();
             for _ in 0..total {
                 let message = loop {
@@ -662,8 +673,12 @@ pub fn stream<T: Payload, C: Channel<T>>(n: u64, budget: Duration, batch: bool) 
     let (mut tx, mut rx) = queue.split();
     let barrier = Barrier::new(2);
     let budget = Budget::new(n, budget);
+    // Each thread owns its handles (moved in), as a real user's threads would: handles
+    // left in this frame would share cache lines and slow every contender.
+    let barrier = &barrier;
+    let budget = &budget;
     let (begin, (items, end)) = run_pinned(
-        || {
+        move || {
             barrier.wait();
             let begin = Instant::now();
             if batch {
@@ -693,7 +708,7 @@ pub fn stream<T: Payload, C: Channel<T>>(n: u64, budget: Duration, batch: bool) 
             }
             begin
         },
-        || {
+        move || {
             barrier.wait();
             let mut expected = 0u64;
             if batch {
@@ -728,8 +743,12 @@ pub fn stream_message(len: u32, n: u64, budget: Duration) -> (u64, Duration) {
     let (mut tx, mut rx) = ring.split();
     let barrier = Barrier::new(2);
     let budget = Budget::new(n, budget);
+    // Each thread owns its handles (moved in), as a real user's threads would: handles
+    // left in this frame would share cache lines and slow every contender.
+    let barrier = &barrier;
+    let budget = &budget;
     let (begin, (items, end)) = run_pinned(
-        || {
+        move || {
             barrier.wait();
             let begin = Instant::now();
             for seq in 0..n {
@@ -746,7 +765,7 @@ pub fn stream_message(len: u32, n: u64, budget: Duration) -> (u64, Duration) {
             }
             begin
         },
-        || {
+        move || {
             barrier.wait();
             let mut expected = 0u64;
             while expected < budget.limit() {
