@@ -422,7 +422,7 @@ impl<'a, T, const N: usize> Producer<'a, T, N> {
         Ok(())
     }
 
-    /// Copies as many elements of `items` as fit, and publishes them together.
+    /// Copies as many elements of `items` as fit, in one pass (each slot's line is written once).
     ///
     /// Returns how many were pushed (0 when full). The consumer's index is read at most once.
     pub fn push_slice(&mut self, items: &[T]) -> usize
@@ -435,41 +435,26 @@ impl<'a, T, const N: usize> Producer<'a, T, N> {
     /// Moves elements from `items` into the ring until it is full or the iterator ends, and
     /// publishes them together. Elements the ring had no room for stay in the iterator.
     ///
-    /// Returns how many were pushed. If the iterator panics, what it had yielded is leaked (not
-    /// published), never exposed half-written.
+    /// Returns how many were pushed. Each element is published as soon as it is written, so if
+    /// the iterator panics, the elements it yielded before are in the ring, whole and in order.
     pub fn push_iter<I: IntoIterator<Item = T>>(&mut self, items: I) -> usize {
         let free = self.free_for(N as u32);
-        let first = self.tail;
         let mut count = 0;
         let mut items = items.into_iter();
         while count < free {
             let Some(value) = items.next() else { break };
-            // SAFETY: as in `push`: positions first..first+free are released by the consumer
-            // and unpublished, so only this producer accesses them.
-            self.ring
-                .slot(first.wrapping_add(count))
-                .value
-                .with_mut(|cell| unsafe { (*cell).write(value) });
+            let slot = self.ring.slot(self.tail);
+            // SAFETY: as in `push`: `free_for` proved this position released by the consumer,
+            // and it is unpublished, so only this producer accesses it.
+            slot.value.with_mut(|cell| unsafe { (*cell).write(value) });
+            self.tail = self.tail.wrapping_add(1);
+            // One pass, value then stamp, so each slot's line is written once. A stamp is a
+            // Release store (a plain `mov` on x86); a fence followed by Relaxed stores would save
+            // barriers on ARM, but ThreadSanitizer cannot see fences.
+            slot.stamp.store(self.tail, Ordering::Release);
             count += 1;
         }
-        self.publish(first, count);
         count as usize
-    }
-
-    /// Publishes positions `first..first + count`, whose values are written.
-    ///
-    /// Each stamp is a Release store (a plain `mov` on x86): a fence followed by Relaxed stores
-    /// would save barriers on ARM, but ThreadSanitizer cannot see fences and would report the
-    /// batch path as racy, and the stamps share cache lines with the values anyway.
-    fn publish(&mut self, first: u32, count: u32) {
-        for i in 0..count {
-            let position = first.wrapping_add(i);
-            self.ring
-                .slot(position)
-                .stamp
-                .store(position.wrapping_add(1), Ordering::Release);
-        }
-        self.tail = first.wrapping_add(count);
     }
 
     /// The wrapping position (element count mod 2³²) the next push writes.
@@ -598,22 +583,29 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
     where
         T: Copy,
     {
-        let ready = self.ready_upto(u32::try_from(out.len()).unwrap_or(u32::MAX).min(N as u32));
-        for (i, dst) in out.iter_mut().take(ready as usize).enumerate() {
-            // SAFETY: `ready_upto` saw positions head..head+ready published (Acquire), and they
-            // stay ours until the index is published below; `T: Copy`, so reading leaves nothing
-            // to drop.
-            *dst = self
+        let max = out.len().min(N);
+        let mut count = 0;
+        // One pass: check each stamp (Acquire) and copy the value behind it.
+        while count < max {
+            let position = self.head.wrapping_add(count as u32);
+            if !self.is_published(position) {
+                break;
+            }
+            // SAFETY: the stamp just read says the producer published this position (its value
+            // write is visible), and it stays ours until the index is published below; `T:
+            // Copy`, so reading leaves nothing to drop.
+            out[count] = self
                 .ring
-                .slot(self.head.wrapping_add(i as u32))
+                .slot(position)
                 .value
                 .with(|cell| unsafe { (*cell).assume_init_read() });
+            count += 1;
         }
-        if ready > 0 {
-            self.head = self.head.wrapping_add(ready);
+        if count > 0 {
+            self.head = self.head.wrapping_add(count as u32);
             self.ring.head.store(self.head, Ordering::Release);
         }
-        ready as usize
+        count
     }
 
     /// Borrows up to `max` of the ready elements in place, oldest first, without removing them;

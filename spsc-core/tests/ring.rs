@@ -440,7 +440,7 @@ fn a_ring_dropped_after_its_positions_wrapped_drops_what_it_holds() {
 }
 
 #[test]
-fn push_iter_that_panics_publishes_nothing_it_yielded() {
+fn push_iter_that_panics_keeps_what_it_pushed_before_the_panic() {
     let table = drop_table(8);
     let mut ring = Ring::<Tracked<'_>, 8>::new();
     let (mut tx, mut rx) = ring.split();
@@ -456,11 +456,11 @@ fn push_iter_that_panics_publishes_nothing_it_yielded() {
         }))
     }));
     assert!(result.is_err());
-    // Elements 1 and 2 were written but not published: leaked, never visible, never dropped.
-    assert_eq!(rx.len(), 1);
-    let first = rx.pop().unwrap();
-    assert_eq!(first.id, 0);
-    drop(first);
+    // Elements 1 and 2 were pushed whole before the iterator panicked: they are in the ring,
+    // in order, and nothing half-written is visible.
+    assert_eq!(rx.len(), 3);
+    let ids: Vec<usize> = rx.drain(8).map(|t| t.id).collect();
+    assert_eq!(ids, [0, 1, 2]);
     assert!(rx.pop().is_none());
     tx.push(Tracked {
         id: 3,
@@ -471,7 +471,7 @@ fn push_iter_that_panics_publishes_nothing_it_yielded() {
     drop(tx);
     drop(rx);
     drop(ring);
-    assert_eq!(drop_counts(&table)[..4], [1, 0, 0, 1]);
+    assert_eq!(drop_counts(&table)[..4], [1, 1, 1, 1]);
 }
 
 #[test]
