@@ -508,8 +508,8 @@ fn run_shm<const C: usize>(
 
     let size = params.size;
     let len = u32::try_from(size)?;
-    // The channel reports a dead peer, but our own child stays a zombie (which counts as alive)
-    // until we reap it: so wake up now and then to look at it.
+    // The channel reports a dead peer (an unreaped zombie child counts as dead); the timeout
+    // also lets us look at the child's exit status now and then.
     let wait = params
         .wait_options(mode)
         .timeout(Duration::from_millis(100));

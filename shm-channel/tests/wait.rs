@@ -420,7 +420,7 @@ fn a_blocked_receiver_notices_a_killed_sender() {
     let pid = rustix::process::Pid::from_raw(process.id() as i32).unwrap();
     killed.store(true, Ordering::Release);
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-    // Reap it: a zombie still answers kill(pid, 0).
+    // Reap it (liveness reads an unreaped zombie as dead too; reaping is good manners).
     process.wait().unwrap();
     let reaped = Instant::now();
     let (got, error, ended, rx) = receiver.join().unwrap();
