@@ -353,7 +353,7 @@ impl<const C: usize> Channel<C> {
                 wait: header.wait_cell(end.outgoing()),
                 counters: header.send_counters(end.outgoing()),
                 allocs: 0,
-                sample_pending: false,
+                full_seen: false,
                 attachment: Arc::clone(&attachment),
             },
             receiver: Receiver {
@@ -525,7 +525,8 @@ pub struct Sender<const C: usize> {
     wait: &'static WaitCell,
     counters: &'static SendCounters,
     allocs: u32,
-    sample_pending: bool,
+    /// The last `alloc` was `Full`; the next one records the depth the ring measured then.
+    full_seen: bool,
     attachment: Arc<Attachment>,
 }
 
@@ -542,10 +543,17 @@ impl<const C: usize> Sender<C> {
         self.producer.position()
     }
 
-    /// Records the queue depth in the high-water mark.
+    /// Records the queue depth in the high-water mark, reading the consumer's index (one load of
+    /// its line: done every 64 allocations only).
     #[cold]
     fn sample_depth(&mut self) {
-        let depth = u64::from(self.producer.queued_bytes());
+        let depth = self.producer.queued_bytes();
+        self.record_depth(depth);
+    }
+
+    /// Raises the high-water mark to `depth` bytes if it is higher.
+    fn record_depth(&self, depth: u32) {
+        let depth = u64::from(depth);
         let mark = &self.counters.high_water_bytes;
         if depth > mark.load(core::sync::atomic::Ordering::Relaxed) {
             mark.store(depth, core::sync::atomic::Ordering::Relaxed);
@@ -568,13 +576,18 @@ impl<const C: usize> MessageSender for Sender<C> {
     where
         Self: 's;
 
-    /// As [`MessageProducer::alloc`]; also samples the queue depth every 64 allocations and after
-    /// the ring was full, off the path of the message itself.
+    /// As [`MessageProducer::alloc`]; also samples the queue depth every 64 allocations, and on
+    /// `Full` records the depth the ring has just measured (no extra load: a sender retrying on
+    /// `Full` must not keep pulling the receiver's index line away from it).
     #[inline]
     fn alloc(&mut self, len: u32, tag: u16) -> Result<ChannelSlot<'_, C>, SendError> {
         self.allocs = self.allocs.wrapping_add(1);
-        if self.sample_pending || self.allocs.is_multiple_of(64) {
-            self.sample_pending = false;
+        if self.full_seen {
+            // The last `alloc` was `Full`, so the ring had just reloaded the consumer's index:
+            // the cached depth is current, and reading it costs no load.
+            self.full_seen = false;
+            self.record_depth(self.producer.queued_bytes_cached());
+        } else if self.allocs.is_multiple_of(64) {
             self.sample_depth();
         }
         let counters = self.counters;
@@ -589,7 +602,7 @@ impl<const C: usize> MessageSender for Sender<C> {
             Err(error) => {
                 if error == SendError::Full {
                     bump(&counters.full_rejections, 1);
-                    self.sample_pending = true;
+                    self.full_seen = true;
                 }
                 Err(error)
             }

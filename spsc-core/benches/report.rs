@@ -80,7 +80,10 @@ impl HistTimer {
     fn new(ns_per_tick: f64) -> Self {
         Self {
             ns_per_tick,
-            hist: Histogram::new(3).expect("3 significant digits is valid"),
+            // Explicit bounds: an auto-resizing histogram does not grow on `saturating_record`,
+            // it clamps to its initial range, which would record every slow round trip as ~2 ns.
+            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("bounds and 3 significant digits are valid"),
         }
     }
 }

@@ -1,0 +1,1131 @@
+//! Machinery shared by the two bench binaries (`channel`, criterion; `report`, interleaved
+//! rounds): the contenders, the peer process, and the round-trip and streaming drivers. Every
+//! contender goes through the same driver code, so a difference between two of them is a
+//! difference between the transports.
+//!
+//! Cross-process: the bench binary re-executes itself ([`std::env::current_exe`]) with
+//! [`PEER_ENV`] set to a description of the peer's job; [`run_peer_if_asked`], called first thing
+//! in `main`, then runs that job and exits. One peer process per trial: busy-polling peers left
+//! idle between trials would spin and steal the second core. Each process owns its own handles
+//! (there is no shared stack frame across processes); the only shared memory is the segment or
+//! the floor's mapping.
+// Each bench binary uses a different subset of this module.
+#![allow(dead_code)]
+
+use std::hint::black_box;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::process::{Child, Command, Stdio};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode as FileMode, OFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+use shm_channel::{Channel, ChannelOptions, End, Receiver, Sender, WaitOptions, WaitStrategy};
+use spsc_core::{MessageReceiver, MessageSender, RecvError, SendError, SendSlot};
+
+/// Errors of the drivers: a bench fails loudly rather than reporting a broken trial.
+pub type Error = Box<dyn std::error::Error>;
+
+/// The environment variable naming the peer's job (internal: set only by the parent).
+pub const PEER_ENV: &str = "SHM_BENCH_PEER";
+
+/// Ring capacity for 64 B and 1 KiB messages: small, so the rings stay in cache.
+pub const SMALL: usize = 1 << 16;
+/// Ring capacity for 64 KiB messages (max payload 512 KiB - 8): room for 15 in flight.
+pub const LARGE: usize = 1 << 20;
+
+/// Round trips before timing starts in each trial (caches, branch predictors, page faults).
+pub const WARMUP_ROUND_TRIPS: u64 = 2_000;
+/// Messages a streaming trial sends before the consumer starts its clock.
+pub const WARMUP_MESSAGES: u64 = 1_000;
+
+/// How long the parent waits for a peer to connect or attach.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed polls between two checks that the other process still exists.
+const LIVENESS_EVERY: u64 = 1 << 22;
+
+/// Channel message tags.
+const TAG_DATA: u16 = 1;
+const TAG_STOP: u16 = 2;
+const TAG_REPORT: u16 = 3;
+/// Stream end marker in a socket message's first word.
+const END_MARK: u64 = u64::MAX;
+
+// ---------------------------------------------------------------------------------------------
+// Contenders
+// ---------------------------------------------------------------------------------------------
+
+/// What carries the messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Two `AtomicU64`s on separate 128-byte lines of a shared mapping (round trips only).
+    Floor,
+    /// `shm_channel::Channel` in a `/dev/shm` segment.
+    Shm,
+    /// TCP loopback, `TCP_NODELAY`.
+    Tcp,
+    /// Unix stream socket (abstract namespace).
+    Uds,
+}
+
+/// How the receivers wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Busy-polling: `front()` in a loop, non-blocking socket reads in a loop.
+    Busy,
+    /// Blocking: `WaitStrategy::Block { spin_first: 0 }` (futex), blocking socket reads.
+    Block,
+}
+
+/// One contender: a transport and a waiting mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contender {
+    /// What carries the messages.
+    pub transport: Transport,
+    /// How receivers wait.
+    pub mode: Mode,
+}
+
+/// The raw cross-process floor.
+pub const FLOOR: Contender = Contender {
+    transport: Transport::Floor,
+    mode: Mode::Busy,
+};
+
+/// Every contender but the floor, busy-polling first.
+pub const CONTENDERS: [Contender; 6] = [
+    Contender {
+        transport: Transport::Shm,
+        mode: Mode::Busy,
+    },
+    Contender {
+        transport: Transport::Tcp,
+        mode: Mode::Busy,
+    },
+    Contender {
+        transport: Transport::Uds,
+        mode: Mode::Busy,
+    },
+    Contender {
+        transport: Transport::Shm,
+        mode: Mode::Block,
+    },
+    Contender {
+        transport: Transport::Tcp,
+        mode: Mode::Block,
+    },
+    Contender {
+        transport: Transport::Uds,
+        mode: Mode::Block,
+    },
+];
+
+impl Contender {
+    /// Name in tables and criterion ids.
+    pub fn label(self) -> &'static str {
+        match (self.transport, self.mode) {
+            (Transport::Floor, _) => "floor (2 atomics, 2 lines)",
+            (Transport::Shm, Mode::Busy) => "shm channel (busy-poll)",
+            (Transport::Tcp, Mode::Busy) => "TCP loopback (busy-poll)",
+            (Transport::Uds, Mode::Busy) => "Unix socket (busy-poll)",
+            (Transport::Shm, Mode::Block) => "shm channel (futex Block)",
+            (Transport::Tcp, Mode::Block) => "TCP loopback (blocking)",
+            (Transport::Uds, Mode::Block) => "Unix socket (blocking)",
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match (self.transport, self.mode) {
+            (Transport::Floor, _) => "floor",
+            (Transport::Shm, Mode::Busy) => "shm-busy",
+            (Transport::Tcp, Mode::Busy) => "tcp-busy",
+            (Transport::Uds, Mode::Busy) => "uds-busy",
+            (Transport::Shm, Mode::Block) => "shm-block",
+            (Transport::Tcp, Mode::Block) => "tcp-block",
+            (Transport::Uds, Mode::Block) => "uds-block",
+        }
+    }
+
+    fn from_code(code: &str) -> Result<Self, Error> {
+        std::iter::once(FLOOR)
+            .chain(CONTENDERS)
+            .find(|c| c.code() == code)
+            .ok_or_else(|| format!("unknown contender {code:?}").into())
+    }
+}
+
+/// What a trial does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Test {
+    /// The peer echoes every message until told to stop.
+    PingPong,
+    /// The peer consumes messages, then reports how many and how long.
+    Stream,
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPUs
+// ---------------------------------------------------------------------------------------------
+
+/// Where the two processes run, chosen once (before the parent pins itself, which would shrink
+/// the allowed set seen afterwards).
+#[derive(Clone, Copy, Debug)]
+pub struct Placement {
+    /// The parent's and the peer's CPU, when two are allowed.
+    pub cpus: Option<(usize, usize)>,
+    /// `false` with a single allowed CPU: poll loops yield instead of spinning.
+    pub spin: bool,
+    /// How many CPUs were allowed.
+    pub allowed: usize,
+}
+
+/// Chooses the placement and pins this (the measuring) process; prints a note once.
+pub fn placement() -> Placement {
+    static PLACEMENT: OnceLock<Placement> = OnceLock::new();
+    *PLACEMENT.get_or_init(|| {
+        let allowed = allowed_cpus();
+        let cpus = match allowed[..] {
+            [mine, theirs, ..] => match pin_to(mine) {
+                Ok(()) => Some((mine, theirs)),
+                Err(error) => {
+                    eprintln!("shm-channel benches: NOTE: {error}; running unpinned");
+                    None
+                }
+            },
+            _ => None,
+        };
+        match cpus {
+            Some((a, b)) => eprintln!(
+                "shm-channel benches: measuring process on CPU {a}, peer process on CPU {b} (of \
+                 {} allowed)",
+                allowed.len()
+            ),
+            None => eprintln!(
+                "shm-channel benches: NOTE: not pinned ({} CPU(s) allowed); with one CPU the \
+                 busy loops yield and the numbers mean little",
+                allowed.len()
+            ),
+        }
+        Placement {
+            cpus,
+            spin: allowed.len() >= 2,
+            allowed: allowed.len(),
+        }
+    })
+}
+
+fn allowed_cpus() -> Vec<usize> {
+    match sched_getaffinity(None) {
+        Ok(set) => (0..CpuSet::MAX_CPU)
+            .filter(|&cpu| set.is_set(cpu))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn pin_to(cpu: usize) -> Result<(), Error> {
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    sched_setaffinity(None, &set).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+    Ok(())
+}
+
+/// Between two polls that found nothing: nothing at all while spinning (as the floor does), a
+/// yield on a single CPU.
+#[inline(always)]
+fn relax(spin: bool) {
+    if !spin {
+        std::thread::yield_now();
+    }
+}
+
+/// Between two attempts to send into a full queue: a pause while spinning, so the retries do
+/// not keep pulling the consumer's index line away from the consumer, which writes it on every
+/// pop (without it, a full ring turns every pop into a cache miss); a yield on a single CPU.
+#[inline(always)]
+fn relax_full(spin: bool) {
+    if spin {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing hooks
+// ---------------------------------------------------------------------------------------------
+
+/// How the ping-pong driver times individual round trips: [`NoTimer`] for criterion (which
+/// times the whole trial), a histogram-recording timer in the report.
+pub trait RoundTripTimer {
+    /// A timestamp before a round trip.
+    fn start(&mut self) -> u64;
+    /// After the round trip that started at `t0`.
+    fn stop(&mut self, t0: u64);
+}
+
+/// Times nothing.
+pub struct NoTimer;
+
+impl RoundTripTimer for NoTimer {
+    #[inline(always)]
+    fn start(&mut self) -> u64 {
+        0
+    }
+    #[inline(always)]
+    fn stop(&mut self, _t0: u64) {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers (measuring process)
+// ---------------------------------------------------------------------------------------------
+
+/// One ping-pong trial of `size`-byte messages against a fresh peer: `warmup` untimed round
+/// trips, then up to `n` timed ones, stopping early once `budget` has passed (checked every 64).
+/// Returns the timed round trips and their total time.
+pub fn round_trips<M: RoundTripTimer>(
+    contender: Contender,
+    size: usize,
+    warmup: u64,
+    n: u64,
+    budget: Duration,
+    timer: &mut M,
+) -> Result<(u64, Duration), Error> {
+    let spin = placement().spin;
+    let mut message = vec![0u8; size];
+    macro_rules! drive {
+        ($link:expr) => {{
+            let link = &mut $link;
+            for seq in 1..=warmup {
+                link.round_trip(seq, &mut message)?;
+            }
+            let begin = Instant::now();
+            let mut done = 0;
+            while done < n {
+                let t0 = timer.start();
+                link.round_trip(warmup + 1 + done, &mut message)?;
+                timer.stop(t0);
+                done += 1;
+                if done % 64 == 0 && begin.elapsed() >= budget {
+                    break;
+                }
+            }
+            let elapsed = begin.elapsed();
+            link.finish()?;
+            Ok((done, elapsed))
+        }};
+    }
+    match contender.transport {
+        Transport::Floor => drive!(FloorLink::start(spin)?),
+        Transport::Shm if size <= Channel::<SMALL>::MAX_PAYLOAD as usize => {
+            drive!(ShmLink::<SMALL>::start(
+                contender,
+                Test::PingPong,
+                size,
+                spin
+            )?)
+        }
+        Transport::Shm => drive!(ShmLink::<LARGE>::start(
+            contender,
+            Test::PingPong,
+            size,
+            spin
+        )?),
+        Transport::Tcp | Transport::Uds => {
+            drive!(SocketLink::start(contender, Test::PingPong, size, spin)?)
+        }
+    }
+}
+
+/// One streaming trial of `size`-byte messages to a fresh peer: [`WARMUP_MESSAGES`], then up to
+/// `n` more, stopping early once `budget` has passed (checked every 64). Returns what the
+/// consumer counted after the warm-up, and the time between its receiving the last warm-up
+/// message and the last message.
+pub fn stream(
+    contender: Contender,
+    size: usize,
+    n: u64,
+    budget: Duration,
+) -> Result<(u64, Duration), Error> {
+    assert!(size >= 8, "stream messages carry an 8-byte sequence number");
+    let spin = placement().spin;
+    let mut message = vec![0u8; size];
+    macro_rules! drive {
+        ($link:expr) => {{
+            let link = &mut $link;
+            for seq in 0..WARMUP_MESSAGES {
+                link.send(seq, &mut message)?;
+            }
+            let begin = Instant::now();
+            let mut sent = 0;
+            while sent < n {
+                link.send(WARMUP_MESSAGES + sent, &mut message)?;
+                sent += 1;
+                if sent % 64 == 0 && begin.elapsed() >= budget {
+                    break;
+                }
+            }
+            let (count, nanos) = link.end_stream()?;
+            link.finish()?;
+            if count != sent {
+                return Err(format!("the consumer counted {count} of {sent} messages").into());
+            }
+            Ok((count, Duration::from_nanos(nanos)))
+        }};
+    }
+    match contender.transport {
+        Transport::Floor => Err("the floor has no streaming mode".into()),
+        Transport::Shm if size <= Channel::<SMALL>::MAX_PAYLOAD as usize => {
+            drive!(ShmLink::<SMALL>::start(
+                contender,
+                Test::Stream,
+                size,
+                spin
+            )?)
+        }
+        Transport::Shm => drive!(ShmLink::<LARGE>::start(
+            contender,
+            Test::Stream,
+            size,
+            spin
+        )?),
+        Transport::Tcp | Transport::Uds => {
+            drive!(SocketLink::start(contender, Test::Stream, size, spin)?)
+        }
+    }
+}
+
+/// A name no other run uses at the same time: process id, a counter, and the time.
+fn unique_name(what: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "shm-channel-bench-{what}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Writes `seq` into the first word of `message`.
+#[inline(always)]
+fn stamp(message: &mut [u8], seq: u64) {
+    message[..8].copy_from_slice(&seq.to_le_bytes());
+}
+
+/// The sequence number in the first word of `payload`.
+#[inline(always)]
+fn seq_of(payload: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&payload[..8]);
+    u64::from_le_bytes(word)
+}
+
+/// Reads every word of a consumed payload (a consumer that ignored the bytes would flatter the
+/// shared-memory transport, whose payload is not copied on receive), returning the first.
+#[inline(always)]
+fn consume(payload: &[u8]) -> u64 {
+    let mut fold = 0u64;
+    for word in payload.chunks_exact(8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        fold ^= u64::from_le_bytes(bytes);
+    }
+    black_box(fold);
+    seq_of(payload)
+}
+
+/// The peer process of one trial: killed and reaped if the trial fails.
+struct Peer(Option<Child>);
+
+impl Peer {
+    fn spawn(contender: Contender, test: Test, size: usize, address: &str) -> Result<Self, Error> {
+        let placement = placement();
+        let spec = format!(
+            "{},{},{size},{},{},{address}",
+            contender.code(),
+            match test {
+                Test::PingPong => "pingpong",
+                Test::Stream => "stream",
+            },
+            u8::from(placement.spin),
+            placement
+                .cpus
+                .map_or_else(|| "-".to_string(), |(_, theirs)| theirs.to_string()),
+        );
+        let child = Command::new(std::env::current_exe()?)
+            .env(PEER_ENV, spec)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Self(Some(child)))
+    }
+
+    fn check_running(&mut self) -> Result<(), Error> {
+        if let Some(child) = &mut self.0 {
+            if let Some(status) = child.try_wait()? {
+                self.0 = None;
+                return Err(format!("the peer process exited early ({status})").into());
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), Error> {
+        if let Some(mut child) = self.0.take() {
+            let status = child.wait()?;
+            if !status.success() {
+                return Err(format!("the peer process failed ({status})").into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// --- the floor ---
+
+/// The floor's shared mapping: `ping` (parent → peer), `pong` (peer → parent), and `ready`, each
+/// alone on a 128-byte line (adjacent-line prefetch pairs 64-byte lines).
+#[repr(C)]
+struct FloorArea {
+    ping: Line,
+    pong: Line,
+    ready: Line,
+}
+
+#[repr(C, align(128))]
+struct Line(AtomicU64);
+
+const FLOOR_MAP_LEN: usize = 4096;
+const _: () = assert!(core::mem::size_of::<FloorArea>() <= FLOOR_MAP_LEN);
+
+/// A shared mapping of a file in `/dev/shm`.
+struct FloorMap {
+    ptr: NonNull<FloorArea>,
+}
+
+impl FloorMap {
+    fn open(path: &str, create: bool) -> Result<Self, Error> {
+        let flags = if create {
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC
+        } else {
+            OFlags::RDWR | OFlags::CLOEXEC
+        };
+        let fd = rustix::fs::open(path, flags, FileMode::from_raw_mode(0o600))?;
+        if create {
+            rustix::fs::ftruncate(&fd, FLOOR_MAP_LEN as u64)?;
+        }
+        // SAFETY: a fresh shared mapping of a file we just opened read-write and that has
+        // FLOOR_MAP_LEN bytes (zero-filled when created); no existing memory is affected.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                core::ptr::null_mut(),
+                FLOOR_MAP_LEN,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        let ptr = NonNull::new(ptr.cast::<FloorArea>()).ok_or("mmap returned null")?;
+        Ok(Self { ptr })
+    }
+
+    fn area(&self) -> &FloorArea {
+        // SAFETY: the mapping is page-aligned, FLOOR_MAP_LEN bytes long (enough for a
+        // FloorArea), valid until `self` drops, and all its fields are atomics, for which any
+        // bytes, and writes by another process, are fine.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl Drop for FloorMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `open`; no reference from `area` outlives
+        // `self`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), FLOOR_MAP_LEN) };
+    }
+}
+
+/// The floor, parent side: stores `seq` into `ping`, spins until `pong` says `seq`.
+struct FloorLink {
+    map: FloorMap,
+    peer: Peer,
+    spin: bool,
+}
+
+impl FloorLink {
+    fn start(spin: bool) -> Result<Self, Error> {
+        let path = format!("/dev/shm/{}", unique_name("floor"));
+        let map = FloorMap::open(&path, true);
+        let result = map.and_then(|map| {
+            let mut peer = Peer::spawn(FLOOR, Test::PingPong, 8, &path)?;
+            let started = Instant::now();
+            while map.area().ready.0.load(Ordering::Acquire) == 0 {
+                peer.check_running()?;
+                if started.elapsed() > CONNECT_TIMEOUT {
+                    return Err("the floor's peer did not map the file".into());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(Self { map, peer, spin })
+        });
+        // Mapped by both (or failed): the name is no longer needed.
+        let _ = rustix::fs::unlink(&path);
+        result
+    }
+
+    #[inline(always)]
+    fn round_trip(&mut self, seq: u64, _message: &mut [u8]) -> Result<(), Error> {
+        let area = self.map.area();
+        area.ping.0.store(seq, Ordering::Release);
+        let mut polls = 0u64;
+        while area.pong.0.load(Ordering::Acquire) != seq {
+            polls += 1;
+            if polls.is_multiple_of(LIVENESS_EVERY) {
+                self.peer.check_running()?;
+            }
+            relax(self.spin);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), Error> {
+        self.map.area().ping.0.store(u64::MAX, Ordering::Release);
+        self.peer.finish()
+    }
+}
+
+// --- the channel ---
+
+/// Removes a segment file when dropped, unless already removed.
+struct SegmentGuard<'a> {
+    name: &'a str,
+    options: &'a ChannelOptions,
+    linked: bool,
+}
+
+impl SegmentGuard<'_> {
+    fn unlink(&mut self) -> Result<(), Error> {
+        self.linked = false;
+        Channel::<SMALL>::unlink(self.name, self.options)?;
+        Ok(())
+    }
+}
+
+impl Drop for SegmentGuard<'_> {
+    fn drop(&mut self) {
+        if self.linked {
+            let _ = Channel::<SMALL>::unlink(self.name, self.options);
+        }
+    }
+}
+
+/// The channel, parent side (end A).
+struct ShmLink<const C: usize> {
+    tx: Sender<C>,
+    rx: Receiver<C>,
+    peer: Peer,
+    mode: Mode,
+    test: Test,
+    spin: bool,
+    /// Blocking waits: bounded, so a dead peer is noticed (the channel also reports it).
+    block: WaitOptions,
+}
+
+impl<const C: usize> ShmLink<C> {
+    fn start(contender: Contender, test: Test, size: usize, spin: bool) -> Result<Self, Error> {
+        let name = unique_name("chan");
+        let options = ChannelOptions::new();
+        let endpoint = Channel::<C>::create(&name, End::A, &options)?;
+        let mut segment = SegmentGuard {
+            name: &name,
+            options: &options,
+            linked: true,
+        };
+        let (tx, mut rx) = endpoint.split();
+        let mut peer = Peer::spawn(contender, test, size, &name)?;
+        // The peer says hello once attached. Polled, not a blocking wait: that would arm the
+        // futex and make the peer's sender fence after every push, even in busy mode.
+        let started = Instant::now();
+        loop {
+            match rx.front() {
+                Ok(_) => break,
+                Err(RecvError::Empty) => {
+                    peer.check_running()?;
+                    if started.elapsed() > CONNECT_TIMEOUT {
+                        return Err("the peer did not attach to the channel".into());
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        rx.pop()?;
+        segment.unlink()?;
+        Ok(Self {
+            tx,
+            rx,
+            peer,
+            mode: contender.mode,
+            test,
+            spin,
+            block: WaitOptions::new(WaitStrategy::Block { spin_first: 0 })
+                .timeout(Duration::from_millis(100)),
+        })
+    }
+
+    #[inline(always)]
+    fn send_tagged(&mut self, tag: u16, seq: u64, message: &mut [u8]) -> Result<(), Error> {
+        stamp(message, seq);
+        let len = message.len() as u32;
+        let mut polls = 0u64;
+        let mut slot = loop {
+            match self.tx.alloc(len, tag) {
+                Ok(slot) => break slot,
+                Err(SendError::Full) => {
+                    polls += 1;
+                    if polls.is_multiple_of(LIVENESS_EVERY) {
+                        self.peer.check_running()?;
+                    }
+                    relax_full(self.spin);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        slot.payload_mut().copy_from_slice(message);
+        slot.push();
+        Ok(())
+    }
+
+    /// Waits until a message is readable.
+    #[inline(always)]
+    fn wait(&mut self) -> Result<(), Error> {
+        match self.mode {
+            Mode::Busy => {
+                let mut polls = 0u64;
+                while self.rx.is_empty() {
+                    polls += 1;
+                    if polls.is_multiple_of(LIVENESS_EVERY) {
+                        self.peer.check_running()?;
+                    }
+                    relax(self.spin);
+                }
+                Ok(())
+            }
+            Mode::Block => loop {
+                match self.rx.wait_readable(&self.block) {
+                    Ok(()) => return Ok(()),
+                    Err(RecvError::TimedOut) => self.peer.check_running()?,
+                    Err(e) => return Err(e.into()),
+                }
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn round_trip(&mut self, seq: u64, message: &mut [u8]) -> Result<(), Error> {
+        self.send_tagged(TAG_DATA, seq, message)?;
+        self.wait()?;
+        let echo = self.rx.front()?;
+        if echo.len() != message.len() || seq_of(echo.payload()) != seq {
+            return Err(format!("round trip {seq}: wrong echo").into());
+        }
+        self.rx.pop()?;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn send(&mut self, seq: u64, message: &mut [u8]) -> Result<(), Error> {
+        self.send_tagged(TAG_DATA, seq, message)
+    }
+
+    fn end_stream(&mut self) -> Result<(u64, u64), Error> {
+        self.send_tagged(TAG_STOP, 0, &mut [0u8; 8])?;
+        self.wait()?;
+        let report = self.rx.front()?;
+        if report.tag() != TAG_REPORT || report.len() != 16 {
+            return Err("the consumer's report is malformed".into());
+        }
+        let payload = report.payload();
+        let result = (seq_of(&payload[..8]), seq_of(&payload[8..]));
+        self.rx.pop()?;
+        Ok(result)
+    }
+
+    fn finish(&mut self) -> Result<(), Error> {
+        if self.test == Test::PingPong {
+            // Tell the echo to stop (a stream's consumer stopped at the end of the stream).
+            self.send_tagged(TAG_STOP, 0, &mut [0u8; 8])?;
+        }
+        self.peer.finish()
+    }
+}
+
+// --- sockets ---
+
+/// A connected stream socket of either kind.
+enum Socket {
+    Tcp(TcpStream),
+    Uds(UnixStream),
+}
+
+impl Socket {
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.set_nonblocking(on),
+            Socket::Uds(s) => s.set_nonblocking(on),
+        }
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.shutdown(Shutdown::Write),
+            Socket::Uds(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    /// `write_all` that also polls a non-blocking socket.
+    #[inline(always)]
+    fn write_all(&mut self, mut buf: &[u8], spin: bool) -> io::Result<()> {
+        while !buf.is_empty() {
+            let written = match self {
+                Socket::Tcp(s) => s.write(buf),
+                Socket::Uds(s) => s.write(buf),
+            };
+            match written {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => relax(spin),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// `read_exact` that also polls a non-blocking socket; `Ok(false)` on a clean end of stream
+    /// before the first byte.
+    #[inline(always)]
+    fn read_exact(&mut self, buf: &mut [u8], spin: bool) -> io::Result<bool> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let read = match self {
+                Socket::Tcp(s) => s.read(&mut buf[filled..]),
+                Socket::Uds(s) => s.read(&mut buf[filled..]),
+            };
+            match read {
+                Ok(0) if filled == 0 => return Ok(false),
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => relax(spin),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// TCP loopback or a Unix socket, parent side. Messages have a fixed size, so no framing.
+struct SocketLink {
+    socket: Socket,
+    echo: Vec<u8>,
+    peer: Peer,
+    spin: bool,
+}
+
+/// Waits for the peer to connect, watching that it does not die first.
+fn accept<S>(peer: &mut Peer, mut accept: impl FnMut() -> io::Result<S>) -> Result<S, Error> {
+    let started = Instant::now();
+    loop {
+        match accept() {
+            Ok(stream) => return Ok(stream),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+        peer.check_running()?;
+        if started.elapsed() > CONNECT_TIMEOUT {
+            return Err("the peer did not connect".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+impl SocketLink {
+    fn start(contender: Contender, test: Test, size: usize, spin: bool) -> Result<Self, Error> {
+        let (socket, peer) = match contender.transport {
+            Transport::Tcp => {
+                let listener = TcpListener::bind("127.0.0.1:0")?;
+                let port = listener.local_addr()?.port().to_string();
+                let mut peer = Peer::spawn(contender, test, size, &port)?;
+                listener.set_nonblocking(true)?;
+                let stream = accept(&mut peer, || listener.accept().map(|(s, _)| s))?;
+                stream.set_nodelay(true)?;
+                (Socket::Tcp(stream), peer)
+            }
+            _ => {
+                let name = unique_name("uds");
+                let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(&name)?)?;
+                let mut peer = Peer::spawn(contender, test, size, &name)?;
+                listener.set_nonblocking(true)?;
+                let stream = accept(&mut peer, || listener.accept().map(|(s, _)| s))?;
+                (Socket::Uds(stream), peer)
+            }
+        };
+        socket.set_nonblocking(contender.mode == Mode::Busy)?;
+        Ok(Self {
+            socket,
+            echo: vec![0u8; size],
+            peer,
+            spin,
+        })
+    }
+
+    #[inline(always)]
+    fn round_trip(&mut self, seq: u64, message: &mut [u8]) -> Result<(), Error> {
+        stamp(message, seq);
+        self.socket.write_all(message, self.spin)?;
+        if !self.socket.read_exact(&mut self.echo, self.spin)? {
+            return Err("the peer closed the connection".into());
+        }
+        if seq_of(&self.echo) != seq {
+            return Err(format!("round trip {seq}: wrong echo").into());
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn send(&mut self, seq: u64, message: &mut [u8]) -> Result<(), Error> {
+        stamp(message, seq);
+        self.socket.write_all(message, self.spin)?;
+        Ok(())
+    }
+
+    fn end_stream(&mut self) -> Result<(u64, u64), Error> {
+        let mut end = vec![0u8; self.echo.len()];
+        stamp(&mut end, END_MARK);
+        self.socket.write_all(&end, self.spin)?;
+        let mut report = [0u8; 16];
+        if !self.socket.read_exact(&mut report, self.spin)? {
+            return Err("the consumer closed without a report".into());
+        }
+        Ok((seq_of(&report[..8]), seq_of(&report[8..])))
+    }
+
+    fn finish(&mut self) -> Result<(), Error> {
+        // The echo stops at the end of the stream.
+        let _ = self.socket.shutdown_write();
+        self.peer.finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The peer process
+// ---------------------------------------------------------------------------------------------
+
+/// If this process is a peer (the [`PEER_ENV`] variable is set), runs its job and exits; else
+/// returns. Call first thing in `main`.
+pub fn run_peer_if_asked() {
+    let Ok(spec) = std::env::var(PEER_ENV) else {
+        return;
+    };
+    let code = match peer_main(&spec) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("shm-channel bench peer ({spec}): {error}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn peer_main(spec: &str) -> Result<(), Error> {
+    let fields: Vec<&str> = spec.splitn(6, ',').collect();
+    let [contender, test, size, spin, cpu, address] = fields[..] else {
+        return Err("malformed peer description".into());
+    };
+    let contender = Contender::from_code(contender)?;
+    let test = match test {
+        "pingpong" => Test::PingPong,
+        "stream" => Test::Stream,
+        other => return Err(format!("unknown test {other:?}").into()),
+    };
+    let size: usize = size.parse()?;
+    let spin = spin == "1";
+    if cpu != "-" {
+        pin_to(cpu.parse()?)?;
+    }
+    let parent = rustix::process::getppid();
+    let orphaned = move || rustix::process::getppid() != parent;
+    match contender.transport {
+        Transport::Floor => peer_floor(address, spin, orphaned),
+        Transport::Shm if size <= Channel::<SMALL>::MAX_PAYLOAD as usize => {
+            peer_shm::<SMALL>(address, contender.mode, test, spin, orphaned)
+        }
+        Transport::Shm => peer_shm::<LARGE>(address, contender.mode, test, spin, orphaned),
+        Transport::Tcp => {
+            let stream = TcpStream::connect(("127.0.0.1", address.parse::<u16>()?))?;
+            stream.set_nodelay(true)?;
+            peer_socket(Socket::Tcp(stream), contender.mode, test, size, spin)
+        }
+        Transport::Uds => {
+            let stream = UnixStream::connect_addr(&SocketAddr::from_abstract_name(address)?)?;
+            peer_socket(Socket::Uds(stream), contender.mode, test, size, spin)
+        }
+    }
+}
+
+fn peer_floor(path: &str, spin: bool, orphaned: impl Fn() -> bool) -> Result<(), Error> {
+    let map = FloorMap::open(path, false)?;
+    let area = map.area();
+    area.ready.0.store(1, Ordering::Release);
+    let mut last = 0;
+    let mut polls = 0u64;
+    loop {
+        let seq = area.ping.0.load(Ordering::Acquire);
+        if seq == last {
+            polls += 1;
+            if polls.is_multiple_of(LIVENESS_EVERY) && orphaned() {
+                return Err("the measuring process is gone".into());
+            }
+            relax(spin);
+            continue;
+        }
+        if seq == u64::MAX {
+            return Ok(());
+        }
+        area.pong.0.store(seq, Ordering::Release);
+        last = seq;
+    }
+}
+
+fn peer_shm<const C: usize>(
+    name: &str,
+    mode: Mode,
+    test: Test,
+    spin: bool,
+    orphaned: impl Fn() -> bool,
+) -> Result<(), Error> {
+    let endpoint = Channel::<C>::open(name, End::B, &ChannelOptions::new())?;
+    let (mut tx, mut rx) = endpoint.split();
+    tx.send(0, b"attached")?;
+    // Without a timeout: the channel itself reports a dead parent (`Disconnected`).
+    let block = WaitOptions::new(WaitStrategy::Block { spin_first: 0 });
+    let mut count = 0u64;
+    let mut clock: Option<Instant> = None;
+    let mut polls = 0u64;
+    loop {
+        match mode {
+            Mode::Busy => {
+                while rx.is_empty() {
+                    polls += 1;
+                    if polls.is_multiple_of(LIVENESS_EVERY) && orphaned() {
+                        return Err("the measuring process is gone".into());
+                    }
+                    relax(spin);
+                }
+            }
+            Mode::Block => rx.wait_readable(&block)?,
+        }
+        let message = rx.front()?;
+        match (test, message.tag()) {
+            (Test::PingPong, TAG_DATA) => {
+                let len = message.len() as u32;
+                let mut slot = loop {
+                    match tx.alloc(len, TAG_DATA) {
+                        Ok(slot) => break slot,
+                        Err(SendError::Full) => relax(spin),
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                slot.payload_mut().copy_from_slice(message.payload());
+                // Pop the request before publishing the reply: pop is the commit.
+                rx.pop()?;
+                slot.push();
+            }
+            (Test::Stream, TAG_DATA) => {
+                let seq = consume(message.payload());
+                rx.pop()?;
+                if seq >= WARMUP_MESSAGES {
+                    count += 1;
+                } else if seq == WARMUP_MESSAGES - 1 {
+                    clock = Some(Instant::now());
+                }
+            }
+            (Test::Stream, TAG_STOP) => {
+                rx.pop()?;
+                let nanos = clock.map_or(0, |c| c.elapsed().as_nanos() as u64);
+                let mut report = [0u8; 16];
+                report[..8].copy_from_slice(&count.to_le_bytes());
+                report[8..].copy_from_slice(&nanos.to_le_bytes());
+                tx.send(TAG_REPORT, &report)?;
+                return Ok(());
+            }
+            (Test::PingPong, TAG_STOP) => {
+                rx.pop()?;
+                return Ok(());
+            }
+            (_, tag) => return Err(format!("unexpected tag {tag}").into()),
+        }
+    }
+}
+
+fn peer_socket(
+    mut socket: Socket,
+    mode: Mode,
+    test: Test,
+    size: usize,
+    spin: bool,
+) -> Result<(), Error> {
+    socket.set_nonblocking(mode == Mode::Busy)?;
+    let mut buf = vec![0u8; size];
+    let mut count = 0u64;
+    let mut clock: Option<Instant> = None;
+    loop {
+        if !socket.read_exact(&mut buf, spin)? {
+            return match test {
+                Test::PingPong => Ok(()),
+                Test::Stream => Err("the stream ended without an end mark".into()),
+            };
+        }
+        match test {
+            Test::PingPong => socket.write_all(&buf, spin)?,
+            Test::Stream => {
+                let seq = consume(&buf);
+                if seq == END_MARK {
+                    let nanos = clock.map_or(0, |c| c.elapsed().as_nanos() as u64);
+                    let mut report = [0u8; 16];
+                    report[..8].copy_from_slice(&count.to_le_bytes());
+                    report[8..].copy_from_slice(&nanos.to_le_bytes());
+                    socket.write_all(&report, spin)?;
+                    // Wait for the parent to close, so the report is not lost to a reset.
+                    let _ = socket.set_nonblocking(false);
+                    let _ = socket.read_exact(&mut buf[..1], spin);
+                    return Ok(());
+                }
+                if seq >= WARMUP_MESSAGES {
+                    count += 1;
+                } else if seq == WARMUP_MESSAGES - 1 {
+                    clock = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
