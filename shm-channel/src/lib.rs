@@ -61,6 +61,6 @@ pub use header::{
 };
 pub use name::{NameError, SegmentName, MAX_NAME_LEN};
 pub use pid::is_process_alive;
-pub use segment::{Segment, SegmentError, SegmentOptions, DEFAULT_DIR};
+pub use segment::{Reclaim, Segment, SegmentError, SegmentOptions, DEFAULT_DIR};
 pub use typed::{PodReceiver, PodRecvError, PodSender, PodSlot};
 pub use wait::{monotonic_nanos, WaitOptions, WaitStats, WaitStrategy};

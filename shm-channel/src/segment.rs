@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::fd::OwnedFd;
-use rustix::fs::{self, AtFlags, FallocateFlags, FileType, Mode, OFlags};
+use rustix::fs::{self, AtFlags, FallocateFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mm::{self, MapFlags, ProtFlags};
 use spsc_core::RingLayout;
@@ -217,6 +217,25 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, SegmentError> {
     })
 }
 
+/// Takes the shared advisory lock every holder of a segment keeps for as long as it has the
+/// segment open. The kernel drops it when the process exits, however it dies, so an exclusive
+/// lock can be had exactly when no live process has the segment open ([`Segment::reclaim_stale`]).
+fn hold_shared_lock(file: &OwnedFd, name: &SegmentName) -> Result<(), SegmentError> {
+    // Blocking: an exclusive holder is a reclaimer, which holds it for a few system calls.
+    fs::flock(file, FlockOperation::LockShared).map_err(|e| io("locking", name, e))
+}
+
+/// What [`Segment::reclaim_stale`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reclaim {
+    /// Nobody had the segment open: it was removed.
+    Removed,
+    /// A live process has the segment open: it was left alone.
+    InUse,
+    /// No segment of that name exists (or it was replaced while we looked).
+    NotFound,
+}
+
 /// The size of an open segment file, refusing anything but a regular file.
 fn file_len(file: &OwnedFd, name: &SegmentName) -> Result<u64, SegmentError> {
     let stat = fs::fstat(file).map_err(|e| io("fstat", name, e))?;
@@ -291,6 +310,20 @@ impl Segment {
             Err(errno) => return Err(io("creating", &name, errno)),
         };
         let setup = || -> Result<(NonNull<u8>, usize), SegmentError> {
+            hold_shared_lock(&file, &name)?;
+            // A reclaimer may have taken the brand-new, still empty file for a stale one in the
+            // instant before our lock: then it is no longer linked, and we must not use it.
+            if fs::fstat(&file)
+                .map_err(|e| io("fstat", &name, e))?
+                .st_nlink
+                == 0
+            {
+                return Err(io(
+                    "creating (removed by a concurrent reclaim; retry)",
+                    &name,
+                    Errno::NOENT,
+                ));
+            }
             // The umask may have narrowed the mode given to open; set it exactly.
             fs::fchmod(&file, mode).map_err(|e| io("fchmod", &name, e))?;
             fs::ftruncate(&file, size).map_err(|e| io("ftruncate", &name, e))?;
@@ -328,6 +361,7 @@ impl Segment {
         let dir = open_dir(&options.dir)?;
         let file = Self::open_file(&dir, &name)?;
         let len = file_len(&file, &name)?;
+        hold_shared_lock(&file, &name)?;
         if len == 0 {
             return Err(HeaderError::TooShort {
                 len: 0,
@@ -391,6 +425,7 @@ impl Segment {
         let started = Instant::now();
         let mut backoff = Backoff::new();
         let file = Self::open_file(&dir, &name)?;
+        hold_shared_lock(&file, &name)?;
         // The creator sizes the file right after creating it; wait for that.
         let len = loop {
             let len = file_len(&file, &name)?;
@@ -547,6 +582,45 @@ impl Segment {
         let name = SegmentName::new(name)?;
         let dir = open_dir(&options.dir)?;
         unlink_at(&dir, &name)
+    }
+
+    /// Removes segment `name` if no live process has it open: a segment left by a crashed run,
+    /// whether half-initialised or holding undelivered messages (which are then lost, so this is
+    /// only done on request). A segment some live process holds is left alone.
+    ///
+    /// Every [`Segment`] keeps a shared advisory lock on its file while it exists, which the
+    /// kernel releases when its process dies; reclaiming takes the exclusive lock without waiting,
+    /// so it succeeds exactly when no holder is alive (no pid checks, so pid reuse cannot fool
+    /// it), and it unlinks the name only if it still names the file that was locked. Two
+    /// reclaimers, or a reclaimer and a creator, racing on one name cannot remove a live segment.
+    ///
+    /// # Errors
+    /// [`SegmentError::Name`], [`SegmentError::NotAFile`], [`SegmentError::Io`].
+    pub fn reclaim_stale(name: &str, options: &SegmentOptions) -> Result<Reclaim, SegmentError> {
+        let name = SegmentName::new(name)?;
+        let dir = open_dir(&options.dir)?;
+        let file = match Self::open_file(&dir, &name) {
+            Ok(file) => file,
+            Err(SegmentError::NotFound { .. }) => return Ok(Reclaim::NotFound),
+            Err(error) => return Err(error),
+        };
+        file_len(&file, &name)?;
+        match fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => return Ok(Reclaim::InUse),
+            Err(errno) => return Err(io("locking", &name, errno)),
+        }
+        let locked = fs::fstat(&file).map_err(|e| io("fstat", &name, e))?;
+        match fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(named) if named.st_dev == locked.st_dev && named.st_ino == locked.st_ino => {}
+            Ok(_) | Err(Errno::NOENT) => return Ok(Reclaim::NotFound),
+            Err(errno) => return Err(io("stat", &name, errno)),
+        }
+        match unlink_at(&dir, &name) {
+            Ok(()) => Ok(Reclaim::Removed),
+            Err(SegmentError::NotFound { .. }) => Ok(Reclaim::NotFound),
+            Err(error) => Err(error),
+        }
     }
 
     /// Start of the mapping (page-aligned).

@@ -426,3 +426,44 @@ fn typed_messages_in_place() {
     drop(unpushed);
     assert!(b.receiver().is_empty());
 }
+
+#[test]
+fn a_stale_segment_is_reclaimed_only_when_no_live_process_holds_it() {
+    use shm_channel::{Reclaim, Segment, SegmentOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let seg_options = SegmentOptions::default().dir(dir.path());
+    assert_eq!(
+        Segment::reclaim_stale("stale", &seg_options).unwrap(),
+        Reclaim::NotFound
+    );
+    let mut a = Chan::create("stale", End::A, &options(&dir)).unwrap();
+    a.sender().send(1, b"never read").unwrap();
+    // A child process opens end B and dies without cleaning up.
+    let mut process = child(
+        "role_die_holding_b",
+        &[
+            ("SHM_DIR", dir.path().display().to_string()),
+            ("SHM_NAME", "stale".into()),
+        ],
+    );
+    assert!(process.wait().unwrap().success());
+    // We still hold end A: the segment is in use, whatever the dead child left.
+    assert_eq!(
+        Segment::reclaim_stale("stale", &seg_options).unwrap(),
+        Reclaim::InUse
+    );
+    assert!(dir.path().join("stale").exists());
+    // Once nobody holds it, it is stale: reclaiming removes it, queued messages and all.
+    drop(a);
+    assert_eq!(
+        Segment::reclaim_stale("stale", &seg_options).unwrap(),
+        Reclaim::Removed
+    );
+    assert!(!dir.path().join("stale").exists());
+    // A new channel under the same name starts afresh.
+    let mut a = Chan::create("stale", End::A, &options(&dir)).unwrap();
+    let mut b = Chan::open("stale", End::B, &options(&dir)).unwrap();
+    assert!(b.receiver().is_empty());
+    a.sender().send(2, b"fresh").unwrap();
+    assert_eq!(recv(b.receiver()), (2, b"fresh".to_vec()));
+}
