@@ -202,6 +202,7 @@ fuzz_target!(|data: &[u8]| {
 
     let mut tx = claim_or_take(
         || ring.claim_producer(me),
+        // SAFETY: as for the consumer above: no other user of the region is running.
         |dead| unsafe { ring.take_over_producer(dead, me) },
     );
     if tx.is_none() {

@@ -472,6 +472,13 @@ impl<'a, const C: usize> MessageProducer<'a, C> {
         if end.wrapping_sub(self.cached_head) <= C as u32 {
             return Ok(true);
         }
+        let head = self.reload_head()?;
+        Ok(end.wrapping_sub(head) <= C as u32)
+    }
+
+    /// Reads the consumer's index (Acquire: the records it released are free to reuse), checks
+    /// it against our own position, and caches it.
+    fn reload_head(&mut self) -> Result<u32, SendError> {
         let head = self.ring.head.load(Ordering::Acquire);
         if !head.is_multiple_of(HEADER) || self.tail.wrapping_sub(head) > C as u32 {
             return Err(SendError::Corrupt {
@@ -479,7 +486,7 @@ impl<'a, const C: usize> MessageProducer<'a, C> {
             });
         }
         self.cached_head = head;
-        Ok(end.wrapping_sub(head) <= C as u32)
+        Ok(head)
     }
 
     /// Fills the rest of the buffer with a padding record so the next record starts at offset 0.
@@ -512,9 +519,9 @@ impl<'a, const C: usize> MessageProducer<'a, C> {
     /// Bytes of records queued and not yet popped, as of the consumer's latest index. Cost: one
     /// Acquire load of the consumer's index line.
     pub fn queued_bytes(&mut self) -> u32 {
-        // `fits` of an impossible end reloads the index; its answer is irrelevant here.
-        let _ = self.fits(self.tail.wrapping_add(C as u32 + 1));
-        self.tail.wrapping_sub(self.cached_head).min(C as u32)
+        // An impossible index leaves the cached one in place: the answer stays within bounds.
+        let _ = self.reload_head();
+        self.queued_bytes_cached()
     }
 
     /// The ring's byte capacity, `C`.
