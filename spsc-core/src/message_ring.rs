@@ -528,6 +528,28 @@ impl<'a, const C: usize> MessageProducer<'a, C> {
     pub const fn capacity(&self) -> usize {
         C
     }
+
+    /// Whether [`alloc`](MessageSender::alloc) of a `len`-byte message would find room now
+    /// (`false` too for a message larger than [`MAX_PAYLOAD`](MessageRing::MAX_PAYLOAD)): what a
+    /// sender waiting for the receiver to make room checks. Cost: arithmetic, plus one Acquire
+    /// load of the consumer's index when the cached one says no.
+    ///
+    /// # Errors
+    /// [`SendError::Corrupt`] if the consumer published an impossible index.
+    pub fn has_room(&mut self, len: u32) -> Result<bool, SendError> {
+        if len > MessageRing::<C>::MAX_PAYLOAD {
+            return Ok(false);
+        }
+        let size = record_size(len);
+        let offset = self.tail & MessageRing::<C>::MASK;
+        // A record that does not fit before the end needs the padding to the end as well.
+        let skip = if offset + size > C as u32 {
+            C as u32 - offset
+        } else {
+            0
+        };
+        self.fits(self.tail.wrapping_add(skip + size + HEADER))
+    }
 }
 
 impl<'a, const C: usize> MessageSender for MessageProducer<'a, C> {

@@ -607,7 +607,14 @@ fn run_model<const C: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError
         match *op {
             Op::Send(len, tag) | Op::AllocDrop(len, tag) => {
                 let had_messages = model.has_messages();
+                let room = tx.has_room(len).unwrap();
                 let expected = model.alloc(len);
+                prop_assert_eq!(
+                    room,
+                    expected.is_ok(),
+                    "has_room({}) disagrees with alloc",
+                    len
+                );
                 match tx.alloc(len, tag) {
                     Ok(mut slot) => {
                         prop_assert_eq!(expected, Ok(()), "alloc({}) succeeded", len);

@@ -593,6 +593,67 @@ fn take_over_from_a_dead_owner() {
     assert_eq!(stale.unwrap_err(), ClaimError::Taken { owner: 0 });
 }
 
+/// Writes `value` and the stamp of `position` into `Ring<u64, N>`'s slot, as a producer does.
+fn forge_published<const N: usize>(region: &mut Region, position: u32, value: u64) {
+    let layout = Ring::<u64, N>::LAYOUT;
+    let slot =
+        layout.data_offset as usize + (position as usize & (N - 1)) * layout.slot_size as usize;
+    // The value's offset in its slot: after the `u32` stamp, aligned for `u64`.
+    let value_offset = slot + mem::align_of::<u64>().max(4);
+    let base = region.base();
+    // SAFETY: both words lie inside the ring's slot array, which fits the region; they are
+    // aligned (slots are `u64`-aligned); no handle is reading or writing this slot meanwhile
+    // (the producer that owns it is the one being impersonated).
+    unsafe {
+        base.as_ptr().add(value_offset).cast::<u64>().write(value);
+        base.as_ptr()
+            .add(slot)
+            .cast::<u32>()
+            .write(position.wrapping_add(1));
+    }
+}
+
+/// A producer killed inside `push_slice` after stamping the batch's later slots but before its
+/// first stamp (stored last) published nothing; its successor must neither deliver those slots
+/// nor let the consumer read them while it overwrites them.
+#[test]
+fn take_over_after_an_interrupted_batch_delivers_only_whole_batches() {
+    const N: usize = 8;
+    let mut region = region_for::<u64, N>();
+    let len = region.len();
+    let base = region.base();
+    {
+        // SAFETY: the region is valid zeroed memory, exclusively ours for this block.
+        let ring = unsafe { Ring::<u64, N>::init_in_place(base, len) }.unwrap();
+        let mut tx = ring.claim_producer(owner(7)).unwrap();
+        assert_eq!(tx.push_slice(&[10, 11]), 2);
+        mem::forget(tx); // dies holding the producer side
+    }
+    // The batch `2..5` it was writing: values and stamps of 3 and 4, but not yet the stamp of 2.
+    forge_published::<N>(&mut region, 3, 666);
+    forge_published::<N>(&mut region, 4, 667);
+    // SAFETY: initialised above; only this test's handles use the region from here on.
+    let ring = unsafe { Ring::<u64, N>::attach(base, len) }.unwrap();
+    let mut rx = ring.claim_consumer(owner(2)).unwrap();
+    // SAFETY: the forgotten producer of owner 7 is never used again.
+    let mut tx = unsafe { ring.take_over_producer(owner(7), owner(8)) }.unwrap();
+    assert_eq!(
+        tx.position(),
+        2,
+        "the interrupted batch is not part of the ring"
+    );
+    assert_eq!(rx.pop(), Some(10));
+    assert_eq!(rx.pop(), Some(11));
+    assert_eq!(rx.pop(), None);
+    tx.push(12).unwrap();
+    assert_eq!(rx.pop(), Some(12));
+    assert_eq!(rx.pop(), None, "the dead producer's stamp at 3 was cleared");
+    assert_eq!(tx.push_slice(&[13, 14, 15]), 3);
+    let mut out = [0; 8];
+    assert_eq!(rx.pop_slice(&mut out), 3);
+    assert_eq!(out[..3], [13, 14, 15]);
+}
+
 #[test]
 fn split_clears_claims_of_leaked_handles() {
     let mut ring = Ring::<u32, 4>::new();

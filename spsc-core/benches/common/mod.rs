@@ -130,9 +130,9 @@ impl Payload for [u8; 64] {
     }
     #[inline(always)]
     fn seq(&self) -> u64 {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&self[..8]);
-        u64::from_le_bytes(word)
+        // Every word is read (and the fold kept alive), so the whole value really moves: reading
+        // only the first word would let the compiler skip loading the rest of a popped value.
+        read_payload(self)
     }
 }
 
