@@ -409,13 +409,42 @@ impl RoundTripTimer for NoTimer {
 /// Round trips done before timing starts in each trial (caches, branch predictors, page faults).
 pub const WARMUP_ROUND_TRIPS: u64 = 2_000;
 
+/// The sender's side of every ping-pong driver: `warmup` untimed round trips, then `groups`
+/// timed groups of `timer.group()` round trips, with sequence numbers counting up from `first`.
+/// Returns the time of the timed part and the timer. Generic, so each driver's round trip is
+/// inlined into its own copy of the loop: nothing is called through a pointer while timing.
+#[inline(always)]
+fn timed_round_trips<M: RoundTripTimer>(
+    first: u64,
+    warmup: u64,
+    groups: u64,
+    mut timer: M,
+    mut round_trip: impl FnMut(u64),
+) -> (Duration, M) {
+    let group = timer.group();
+    for seq in first..first + warmup {
+        round_trip(seq);
+    }
+    let begin = Instant::now();
+    let mut seq = first + warmup;
+    for _ in 0..groups {
+        let t0 = timer.start();
+        for _ in 0..group {
+            round_trip(seq);
+            seq += 1;
+        }
+        timer.stop(t0);
+    }
+    (begin.elapsed(), timer)
+}
+
 /// Ping-pong through two element queues: the sender pushes `seq` into A and waits for it on B;
 /// the echo thread pops from A and pushes it back into B. Runs `warmup + n` round trips (n
 /// rounded up to whole timer groups) and returns the time of the last `n` with the timer.
 pub fn ping_pong<T: Payload, C: Channel<T>, M: RoundTripTimer>(
     warmup: u64,
     n: u64,
-    mut timer: M,
+    timer: M,
 ) -> (Duration, M) {
     let mut a = C::create();
     let mut b = C::create();
@@ -431,7 +460,7 @@ pub fn ping_pong<T: Payload, C: Channel<T>, M: RoundTripTimer>(
     let (sender, ()) = run_pinned(
         move || {
             barrier.wait();
-            let mut round_trip = |seq: u64| {
+            let round_trip = |seq: u64| {
                 let mut value = T::from_seq(seq);
                 while let Err(back) = a_tx.try_push(value) {
                     value = back;
@@ -443,20 +472,7 @@ pub fn ping_pong<T: Payload, C: Channel<T>, M: RoundTripTimer>(
                     }
                 }
             };
-            for seq in 0..warmup {
-                round_trip(seq);
-            }
-            let begin = Instant::now();
-            let mut seq = warmup;
-            for _ in 0..groups {
-                let t0 = timer.start();
-                for _ in 0..group {
-                    round_trip(seq);
-                    seq += 1;
-                }
-                timer.stop(t0);
-            }
-            (begin.elapsed(), timer)
+            timed_round_trips(0, warmup, groups, timer, round_trip)
         },
         move || {
             barrier.wait();
@@ -477,7 +493,7 @@ pub fn ping_pong<T: Payload, C: Channel<T>, M: RoundTripTimer>(
 
 /// The hardware floor: two `AtomicU64`s, each alone on its own 128-byte-aligned line. The sender
 /// stores `seq` into the first and waits for the echo thread to store it into the second.
-pub fn ping_pong_floor<M: RoundTripTimer>(warmup: u64, n: u64, mut timer: M) -> (Duration, M) {
+pub fn ping_pong_floor<M: RoundTripTimer>(warmup: u64, n: u64, timer: M) -> (Duration, M) {
     let ping = CachePadded(AtomicU64::new(0));
     let pong = CachePadded(AtomicU64::new(0));
     let group = timer.group();
@@ -496,20 +512,8 @@ pub fn ping_pong_floor<M: RoundTripTimer>(warmup: u64, n: u64, mut timer: M) -> 
                 ping.store(seq, Ordering::Release);
                 while pong.load(Ordering::Acquire) != seq {}
             };
-            for seq in 1..=warmup {
-                round_trip(seq);
-            }
-            let begin = Instant::now();
-            let mut seq = warmup + 1;
-            for _ in 0..groups {
-                let t0 = timer.start();
-                for _ in 0..group {
-                    round_trip(seq);
-                    seq += 1;
-                }
-                timer.stop(t0);
-            }
-            (begin.elapsed(), timer)
+            // From 1: the echo line starts at 0, which must not pass for an echo.
+            timed_round_trips(1, warmup, groups, timer, round_trip)
         },
         move || {
             barrier.wait();
@@ -554,7 +558,7 @@ pub fn ping_pong_message<M: RoundTripTimer>(
     len: u32,
     warmup: u64,
     n: u64,
-    mut timer: M,
+    timer: M,
 ) -> (Duration, M) {
     let mut a: Box<MsgRing> = Box::new(MessageRing::new());
     let mut b: Box<MsgRing> = Box::new(MessageRing::new());
@@ -570,7 +574,7 @@ pub fn ping_pong_message<M: RoundTripTimer>(
     let (sender, ()) = run_pinned(
         move || {
             barrier.wait();
-            let mut round_trip = |seq: u64| {
+            let round_trip = |seq: u64| {
                 let mut slot = loop {
                     if let Ok(slot) = a_tx.alloc(len, 1) {
                         break slot;
@@ -586,20 +590,7 @@ pub fn ping_pong_message<M: RoundTripTimer>(
                 }
                 b_rx.pop().expect("front was there");
             };
-            for seq in 0..warmup {
-                round_trip(seq);
-            }
-            let begin = Instant::now();
-            let mut seq = warmup;
-            for _ in 0..groups {
-                let t0 = timer.start();
-                for _ in 0..group {
-                    round_trip(seq);
-                    seq += 1;
-                }
-                timer.stop(t0);
-            }
-            (begin.elapsed(), timer)
+            timed_round_trips(0, warmup, groups, timer, round_trip)
         },
         move || {
             barrier.wait();
