@@ -22,29 +22,31 @@
 //! The segment lives in `/dev/shm` under a name unique to this run, and is unlinked as soon as the
 //! child has attached (so even Ctrl-C or a crash afterwards leaves no file), and on errors. The
 //! Unix socket uses Linux's abstract namespace, which leaves no file either.
+//!
+//! The process plumbing (peer process, pinning, the channel's attach handshake and echo, the
+//! sockets) is shared with the benches: `benches/common/peers.rs`.
+
+#[macro_use]
+#[path = "../benches/common/peers.rs"]
+mod peers;
 
 use std::env;
-use std::io::{self, IsTerminal, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::io::{self, IsTerminal};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
-use shm_channel::{Channel, ChannelOptions, End, WaitOptions, WaitStrategy};
-use spsc_core::{MessageReceiver, MessageSender, RecvError, SendError, SendSlot};
-
-type Error = Box<dyn std::error::Error>;
+use peers::{
+    allowed_cpus, attach_channel, cpu_arg, create_channel, pin_to, pin_to_arg, Error, Mode, Peer,
+    Socket,
+};
+use shm_channel::{Channel, WaitOptions, WaitStrategy};
+use spsc_core::{MessageReceiver, RecvError, SendSlot};
 
 /// Ring capacity for messages up to 32 KiB: small, so the rings stay in cache.
 const SMALL: usize = 1 << 16;
 /// Ring capacity for larger messages (up to 8 MiB); a 32 MiB segment, made only when needed.
 const LARGE: usize = 1 << 24;
-
-/// How long the parent waits for a child to connect or attach.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const USAGE: &str = "\
 usage: pingpong [--size BYTES] [--count ROUND_TRIPS] [--pin]
@@ -61,12 +63,6 @@ enum Kind {
     Uds,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Busy,
-    Block,
-}
-
 impl Kind {
     fn arg(self) -> &'static str {
         match self {
@@ -77,12 +73,10 @@ impl Kind {
     }
 
     fn parse(arg: &str) -> Result<Self, Error> {
-        Ok(match arg {
-            "shm" => Kind::Shm,
-            "tcp" => Kind::Tcp,
-            "uds" => Kind::Uds,
-            _ => return Err(format!("unknown transport {arg:?}").into()),
-        })
+        [Kind::Shm, Kind::Tcp, Kind::Uds]
+            .into_iter()
+            .find(|kind| kind.arg() == arg)
+            .ok_or_else(|| format!("unknown transport {arg:?}").into())
     }
 
     fn label(self, mode: Mode) -> &'static str {
@@ -97,6 +91,7 @@ impl Kind {
     }
 }
 
+/// A mode as the `--child` arguments spell it (the benches describe their peer's job otherwise).
 impl Mode {
     fn arg(self) -> &'static str {
         match self {
@@ -106,11 +101,10 @@ impl Mode {
     }
 
     fn parse(arg: &str) -> Result<Self, Error> {
-        Ok(match arg {
-            "busy" => Mode::Busy,
-            "block" => Mode::Block,
-            _ => return Err(format!("unknown mode {arg:?}").into()),
-        })
+        [Mode::Busy, Mode::Block]
+            .into_iter()
+            .find(|mode| mode.arg() == arg)
+            .ok_or_else(|| format!("unknown mode {arg:?}").into())
     }
 }
 
@@ -359,22 +353,13 @@ fn run(
             run_shm::<SMALL>(mode, config, params, child_cpu, &mut progress)
         }
         Kind::Shm => run_shm::<LARGE>(mode, config, params, child_cpu, &mut progress),
-        Kind::Tcp => {
-            let listener = TcpListener::bind("127.0.0.1:0")?;
-            let port = listener.local_addr()?.port().to_string();
-            let mut child = spawn(kind, mode, &port, params, child_cpu)?;
-            listener.set_nonblocking(true)?;
-            let stream = accept(&mut child, || listener.accept().map(|(s, _)| s))?;
-            stream.set_nodelay(true)?;
-            run_stream(stream, child, mode, config, params, &mut progress)
-        }
-        Kind::Uds => {
-            let name = unique_name();
-            let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(&name)?)?;
-            let mut child = spawn(kind, mode, &name, params, child_cpu)?;
-            listener.set_nonblocking(true)?;
-            let stream = accept(&mut child, || listener.accept().map(|(s, _)| s))?;
-            run_stream(stream, child, mode, config, params, &mut progress)
+        Kind::Tcp | Kind::Uds => {
+            let start_child = |address: &str| spawn(kind, mode, address, params, child_cpu);
+            let (socket, child) = match kind {
+                Kind::Tcp => Socket::accept_tcp(start_child)?,
+                _ => Socket::accept_uds(start_child)?,
+            };
+            run_socket(socket, child, mode, config, params, &mut progress)
         }
     };
     progress.clear();
@@ -386,34 +371,6 @@ fn run(
         elapsed,
         count: config.count,
     })
-}
-
-/// A name no other run uses at the same time: process id and start time.
-fn unique_name() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("shm-channel-pingpong-{}-{nanos}", std::process::id())
-}
-
-/// Waits for the child to connect, watching it does not die first.
-fn accept<S>(
-    child: &mut ChildGuard,
-    mut accept: impl FnMut() -> io::Result<S>,
-) -> Result<S, Error> {
-    let started = Instant::now();
-    loop {
-        match accept() {
-            Ok(stream) => return Ok(stream),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e.into()),
-        }
-        child.check_running()?;
-        if started.elapsed() > CONNECT_TIMEOUT {
-            return Err("the child process did not connect".into());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Times `config.count` calls of `round_trip` after `config.warmup` untimed ones.
@@ -453,20 +410,6 @@ fn check_echo(payload: &[u8], seq: u64, size: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// Allocates a message, retrying while the ring is full (never, in a ping-pong). A macro, not a
-/// function, so the slot's borrow of the sender stays local to the caller.
-macro_rules! alloc {
-    ($tx:expr, $len:expr, $tag:expr, $params:expr) => {
-        loop {
-            match $tx.alloc($len, $tag) {
-                Ok(slot) => break slot,
-                Err(SendError::Full) => $params.relax(),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-}
-
 fn run_shm<const C: usize>(
     mode: Mode,
     config: &Config,
@@ -474,40 +417,12 @@ fn run_shm<const C: usize>(
     child_cpu: Option<usize>,
     progress: &mut Progress,
 ) -> Result<(Histogram<u64>, Duration), Error> {
-    let name = unique_name();
-    let options = ChannelOptions::new();
-    let endpoint = Channel::<C>::create(&name, End::A, &options)?;
-    // Until the child has attached, the file is ours to remove, also on any error below.
-    let mut segment = SegmentGuard {
-        name: &name,
-        options: &options,
-        linked: true,
-    };
-    let (mut tx, mut rx) = endpoint.split();
-    let mut child = spawn(Kind::Shm, mode, &name, params, child_cpu)?;
-
-    // The child says hello once attached; then nobody needs the name any more. (Not a blocking
-    // wait: that would arm the futex, and the child's sender would fence after every push.)
-    let poll = WaitOptions::new(WaitStrategy::SpinThenYield { spins: 0 })
-        .timeout(Duration::from_millis(50));
-    let started = Instant::now();
-    loop {
-        match rx.recv_wait(&poll) {
-            Ok(_) => break,
-            Err(RecvError::TimedOut) => {
-                child.check_running()?;
-                if started.elapsed() > CONNECT_TIMEOUT {
-                    return Err("the child process did not attach to the channel".into());
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    rx.pop()?;
-    segment.unlink()?;
+    // Unlinks the segment once the child has attached, or on an error before.
+    let (mut tx, mut rx, mut child) = create_channel::<C>("pingpong", |name| {
+        spawn(Kind::Shm, mode, name, params, child_cpu)
+    })?;
 
     let size = params.size;
-    let len = u32::try_from(size)?;
     // The channel reports a dead peer (an unreaped zombie child counts as dead); the timeout
     // also lets us look at the child's exit status now and then.
     let wait = params
@@ -516,9 +431,7 @@ fn run_shm<const C: usize>(
     let mut message = vec![0u8; size];
     let result = measure(config, progress, |seq| {
         stamp(&mut message, seq);
-        let mut slot = alloc!(tx, len, 1, params);
-        slot.payload_mut().copy_from_slice(&message);
-        slot.push();
+        filled_slot!(tx, 1, &message, params.relax()).push();
         loop {
             match rx.wait_readable(&wait) {
                 Ok(()) => break,
@@ -535,146 +448,39 @@ fn run_shm<const C: usize>(
     Ok(result)
 }
 
-fn run_stream<S: Read + Write + Nonblocking>(
-    mut stream: S,
-    child: ChildGuard,
+fn run_socket(
+    mut socket: Socket,
+    mut child: Peer,
     mode: Mode,
     config: &Config,
     params: Params,
     progress: &mut Progress,
 ) -> Result<(Histogram<u64>, Duration), Error> {
-    stream.set_nonblocking(mode == Mode::Busy)?;
+    socket.set_mode(mode)?;
     let size = params.size;
     let mut message = vec![0u8; size];
     let mut echo = vec![0u8; size];
     let result = measure(config, progress, |seq| {
         stamp(&mut message, seq);
-        write_all(&mut stream, &message, &params)?;
-        read_exact(&mut stream, &mut echo, &params)?;
+        socket.write_all(&message, || params.relax())?;
+        socket.read_message(&mut echo, || params.relax())?;
         check_echo(&echo, seq, size)
     })?;
-    drop(stream);
+    drop(socket);
     child.finish()?;
     Ok(result)
 }
 
-/// `set_nonblocking` of both socket types.
-trait Nonblocking {
-    fn set_nonblocking(&self, on: bool) -> io::Result<()>;
-}
-
-impl Nonblocking for TcpStream {
-    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        TcpStream::set_nonblocking(self, on)
-    }
-}
-
-impl Nonblocking for UnixStream {
-    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        UnixStream::set_nonblocking(self, on)
-    }
-}
-
-/// `write_all` that also polls a non-blocking socket.
-fn write_all(stream: &mut impl Write, mut buf: &[u8], params: &Params) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => params.relax(),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// `read_exact` that also polls a non-blocking socket.
-fn read_exact(stream: &mut impl Read, buf: &mut [u8], params: &Params) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match stream.read(&mut buf[filled..]) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the peer closed the connection",
-                ))
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => params.relax(),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Removes the segment file when dropped, unless already removed.
-struct SegmentGuard<'a> {
-    name: &'a str,
-    options: &'a ChannelOptions,
-    linked: bool,
-}
-
-impl SegmentGuard<'_> {
-    fn unlink(&mut self) -> Result<(), Error> {
-        self.linked = false;
-        Channel::<SMALL>::unlink(self.name, self.options)?;
-        Ok(())
-    }
-}
-
-impl Drop for SegmentGuard<'_> {
-    fn drop(&mut self) {
-        if self.linked {
-            let _ = Channel::<SMALL>::unlink(self.name, self.options);
-        }
-    }
-}
-
-/// The child process of one run: killed and reaped if the run fails.
-struct ChildGuard(Option<Child>);
-
-impl ChildGuard {
-    fn check_running(&mut self) -> Result<(), Error> {
-        if let Some(child) = &mut self.0 {
-            if let Some(status) = child.try_wait()? {
-                self.0 = None;
-                return Err(format!("the child process exited early ({status})").into());
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<(), Error> {
-        if let Some(mut child) = self.0.take() {
-            let status = child.wait()?;
-            if !status.success() {
-                return Err(format!("the child process failed ({status})").into());
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
+/// Starts the echoing child of one run (`--child ...`).
 fn spawn(
     kind: Kind,
     mode: Mode,
     address: &str,
     params: Params,
     cpu: Option<usize>,
-) -> Result<ChildGuard, Error> {
-    let child = Command::new(env::current_exe()?)
-        .args([
+) -> Result<Peer, Error> {
+    Peer::spawn(|command| {
+        command.args([
             "--child",
             kind.arg(),
             mode.arg(),
@@ -682,11 +488,9 @@ fn spawn(
             &params.size.to_string(),
             &params.total.to_string(),
             if params.spin { "spin" } else { "yield" },
-            &cpu.map_or_else(|| "-".to_string(), |cpu| cpu.to_string()),
-        ])
-        .stdin(Stdio::null())
-        .spawn()?;
-    Ok(ChildGuard(Some(child)))
+            &cpu_arg(cpu),
+        ]);
+    })
 }
 
 /// A running count on stderr, a few times a second: in place on a terminal, a line per second
@@ -735,21 +539,6 @@ impl Progress {
     }
 }
 
-/// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Result<Vec<usize>, Error> {
-    let set = sched_getaffinity(None)?;
-    Ok((0..CpuSet::MAX_CPU)
-        .filter(|&cpu| set.is_set(cpu))
-        .collect())
-}
-
-fn pin_to(cpu: usize) -> Result<(), Error> {
-    let mut set = CpuSet::new();
-    set.set(cpu);
-    sched_setaffinity(None, &set).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // The echoing (child) process.
 
@@ -763,53 +552,37 @@ fn child(args: &[String]) -> Result<(), Error> {
         total: total.parse()?,
         spin: spin == "spin",
     };
-    if cpu != "-" {
-        pin_to(cpu.parse()?)?;
-    }
+    pin_to_arg(cpu)?;
     match kind {
         Kind::Shm if params.size <= Channel::<SMALL>::MAX_PAYLOAD as usize => {
             echo_shm::<SMALL>(address, mode, params)
         }
         Kind::Shm => echo_shm::<LARGE>(address, mode, params),
-        Kind::Tcp => {
-            let stream = TcpStream::connect(("127.0.0.1", address.parse::<u16>()?))?;
-            stream.set_nodelay(true)?;
-            echo_stream(stream, mode, params)
-        }
-        Kind::Uds => {
-            let stream = UnixStream::connect_addr(&SocketAddr::from_abstract_name(address)?)?;
-            echo_stream(stream, mode, params)
-        }
+        Kind::Tcp => echo_socket(Socket::connect_tcp(address)?, mode, params),
+        Kind::Uds => echo_socket(Socket::connect_uds(address)?, mode, params),
     }
 }
 
 fn echo_shm<const C: usize>(name: &str, mode: Mode, params: Params) -> Result<(), Error> {
-    let endpoint = Channel::<C>::open(name, End::B, &ChannelOptions::new())?;
-    let (mut tx, mut rx) = endpoint.split();
-    tx.send(0, b"attached")?;
+    let (mut tx, mut rx) = attach_channel::<C>(name)?;
     // Returns `Disconnected` if the parent dies: then we stop too.
     let wait = params.wait_options(mode);
     for _ in 0..params.total {
         let message = rx.recv_wait(&wait)?;
-        let mut slot = alloc!(tx, message.len() as u32, message.tag(), params);
-        slot.payload_mut().copy_from_slice(message.payload());
+        let echo = filled_slot!(tx, message.tag(), message.payload(), params.relax());
         // Pop the request before publishing the reply: pop is the commit.
         rx.pop()?;
-        slot.push();
+        echo.push();
     }
     Ok(())
 }
 
-fn echo_stream<S: Read + Write + Nonblocking>(
-    mut stream: S,
-    mode: Mode,
-    params: Params,
-) -> Result<(), Error> {
-    stream.set_nonblocking(mode == Mode::Busy)?;
+fn echo_socket(mut socket: Socket, mode: Mode, params: Params) -> Result<(), Error> {
+    socket.set_mode(mode)?;
     let mut buf = vec![0u8; params.size];
     for _ in 0..params.total {
-        read_exact(&mut stream, &mut buf, &params)?;
-        write_all(&mut stream, &buf, &params)?;
+        socket.read_message(&mut buf, || params.relax())?;
+        socket.write_all(&buf, || params.relax())?;
     }
     Ok(())
 }

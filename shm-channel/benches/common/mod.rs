@@ -9,15 +9,17 @@
 //! idle between trials would spin and steal the second core. Each process owns its own handles
 //! (there is no shared stack frame across processes); the only shared memory is the segment or
 //! the floor's mapping.
-// Each bench binary uses a different subset of this module.
-#![allow(dead_code)]
+//!
+//! The peer process, CPU pinning, the channel's attach handshake and echo, and the sockets are in
+//! [`peers`], which `examples/pingpong.rs` includes as well.
+
+#[macro_use]
+mod peers;
 
 use std::hint::black_box;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::process::{Child, Command, Stdio};
+use std::io;
+use std::net::Shutdown;
+use std::process::Stdio;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -25,12 +27,14 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode as FileMode, OFlags};
 use rustix::mm::{MapFlags, ProtFlags};
-use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
-use shm_channel::{Channel, ChannelOptions, End, Receiver, Sender, WaitOptions, WaitStrategy};
+use shm_channel::{Channel, Receiver, Sender, WaitOptions, WaitStrategy};
 use spsc_core::{MessageReceiver, MessageSender, RecvError, SendError, SendSlot};
 
-/// Errors of the drivers: a bench fails loudly rather than reporting a broken trial.
-pub type Error = Box<dyn std::error::Error>;
+use peers::{
+    allowed_cpus, attach_channel, cpu_arg, create_channel, pin_to, pin_to_arg, unique_name, Peer,
+    Socket, CONNECT_TIMEOUT,
+};
+pub use peers::{Error, Mode};
 
 /// The environment variable naming the peer's job (internal: set only by the parent).
 pub const PEER_ENV: &str = "SHM_BENCH_PEER";
@@ -45,8 +49,6 @@ pub const WARMUP_ROUND_TRIPS: u64 = 2_000;
 /// Messages a streaming trial sends before the consumer starts its clock.
 pub const WARMUP_MESSAGES: u64 = 1_000;
 
-/// How long the parent waits for a peer to connect or attach.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Failed polls between two checks that the other process still exists.
 const LIVENESS_EVERY: u64 = 1 << 22;
 
@@ -72,15 +74,6 @@ pub enum Transport {
     Tcp,
     /// Unix stream socket (abstract namespace).
     Uds,
-}
-
-/// How the receivers wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Busy-polling: `front()` in a loop, non-blocking socket reads in a loop.
-    Busy,
-    /// Blocking: `WaitStrategy::Block { spin_first: 0 }` (futex), blocking socket reads.
-    Block,
 }
 
 /// One contender: a transport and a waiting mode.
@@ -127,29 +120,27 @@ pub const CONTENDERS: [Contender; 6] = [
 ];
 
 impl Contender {
-    /// Name in tables and criterion ids.
-    pub fn label(self) -> &'static str {
+    /// The name in tables and criterion ids, and the code in the peer's job description: one
+    /// table, so the two cannot disagree on which contender is which.
+    fn names(self) -> (&'static str, &'static str) {
         match (self.transport, self.mode) {
-            (Transport::Floor, _) => "floor (2 atomics, 2 lines)",
-            (Transport::Shm, Mode::Busy) => "shm channel (busy-poll)",
-            (Transport::Tcp, Mode::Busy) => "TCP loopback (busy-poll)",
-            (Transport::Uds, Mode::Busy) => "Unix socket (busy-poll)",
-            (Transport::Shm, Mode::Block) => "shm channel (futex Block)",
-            (Transport::Tcp, Mode::Block) => "TCP loopback (blocking)",
-            (Transport::Uds, Mode::Block) => "Unix socket (blocking)",
+            (Transport::Floor, _) => ("floor (2 atomics, 2 lines)", "floor"),
+            (Transport::Shm, Mode::Busy) => ("shm channel (busy-poll)", "shm-busy"),
+            (Transport::Tcp, Mode::Busy) => ("TCP loopback (busy-poll)", "tcp-busy"),
+            (Transport::Uds, Mode::Busy) => ("Unix socket (busy-poll)", "uds-busy"),
+            (Transport::Shm, Mode::Block) => ("shm channel (futex Block)", "shm-block"),
+            (Transport::Tcp, Mode::Block) => ("TCP loopback (blocking)", "tcp-block"),
+            (Transport::Uds, Mode::Block) => ("Unix socket (blocking)", "uds-block"),
         }
     }
 
+    /// Name in tables and criterion ids.
+    pub fn label(self) -> &'static str {
+        self.names().0
+    }
+
     fn code(self) -> &'static str {
-        match (self.transport, self.mode) {
-            (Transport::Floor, _) => "floor",
-            (Transport::Shm, Mode::Busy) => "shm-busy",
-            (Transport::Tcp, Mode::Busy) => "tcp-busy",
-            (Transport::Uds, Mode::Busy) => "uds-busy",
-            (Transport::Shm, Mode::Block) => "shm-block",
-            (Transport::Tcp, Mode::Block) => "tcp-block",
-            (Transport::Uds, Mode::Block) => "uds-block",
-        }
+        self.names().1
     }
 
     fn from_code(code: &str) -> Result<Self, Error> {
@@ -182,6 +173,8 @@ pub struct Placement {
     /// `false` with a single allowed CPU: poll loops yield instead of spinning.
     pub spin: bool,
     /// How many CPUs were allowed.
+    // Printed by the `report` bench only; unread in `channel`, which includes this module too.
+    #[allow(dead_code)]
     pub allowed: usize,
 }
 
@@ -189,7 +182,8 @@ pub struct Placement {
 pub fn placement() -> Placement {
     static PLACEMENT: OnceLock<Placement> = OnceLock::new();
     *PLACEMENT.get_or_init(|| {
-        let allowed = allowed_cpus();
+        // No affinity to read: unpinned, as with a single CPU.
+        let allowed = allowed_cpus().unwrap_or_default();
         let cpus = match allowed[..] {
             [mine, theirs, ..] => match pin_to(mine) {
                 Ok(()) => Some((mine, theirs)),
@@ -218,22 +212,6 @@ pub fn placement() -> Placement {
             allowed: allowed.len(),
         }
     })
-}
-
-fn allowed_cpus() -> Vec<usize> {
-    match sched_getaffinity(None) {
-        Ok(set) => (0..CpuSet::MAX_CPU)
-            .filter(|&cpu| set.is_set(cpu))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-fn pin_to(cpu: usize) -> Result<(), Error> {
-    let mut set = CpuSet::new();
-    set.set(cpu);
-    sched_setaffinity(None, &set).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
-    Ok(())
 }
 
 /// Between two polls that found nothing: nothing at all while spinning (as the floor does), a
@@ -271,6 +249,8 @@ pub trait RoundTripTimer {
 }
 
 /// Times nothing.
+// Used by the `channel` bench only; unused in `report`, which includes this module too.
+#[allow(dead_code)]
 pub struct NoTimer;
 
 impl RoundTripTimer for NoTimer {
@@ -401,19 +381,6 @@ pub fn stream(
     }
 }
 
-/// A name no other run uses at the same time: process id, a counter, and the time.
-fn unique_name(what: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "shm-channel-bench-{what}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// Writes `seq` into the first word of `message`.
 #[inline(always)]
 fn stamp(message: &mut [u8], seq: u64) {
@@ -442,60 +409,22 @@ fn consume(payload: &[u8]) -> u64 {
     seq_of(payload)
 }
 
-/// The peer process of one trial: killed and reaped if the trial fails.
-struct Peer(Option<Child>);
-
-impl Peer {
-    fn spawn(contender: Contender, test: Test, size: usize, address: &str) -> Result<Self, Error> {
-        let placement = placement();
-        let spec = format!(
-            "{},{},{size},{},{},{address}",
-            contender.code(),
-            match test {
-                Test::PingPong => "pingpong",
-                Test::Stream => "stream",
-            },
-            u8::from(placement.spin),
-            placement
-                .cpus
-                .map_or_else(|| "-".to_string(), |(_, theirs)| theirs.to_string()),
-        );
-        let child = Command::new(std::env::current_exe()?)
-            .env(PEER_ENV, spec)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?;
-        Ok(Self(Some(child)))
-    }
-
-    fn check_running(&mut self) -> Result<(), Error> {
-        if let Some(child) = &mut self.0 {
-            if let Some(status) = child.try_wait()? {
-                self.0 = None;
-                return Err(format!("the peer process exited early ({status})").into());
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<(), Error> {
-        if let Some(mut child) = self.0.take() {
-            let status = child.wait()?;
-            if !status.success() {
-                return Err(format!("the peer process failed ({status})").into());
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Starts the peer process of one trial, its job described in [`PEER_ENV`].
+fn spawn_peer(contender: Contender, test: Test, size: usize, address: &str) -> Result<Peer, Error> {
+    let placement = placement();
+    let spec = format!(
+        "{},{},{size},{},{},{address}",
+        contender.code(),
+        match test {
+            Test::PingPong => "pingpong",
+            Test::Stream => "stream",
+        },
+        u8::from(placement.spin),
+        cpu_arg(placement.cpus.map(|(_, theirs)| theirs)),
+    );
+    Peer::spawn(|command| {
+        command.env(PEER_ENV, spec).stdout(Stdio::null());
+    })
 }
 
 // --- the floor ---
@@ -572,10 +501,10 @@ struct FloorLink {
 
 impl FloorLink {
     fn start(spin: bool) -> Result<Self, Error> {
-        let path = format!("/dev/shm/{}", unique_name("floor"));
+        let path = format!("/dev/shm/{}", unique_name("bench-floor"));
         let map = FloorMap::open(&path, true);
         let result = map.and_then(|map| {
-            let mut peer = Peer::spawn(FLOOR, Test::PingPong, 8, &path)?;
+            let mut peer = spawn_peer(FLOOR, Test::PingPong, 8, &path)?;
             let started = Instant::now();
             while map.area().ready.0.load(Ordering::Acquire) == 0 {
                 peer.check_running()?;
@@ -614,29 +543,6 @@ impl FloorLink {
 
 // --- the channel ---
 
-/// Removes a segment file when dropped, unless already removed.
-struct SegmentGuard<'a> {
-    name: &'a str,
-    options: &'a ChannelOptions,
-    linked: bool,
-}
-
-impl SegmentGuard<'_> {
-    fn unlink(&mut self) -> Result<(), Error> {
-        self.linked = false;
-        Channel::<SMALL>::unlink(self.name, self.options)?;
-        Ok(())
-    }
-}
-
-impl Drop for SegmentGuard<'_> {
-    fn drop(&mut self) {
-        if self.linked {
-            let _ = Channel::<SMALL>::unlink(self.name, self.options);
-        }
-    }
-}
-
 /// The channel, parent side (end A).
 struct ShmLink<const C: usize> {
     tx: Sender<C>,
@@ -651,34 +557,8 @@ struct ShmLink<const C: usize> {
 
 impl<const C: usize> ShmLink<C> {
     fn start(contender: Contender, test: Test, size: usize, spin: bool) -> Result<Self, Error> {
-        let name = unique_name("chan");
-        let options = ChannelOptions::new();
-        let endpoint = Channel::<C>::create(&name, End::A, &options)?;
-        let mut segment = SegmentGuard {
-            name: &name,
-            options: &options,
-            linked: true,
-        };
-        let (tx, mut rx) = endpoint.split();
-        let mut peer = Peer::spawn(contender, test, size, &name)?;
-        // The peer says hello once attached. Polled, not a blocking wait: that would arm the
-        // futex and make the peer's sender fence after every push, even in busy mode.
-        let started = Instant::now();
-        loop {
-            match rx.front() {
-                Ok(_) => break,
-                Err(RecvError::Empty) => {
-                    peer.check_running()?;
-                    if started.elapsed() > CONNECT_TIMEOUT {
-                        return Err("the peer did not attach to the channel".into());
-                    }
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        rx.pop()?;
-        segment.unlink()?;
+        let (tx, rx, peer) =
+            create_channel::<C>("bench-chan", |name| spawn_peer(contender, test, size, name))?;
         Ok(Self {
             tx,
             rx,
@@ -780,66 +660,14 @@ impl<const C: usize> ShmLink<C> {
 
 // --- sockets ---
 
-/// A connected stream socket of either kind.
-enum Socket {
-    Tcp(TcpStream),
-    Uds(UnixStream),
-}
-
 impl Socket {
-    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.set_nonblocking(on),
-            Socket::Uds(s) => s.set_nonblocking(on),
-        }
-    }
-
+    /// Ends the echo (which stops at the end of the stream); only the benches need it, the
+    /// example's parent drops its socket instead.
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Socket::Tcp(s) => s.shutdown(Shutdown::Write),
             Socket::Uds(s) => s.shutdown(Shutdown::Write),
         }
-    }
-
-    /// `write_all` that also polls a non-blocking socket.
-    #[inline(always)]
-    fn write_all(&mut self, mut buf: &[u8], spin: bool) -> io::Result<()> {
-        while !buf.is_empty() {
-            let written = match self {
-                Socket::Tcp(s) => s.write(buf),
-                Socket::Uds(s) => s.write(buf),
-            };
-            match written {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => relax(spin),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// `read_exact` that also polls a non-blocking socket; `Ok(false)` on a clean end of stream
-    /// before the first byte.
-    #[inline(always)]
-    fn read_exact(&mut self, buf: &mut [u8], spin: bool) -> io::Result<bool> {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let read = match self {
-                Socket::Tcp(s) => s.read(&mut buf[filled..]),
-                Socket::Uds(s) => s.read(&mut buf[filled..]),
-            };
-            match read {
-                Ok(0) if filled == 0 => return Ok(false),
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => relax(spin),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
     }
 }
 
@@ -851,45 +679,14 @@ struct SocketLink {
     spin: bool,
 }
 
-/// Waits for the peer to connect, watching that it does not die first.
-fn accept<S>(peer: &mut Peer, mut accept: impl FnMut() -> io::Result<S>) -> Result<S, Error> {
-    let started = Instant::now();
-    loop {
-        match accept() {
-            Ok(stream) => return Ok(stream),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e.into()),
-        }
-        peer.check_running()?;
-        if started.elapsed() > CONNECT_TIMEOUT {
-            return Err("the peer did not connect".into());
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
 impl SocketLink {
     fn start(contender: Contender, test: Test, size: usize, spin: bool) -> Result<Self, Error> {
+        let start_peer = |address: &str| spawn_peer(contender, test, size, address);
         let (socket, peer) = match contender.transport {
-            Transport::Tcp => {
-                let listener = TcpListener::bind("127.0.0.1:0")?;
-                let port = listener.local_addr()?.port().to_string();
-                let mut peer = Peer::spawn(contender, test, size, &port)?;
-                listener.set_nonblocking(true)?;
-                let stream = accept(&mut peer, || listener.accept().map(|(s, _)| s))?;
-                stream.set_nodelay(true)?;
-                (Socket::Tcp(stream), peer)
-            }
-            _ => {
-                let name = unique_name("uds");
-                let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(&name)?)?;
-                let mut peer = Peer::spawn(contender, test, size, &name)?;
-                listener.set_nonblocking(true)?;
-                let stream = accept(&mut peer, || listener.accept().map(|(s, _)| s))?;
-                (Socket::Uds(stream), peer)
-            }
+            Transport::Tcp => Socket::accept_tcp(start_peer)?,
+            _ => Socket::accept_uds(start_peer)?,
         };
-        socket.set_nonblocking(contender.mode == Mode::Busy)?;
+        socket.set_mode(contender.mode)?;
         Ok(Self {
             socket,
             echo: vec![0u8; size],
@@ -901,10 +698,9 @@ impl SocketLink {
     #[inline(always)]
     fn round_trip(&mut self, seq: u64, message: &mut [u8]) -> Result<(), Error> {
         stamp(message, seq);
-        self.socket.write_all(message, self.spin)?;
-        if !self.socket.read_exact(&mut self.echo, self.spin)? {
-            return Err("the peer closed the connection".into());
-        }
+        self.socket.write_all(message, || relax(self.spin))?;
+        self.socket
+            .read_message(&mut self.echo, || relax(self.spin))?;
         if seq_of(&self.echo) != seq {
             return Err(format!("round trip {seq}: wrong echo").into());
         }
@@ -914,16 +710,16 @@ impl SocketLink {
     #[inline(always)]
     fn send(&mut self, seq: u64, message: &mut [u8]) -> Result<(), Error> {
         stamp(message, seq);
-        self.socket.write_all(message, self.spin)?;
+        self.socket.write_all(message, || relax(self.spin))?;
         Ok(())
     }
 
     fn end_stream(&mut self) -> Result<(u64, u64), Error> {
         let mut end = vec![0u8; self.echo.len()];
         stamp(&mut end, END_MARK);
-        self.socket.write_all(&end, self.spin)?;
+        self.socket.write_all(&end, || relax(self.spin))?;
         let mut report = [0u8; 16];
-        if !self.socket.read_exact(&mut report, self.spin)? {
+        if !self.socket.read_exact(&mut report, || relax(self.spin))? {
             return Err("the consumer closed without a report".into());
         }
         Ok((seq_of(&report[..8]), seq_of(&report[8..])))
@@ -969,9 +765,7 @@ fn peer_main(spec: &str) -> Result<(), Error> {
     };
     let size: usize = size.parse()?;
     let spin = spin == "1";
-    if cpu != "-" {
-        pin_to(cpu.parse()?)?;
-    }
+    pin_to_arg(cpu)?;
     let parent = rustix::process::getppid();
     let orphaned = move || rustix::process::getppid() != parent;
     match contender.transport {
@@ -980,15 +774,20 @@ fn peer_main(spec: &str) -> Result<(), Error> {
             peer_shm::<SMALL>(address, contender.mode, test, spin, orphaned)
         }
         Transport::Shm => peer_shm::<LARGE>(address, contender.mode, test, spin, orphaned),
-        Transport::Tcp => {
-            let stream = TcpStream::connect(("127.0.0.1", address.parse::<u16>()?))?;
-            stream.set_nodelay(true)?;
-            peer_socket(Socket::Tcp(stream), contender.mode, test, size, spin)
-        }
-        Transport::Uds => {
-            let stream = UnixStream::connect_addr(&SocketAddr::from_abstract_name(address)?)?;
-            peer_socket(Socket::Uds(stream), contender.mode, test, size, spin)
-        }
+        Transport::Tcp => peer_socket(
+            Socket::connect_tcp(address)?,
+            contender.mode,
+            test,
+            size,
+            spin,
+        ),
+        Transport::Uds => peer_socket(
+            Socket::connect_uds(address)?,
+            contender.mode,
+            test,
+            size,
+            spin,
+        ),
     }
 }
 
@@ -1023,9 +822,7 @@ fn peer_shm<const C: usize>(
     spin: bool,
     orphaned: impl Fn() -> bool,
 ) -> Result<(), Error> {
-    let endpoint = Channel::<C>::open(name, End::B, &ChannelOptions::new())?;
-    let (mut tx, mut rx) = endpoint.split();
-    tx.send(0, b"attached")?;
+    let (mut tx, mut rx) = attach_channel::<C>(name)?;
     // Without a timeout: the channel itself reports a dead parent (`Disconnected`).
     let block = WaitOptions::new(WaitStrategy::Block { spin_first: 0 });
     let mut count = 0u64;
@@ -1047,18 +844,10 @@ fn peer_shm<const C: usize>(
         let message = rx.front()?;
         match (test, message.tag()) {
             (Test::PingPong, TAG_DATA) => {
-                let len = message.len() as u32;
-                let mut slot = loop {
-                    match tx.alloc(len, TAG_DATA) {
-                        Ok(slot) => break slot,
-                        Err(SendError::Full) => relax(spin),
-                        Err(e) => return Err(e.into()),
-                    }
-                };
-                slot.payload_mut().copy_from_slice(message.payload());
+                let echo = filled_slot!(tx, TAG_DATA, message.payload(), relax(spin));
                 // Pop the request before publishing the reply: pop is the commit.
                 rx.pop()?;
-                slot.push();
+                echo.push();
             }
             (Test::Stream, TAG_DATA) => {
                 let seq = consume(message.payload());
@@ -1094,19 +883,19 @@ fn peer_socket(
     size: usize,
     spin: bool,
 ) -> Result<(), Error> {
-    socket.set_nonblocking(mode == Mode::Busy)?;
+    socket.set_mode(mode)?;
     let mut buf = vec![0u8; size];
     let mut count = 0u64;
     let mut clock: Option<Instant> = None;
     loop {
-        if !socket.read_exact(&mut buf, spin)? {
+        if !socket.read_exact(&mut buf, || relax(spin))? {
             return match test {
                 Test::PingPong => Ok(()),
                 Test::Stream => Err("the stream ended without an end mark".into()),
             };
         }
         match test {
-            Test::PingPong => socket.write_all(&buf, spin)?,
+            Test::PingPong => socket.write_all(&buf, || relax(spin))?,
             Test::Stream => {
                 let seq = consume(&buf);
                 if seq == END_MARK {
@@ -1114,10 +903,10 @@ fn peer_socket(
                     let mut report = [0u8; 16];
                     report[..8].copy_from_slice(&count.to_le_bytes());
                     report[8..].copy_from_slice(&nanos.to_le_bytes());
-                    socket.write_all(&report, spin)?;
+                    socket.write_all(&report, || relax(spin))?;
                     // Wait for the parent to close, so the report is not lost to a reset.
-                    let _ = socket.set_nonblocking(false);
-                    let _ = socket.read_exact(&mut buf[..1], spin);
+                    let _ = socket.set_mode(Mode::Block);
+                    let _ = socket.read_exact(&mut buf[..1], || relax(spin));
                     return Ok(());
                 }
                 if seq >= WARMUP_MESSAGES {
