@@ -351,6 +351,8 @@ impl<const C: usize> Channel<C> {
             sender: Sender {
                 producer,
                 wait: header.wait_cell(end.outgoing()),
+                space: Parker::new(header.space_cell(end.outgoing())),
+                ring: outgoing,
                 counters: header.send_counters(end.outgoing()),
                 allocs: 0,
                 full_seen: false,
@@ -359,6 +361,7 @@ impl<const C: usize> Channel<C> {
             receiver: Receiver {
                 consumer,
                 parker: Parker::new(header.wait_cell(end.incoming())),
+                space: header.space_cell(end.incoming()),
                 ring: incoming,
                 counters: header.recv_counters(end.incoming()),
                 attachment,
@@ -523,6 +526,9 @@ pub struct Sender<const C: usize> {
     // `attachment` keeps alive, so they must drop first (module docs).
     producer: MessageProducer<'static, C>,
     wait: &'static WaitCell,
+    /// Where this sender parks while its ring is full; disarms its cell when dropped.
+    space: Parker<'static>,
+    ring: &'static MessageRing<C>,
     counters: &'static SendCounters,
     allocs: u32,
     /// The last `alloc` was `Full`; the next one records the depth the ring measured then.
@@ -541,6 +547,111 @@ impl<const C: usize> Sender<C> {
     /// a push it was doing when it crashed happened.
     pub fn position(&self) -> u32 {
         self.producer.position()
+    }
+
+    /// Reserves a `len`-byte message as [`alloc`](MessageSender::alloc) does, waiting while the
+    /// ring is full, as `options` say: busy-polling, spinning then yielding, or sleeping on a
+    /// futex in the segment until the receiver frees room. Returns at once when there is room.
+    ///
+    /// While waiting it checks the receiver every liveness interval: the process holding this
+    /// direction's consumer side must exist (and be the one that attached), and its heartbeat
+    /// must be younger than the options' limit if one is set. Once a sender has blocked, its
+    /// receiver pays a memory fence per pop (not a syscall) until the sender is dropped or
+    /// [disarmed](Self::disarm_blocking); a receiver that was never waited for pays one load.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shm_channel::{Channel, ChannelOptions, End, WaitOptions, WaitStrategy};
+    /// use spsc_core::{MessageReceiver, MessageSender, SendError, SendSlot};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let options = ChannelOptions::new().dir(dir.path());
+    /// let mut a = Channel::<4096>::create_or_open("room-doc", End::A, &options).unwrap();
+    /// let mut b = Channel::<4096>::create_or_open("room-doc", End::B, &options).unwrap();
+    /// let block = WaitOptions::new(WaitStrategy::Block { spin_first: 100 })
+    ///     .timeout(Duration::from_millis(10));
+    ///
+    /// while a.sender().send(1, &[0; 1000]).is_ok() {}
+    /// // Full, and nobody pops: the wait times out.
+    /// assert_eq!(a.sender().alloc_wait(1000, 1, &block).unwrap_err(), SendError::Full);
+    /// b.receiver().pop().unwrap();
+    /// let mut slot = a.sender().alloc_wait(1000, 1, &block).unwrap();
+    /// slot.payload_mut().fill(7);
+    /// slot.push();
+    /// ```
+    ///
+    /// # Errors
+    /// [`SendError::TooLarge`] at once for a message that can never fit;
+    /// [`SendError::Full`] when the timeout passed with the ring still full;
+    /// [`SendError::Disconnected`] when the ring is full and its receiver is gone (its process
+    /// died, it exceeded the heartbeat limit, or it detached after having attached; a receiver
+    /// that never attached yet is waited for). The messages stay queued for a receiver that
+    /// attaches later. [`SendError::Corrupt`] as `alloc`.
+    pub fn alloc_wait(
+        &mut self,
+        len: u32,
+        tag: u16,
+        options: &WaitOptions,
+    ) -> Result<ChannelSlot<'_, C>, SendError> {
+        if len <= MessageRing::<C>::MAX_PAYLOAD && !self.producer.has_room(len)? {
+            bump(&self.counters.full_rejections, 1);
+            self.record_depth(self.producer.queued_bytes_cached());
+            let Self {
+                producer,
+                space,
+                ring,
+                attachment,
+                ..
+            } = self;
+            let header = attachment.header;
+            let peer = attachment.end.peer();
+            let ring = *ring;
+            let heartbeat_limit = options.heartbeat_limit_ns();
+            let outcome = space.wait(
+                options,
+                // An error is "ready" too: `alloc` reports it.
+                || producer.has_room(len) != Ok(false),
+                |now| holder_gone(header, ring.holders().1, peer, heartbeat_limit, now),
+                monotonic_nanos,
+            );
+            match outcome {
+                WaitOutcome::Ready => {}
+                WaitOutcome::TimedOut => return Err(SendError::Full),
+                // The receiver may have popped just before it went.
+                WaitOutcome::PeerGone if producer.has_room(len) != Ok(false) => {}
+                WaitOutcome::PeerGone => return Err(SendError::Disconnected),
+            }
+        }
+        // Room only grows while we hold the producer side, so this does not report `Full`.
+        self.alloc(len, tag)
+    }
+
+    /// Copies `payload` into a message tagged `tag` and publishes it, waiting for room as
+    /// [`alloc_wait`](Self::alloc_wait) does.
+    ///
+    /// # Errors
+    /// As [`alloc_wait`](Self::alloc_wait); a payload longer than `u32::MAX` bytes is
+    /// [`SendError::TooLarge`].
+    pub fn send_wait(
+        &mut self,
+        tag: u16,
+        payload: &[u8],
+        options: &WaitOptions,
+    ) -> Result<(), SendError> {
+        let len = u32::try_from(payload.len()).map_err(|_| SendError::TooLarge {
+            len: payload.len() as u64,
+            max: MessageRing::<C>::MAX_PAYLOAD,
+        })?;
+        let mut slot = self.alloc_wait(len, tag, options)?;
+        slot.payload_mut().copy_from_slice(payload);
+        slot.push();
+        Ok(())
+    }
+
+    /// Tells the receiver this sender will not block any more, so it stops fencing after each
+    /// pop. Dropping the sender does the same; the next blocking wait re-arms.
+    pub fn disarm_blocking(&mut self) {
+        self.space.disarm();
     }
 
     /// Records the queue depth in the high-water mark, reading the consumer's index (one load of
@@ -659,6 +770,8 @@ pub struct Receiver<const C: usize> {
     // Field order is load-bearing, as in `Sender`; `parker` disarms its cell when dropped.
     consumer: MessageConsumer<'static, C>,
     parker: Parker<'static>,
+    /// The cell a sender blocked on a full ring parks on: notified whenever we free room.
+    space: &'static WaitCell,
     ring: &'static MessageRing<C>,
     counters: &'static RecvCounters,
     attachment: Arc<Attachment>,
@@ -782,12 +895,23 @@ fn sender_gone<const C: usize>(
     heartbeat_limit: Option<u64>,
     now: u64,
 ) -> bool {
-    let (producer, _) = ring.holders();
-    if producer == 0 {
+    holder_gone(header, ring.holders().0, peer, heartbeat_limit, now)
+}
+
+/// Whether the side of a ring held by `holder` (a pid, 0 when free) on behalf of end `peer` is
+/// gone as of `now`: see [`sender_gone`]; a waiting sender asks it of its receiver.
+fn holder_gone(
+    header: &SegmentHeader,
+    holder: u32,
+    peer: End,
+    heartbeat_limit: Option<u64>,
+    now: u64,
+) -> bool {
+    if holder == 0 {
         // Never attached yet: wait for it. Attached once and released since: gone.
         return header.attach_count(peer) > 0;
     }
-    if !is_process_alive(producer) {
+    if !is_process_alive(holder) {
         return true;
     }
     match (heartbeat_limit, header.heartbeat(peer)) {
@@ -811,11 +935,19 @@ impl<const C: usize> MessageReceiver for Receiver<C> {
         self.consumer.front()
     }
 
-    /// Pops, then counts the message (two relaxed stores on the receiver's own line).
+    /// Pops, wakes a sender blocked on a full ring (one load of a line nobody writes, unless a
+    /// sender has blocked), then counts the message (two relaxed stores on the receiver's own
+    /// line).
     #[inline]
     fn pop(&mut self) -> Result<(), RecvError> {
         let len = self.consumer.front()?.len() as u64;
         self.consumer.pop()?;
+        // Only pops wake a waiting sender, never the padding records `front` skips: once our
+        // index reaches a padding record, any message fits after it, so no sender waits for a
+        // skip. (A padding record is shorter than the record it made way for, so at most
+        // `C/2 - 8` bytes; a record is at most `C/2`; with the 8 bytes reserved past it, the
+        // padding and any record fit in `C`.)
+        self.space.notify();
         bump(&self.counters.messages, 1);
         bump(&self.counters.bytes, len);
         Ok(())

@@ -159,14 +159,17 @@ pub struct RecvCounters {
     _reserved: [AtomicU64; 14],
 }
 
-/// The words a blocking receiver of one direction parks on (a futex) and its sender wakes it
-/// with: a [`WaitCell`], whose all-zero state (disarmed, nobody asleep) is what a freshly
-/// created segment holds.
+/// The park/wake words of one direction, two [`WaitCell`]s whose all-zero state (disarmed,
+/// nobody asleep) is what a freshly created segment holds: `cell`, which a blocking receiver
+/// parks on until its sender publishes a message, and `space`, on its own cache line, which a
+/// blocking sender parks on until its receiver frees room.
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct WaitWords {
     cell: WaitCell,
-    _reserved: [AtomicU64; 12],
+    _pad: [AtomicU64; 4],
+    space: WaitCell,
+    _reserved: [AtomicU64; 4],
 }
 
 /// Words of one end's name in the session area: [`MAX_NAME_LEN`] bytes rounded up to 256.
@@ -194,7 +197,7 @@ pub struct SessionArea {
 /// | 128 | 2 × 128 | liveness of end A, end B: owner pid, attach count, heartbeat | that end |
 /// | 384 | 2 × 128 | sender counters of A→B, B→A: messages, bytes, queue-full rejections, depth high-water mark | that direction's sender |
 /// | 640 | 2 × 128 | receiver counters of A→B, B→A: messages, bytes | that direction's receiver |
-/// | 896 | 2 × 128 | wait words of A→B, B→A: futex word, sleeper flag, armed epoch, acknowledged epoch, wake and park counters ([`WaitCell`]) | both sides of that direction |
+/// | 896 | 2 × 128 | wait words of A→B, B→A: two [`WaitCell`]s (futex word, sleeper flag, armed epoch, acknowledged epoch, wake and park counters), @0 for a receiver waiting for a message, @64 for a sender waiting for room | both sides of that direction |
 /// | 1152 | 1024 | session area for upper layers: session generation, both end names, 62 user words | upper layers |
 /// | 2176 | 1920 | reserved, zero | nobody yet |
 /// | 4096 | | rings (each 128-aligned; offsets recorded in the identity block) | |
@@ -270,6 +273,7 @@ mod locked {
 
     const_assert_eq!(size_of::<WaitWords>(), 128);
     const_assert_eq!(offset_of!(WaitWords, cell), 0);
+    const_assert_eq!(offset_of!(WaitWords, space), 64);
 
     const_assert_eq!(size_of::<SessionArea>(), 1024);
     const_assert_eq!(offset_of!(SessionArea, generation), 0);
@@ -748,5 +752,17 @@ impl SegmentHeader {
     /// its sender woke it, and whether it may block now.
     pub fn wait_stats(&self, direction: Direction) -> WaitStats {
         self.wait_cell(direction).stats()
+    }
+
+    /// The words a sender of `direction` blocked on a full ring parks on.
+    pub(crate) fn space_cell(&self, direction: Direction) -> &WaitCell {
+        &self.wait[direction.index()].space
+    }
+
+    /// A snapshot of the words `direction`'s sender parks on while its ring is full
+    /// ([`Sender::alloc_wait`](crate::Sender::alloc_wait)): how often it prepared to sleep, how
+    /// often the receiver woke it, and whether it may block now.
+    pub fn space_wait_stats(&self, direction: Direction) -> WaitStats {
+        self.space_cell(direction).stats()
     }
 }

@@ -14,7 +14,7 @@ use shm_channel::{
     monotonic_nanos, Channel, ChannelOptions, Direction, End, Receiver, Sender, WaitOptions,
     WaitStats, WaitStrategy,
 };
-use spsc_core::{MessageReceiver, MessageSender, RecvError};
+use spsc_core::{MessageReceiver, MessageSender, RecvError, SendError};
 
 type Chan = Channel<4096>;
 
@@ -432,4 +432,137 @@ fn a_blocked_receiver_notices_a_killed_sender() {
         "a dead sender was noticed only after {noticed:?} (liveness interval {liveness:?})"
     );
     drop(rx);
+}
+
+// -------------------------------------------------------------------------------------------
+// A sender waiting for room (`Sender::alloc_wait`).
+
+/// Fills A→B with `len`-byte messages numbered from 0 until the ring is full; returns how many.
+fn fill(tx: &mut Sender<4096>, len: usize) -> u32 {
+    let mut count = 0u32;
+    while tx.send(1, &vec![count as u8; len]).is_ok() {
+        count += 1;
+    }
+    count
+}
+
+#[test]
+fn a_sender_blocked_on_a_full_ring_is_woken_by_pops() {
+    // The sender keeps the ring full and sleeps on the futex whenever it is; the receiver pops
+    // slowly at first (so the sender has parked), then as fast as it can. A lost wake-up would
+    // leave the sender asleep until its 10 s timeout, which then fails the send.
+    const EXTRA: u32 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Chan::create_or_open("room", End::A, &options(&dir)).unwrap();
+    let mut b = Chan::create_or_open("room", End::B, &options(&dir)).unwrap();
+    let queued = fill(a.sender(), 500);
+    assert!(queued > 1, "a 4 KiB ring holds several 500-byte messages");
+    let wait = WaitOptions::new(BLOCK)
+        .timeout(Duration::from_secs(10))
+        .liveness_check(Duration::from_secs(60));
+    let receiver = std::thread::spawn(move || {
+        let rx = b.receiver();
+        // Pop only once the sender has announced itself as a sleeper, so the wake path runs.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rx.header().space_wait_stats(Direction::AToB).parks == 0 {
+            assert!(Instant::now() < deadline, "the sender never parked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let wait = WaitOptions::new(BLOCK).timeout(Duration::from_secs(10));
+        for expected in 0..queued + EXTRA {
+            let message = rx.recv_wait(&wait).expect("every message arrives");
+            assert_eq!(message.payload()[0], expected as u8, "in order, none lost");
+            assert_eq!(message.len(), 500);
+            rx.pop().unwrap();
+            if expected < 64 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        b
+    });
+    for number in queued..queued + EXTRA {
+        a.sender()
+            .send_wait(1, &[number as u8; 500], &wait)
+            .expect("room is made within the timeout");
+    }
+    let b = receiver.join().unwrap();
+    let stats = b.header().space_wait_stats(Direction::AToB);
+    // Once the sender has seen its epoch acknowledged it sleeps until woken, and the slow pops
+    // find it asleep: without the receiver's wake it would only ever poll.
+    assert!(stats.wakes > 0, "the receiver woke the sender: {stats:?}");
+    assert!(
+        stats.wakes <= stats.parks,
+        "one wake per announcement at most"
+    );
+    assert!(
+        stats.armed,
+        "the sender is still armed until dropped or disarmed"
+    );
+    a.sender().disarm_blocking();
+    let stats = b.header().space_wait_stats(Direction::AToB);
+    assert!(!stats.armed);
+    let counters = b.header().stats(Direction::AToB);
+    assert!(
+        counters.full_rejections > 0,
+        "waits on a full ring are counted"
+    );
+}
+
+#[test]
+fn a_full_ring_without_pops_times_out_as_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Chan::create_or_open("room-timeout", End::A, &options(&dir)).unwrap();
+    let _b = Chan::create_or_open("room-timeout", End::B, &options(&dir)).unwrap();
+    fill(a.sender(), 1000);
+    for strategy in [
+        WaitStrategy::BusyPoll,
+        WaitStrategy::SpinThenYield { spins: 10 },
+        BLOCK,
+    ] {
+        let wait = WaitOptions::new(strategy).timeout(Duration::from_millis(20));
+        let started = Instant::now();
+        assert_eq!(
+            a.sender().send_wait(1, &[0; 1000], &wait),
+            Err(SendError::Full)
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(20),
+            "{strategy:?} gave up before its timeout"
+        );
+    }
+    // A message that can never fit is refused at once, however long the timeout.
+    let forever = WaitOptions::new(BLOCK);
+    assert!(matches!(
+        a.sender().alloc_wait(1 << 20, 1, &forever),
+        Err(SendError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn a_sender_waiting_for_room_learns_that_its_receiver_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Chan::create_or_open("room-gone", End::A, &options(&dir)).unwrap();
+    let b = Chan::create_or_open("room-gone", End::B, &options(&dir)).unwrap();
+    let queued = fill(a.sender(), 1000);
+    let wait = WaitOptions::new(BLOCK)
+        .timeout(Duration::from_secs(30))
+        .liveness_check(Duration::from_millis(10));
+    let leaver = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        drop(b);
+    });
+    assert_eq!(
+        a.sender().send_wait(1, &[0; 1000], &wait),
+        Err(SendError::Disconnected),
+        "the receiver detached: reported within a liveness interval, not at the timeout"
+    );
+    leaver.join().unwrap();
+    // The queued messages stay for a receiver that comes back.
+    let mut b = Chan::open("room-gone", End::B, &options(&dir)).unwrap();
+    let (got, error) = drain(
+        b.receiver(),
+        &WaitOptions::new(BLOCK).timeout(Duration::ZERO),
+    );
+    assert_eq!(got.len() as u32, queued);
+    assert_eq!(error, RecvError::TimedOut);
 }
