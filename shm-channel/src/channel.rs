@@ -33,7 +33,7 @@ use crate::header::{
     HEADER_SIZE,
 };
 use crate::name::{NameError, SegmentName};
-use crate::pid::{current_pid, is_process_alive};
+use crate::pid::{current_pid, current_start_time, is_process_alive, is_process_alive_since};
 use crate::segment::{Segment, SegmentError, SegmentOptions};
 use crate::wait::{monotonic_nanos, Parker, WaitCell, WaitOptions, WaitOutcome};
 
@@ -147,6 +147,14 @@ impl From<NameError> for ChannelError {
     }
 }
 
+/// How [`Channel::open_end`] finds the segment.
+#[derive(Clone, Copy, Debug)]
+enum Lookup {
+    CreateOrOpen,
+    Create,
+    Open,
+}
+
 /// A duplex channel whose rings each hold `C` bytes of records (a power of two from 64 to 2³¹):
 /// a namespace for opening its ends.
 ///
@@ -205,14 +213,7 @@ impl<const C: usize> Channel<C> {
         end: End,
         options: &ChannelOptions,
     ) -> Result<Endpoint<C>, ChannelError> {
-        let (segment, placements) = Segment::create_or_open(
-            name,
-            Self::SEGMENT_SIZE as u64,
-            &options.segment,
-            &Self::EXPECTED,
-            |segment| Self::init(segment, options),
-        )?;
-        Self::attach(segment, placements, end)
+        Self::open_end(name, end, options, Lookup::CreateOrOpen)
     }
 
     /// Creates the segment and opens `end`; fails if the segment exists.
@@ -225,14 +226,7 @@ impl<const C: usize> Channel<C> {
         end: End,
         options: &ChannelOptions,
     ) -> Result<Endpoint<C>, ChannelError> {
-        let (segment, placements) = Segment::create_ready(
-            name,
-            Self::SEGMENT_SIZE as u64,
-            &options.segment,
-            &Self::EXPECTED,
-            |segment| Self::init(segment, options),
-        )?;
-        Self::attach(segment, placements, end)
+        Self::open_end(name, end, options, Lookup::Create)
     }
 
     /// Opens `end` of an existing segment; fails if it does not exist.
@@ -245,7 +239,26 @@ impl<const C: usize> Channel<C> {
         end: End,
         options: &ChannelOptions,
     ) -> Result<Endpoint<C>, ChannelError> {
-        let (segment, placements) = Segment::open_ready(name, &options.segment, &Self::EXPECTED)?;
+        Self::open_end(name, end, options, Lookup::Open)
+    }
+
+    /// Finds (or creates) the segment as `lookup` says, then attaches `end`.
+    fn open_end(
+        name: &str,
+        end: End,
+        options: &ChannelOptions,
+        lookup: Lookup,
+    ) -> Result<Endpoint<C>, ChannelError> {
+        let size = Self::SEGMENT_SIZE as u64;
+        let (seg_options, expected) = (&options.segment, &Self::EXPECTED);
+        let init = |segment: &Segment| Self::init(segment, options);
+        let (segment, placements) = match lookup {
+            Lookup::CreateOrOpen => {
+                Segment::create_or_open(name, size, seg_options, expected, init)?
+            }
+            Lookup::Create => Segment::create_ready(name, size, seg_options, expected, init)?,
+            Lookup::Open => Segment::open_ready(name, seg_options, expected)?,
+        };
         Self::attach(segment, placements, end)
     }
 
@@ -320,30 +333,44 @@ impl<const C: usize> Channel<C> {
             pid: pid.get(),
             marked: core::sync::atomic::AtomicBool::new(false),
         });
+        let claimant = Claimant {
+            header,
+            end,
+            pid,
+            start: current_start_time(),
+            ticket: core::cell::Cell::new(None),
+        };
         // Declared after `attachment`, so on an early return they drop first.
         let producer = claim(
-            end,
+            &claimant,
             end.outgoing(),
-            pid,
             || outgoing.claim_producer(pid),
             |dead| {
-                // SAFETY: `dead` is the pid of a process that no longer exists (checked by
-                // `claim` just before), so it can never touch the ring again; a new process that
-                // reuses the pid sees the side held under its own pid and refuses it.
+                // SAFETY: `claimant.verdict` found the process that claimed the side as `dead`
+                // gone just before: no process has that pid, or the end's record names `dead`
+                // with a start time other than that of the process now bearing the pid (a later
+                // process, possibly this one, was given the pid after the holder exited). So the
+                // holder never touches the ring again. Nobody else can be taking the side over at
+                // the same time: a taker whose evidence was that record (as is every taker with
+                // the holder's own pid, whose compare-and-swap from `dead` to `dead` would not
+                // exclude anyone) first swaps the recorded start time, which only one of them
+                // wins; a taker who judged by the pid alone moves the side word away from
+                // `dead`, and `take_over_producer`'s compare-and-swap lets only one do that.
                 unsafe { outgoing.take_over_producer(dead, pid) }
             },
         )?;
         let consumer = claim(
-            end,
+            &claimant,
             end.incoming(),
-            pid,
             || incoming.claim_consumer(pid),
             |dead| {
-                // SAFETY: as for the producer.
+                // SAFETY: as for the producer: `claimant.verdict` found `dead` gone, and it lets
+                // only one taker act on that finding.
                 unsafe { incoming.take_over_consumer(dead, pid) }
             },
         )?;
-        header.mark_attached(end, pid.get());
+        header.mark_attached(end, pid.get(), claimant.start);
+        claimant.ticket.set(None);
         attachment
             .marked
             .store(true, core::sync::atomic::Ordering::Relaxed);
@@ -370,12 +397,115 @@ impl<const C: usize> Channel<C> {
     }
 }
 
-/// Claims a ring side, taking it over from a dead holder. A few rounds, because the holder may
-/// release or change between our attempts.
-fn claim<T>(
+/// What the claiming process knows while it attaches `end`, and the ticket that makes it the only
+/// taker of a dead holder recorded in the end's liveness record.
+///
+/// Ring sides are claimed with bare pids, and a pid outlives its process: the next process given
+/// it (in a container, the restarted main process, often pid 1 again) would otherwise see a side
+/// of the end it held before it restarted as held by itself, and an unrelated process given the
+/// pid would make the dead holder look alive. The liveness record keeps the holder's start time
+/// too, which tells these apart. One case needs more than that check: a process whose pid is the
+/// dead holder's "takes the side over" with a compare-and-swap that leaves the side word as it
+/// was, so that compare-and-swap cannot stop a second taker. Every taker that relies on the
+/// record therefore first swaps the recorded start time (this process's own start time when the
+/// holder's pid is ours, so that the record names the process that will hold the end; 0 =
+/// unknown otherwise, until its `mark_attached` writes its own): only one swap from a given
+/// record succeeds, and whoever reads the record after it sees a live holder.
+struct Claimant<'h> {
+    header: &'h SegmentHeader,
     end: End,
-    direction: Direction,
     pid: NonZeroU32,
+    /// This process's start time (0 if `/proc` cannot tell).
+    start: u64,
+    /// The dead holder this process won the record for: (its pid, the start time the record held,
+    /// the start time we wrote). Put back on drop if the attach fails, so that a failed attempt
+    /// leaves the record as it found it.
+    ticket: core::cell::Cell<Option<(u32, u64, u64)>>,
+}
+
+/// What [`Claimant::verdict`] found about a side's holder.
+enum Verdict {
+    /// The holder's process is gone, and this process may take the side over.
+    Dead,
+    /// The holder runs (or cannot be told from a live process, or is this very process).
+    Alive,
+    /// The record changed while we judged: look again.
+    Changed,
+}
+
+impl Claimant<'_> {
+    /// Judges `holder`, the pid claiming a side of our end, and wins the ticket when the verdict
+    /// rests on the liveness record (type docs).
+    fn verdict(&self, holder: NonZeroU32) -> Verdict {
+        if let Some((won, ..)) = self.ticket.get() {
+            // We already changed the record on the evidence that `won` is dead: the same pid on
+            // the other side is the same dead process. Another pid is not in the record, so only
+            // its existence can tell (and our own pid there, nothing: refuse).
+            return if won == holder.get() || (holder != self.pid && !is_process_alive(holder.get()))
+            {
+                Verdict::Dead
+            } else {
+                Verdict::Alive
+            };
+        }
+        let (recorded_pid, recorded_start) = self.header.owner(self.end);
+        let recorded = recorded_pid == holder.get() && recorded_start != 0;
+        let replacement = if holder == self.pid {
+            // Our own pid: this very process holds the end already, unless the record shows that
+            // a previous process with our pid (long exited: we have its pid) does.
+            if !recorded || self.start == 0 || recorded_start == self.start {
+                return Verdict::Alive;
+            }
+            self.start
+        } else {
+            let alive = if recorded {
+                is_process_alive_since(holder.get(), recorded_start)
+            } else {
+                is_process_alive(holder.get())
+            };
+            if alive {
+                return Verdict::Alive;
+            }
+            if !recorded {
+                // Judged by the pid alone: the side word's compare-and-swap away from `holder`
+                // is the only exclusion needed.
+                return Verdict::Dead;
+            }
+            0
+        };
+        if !self
+            .header
+            .swap_owner_start(self.end, recorded_start, replacement)
+        {
+            return Verdict::Changed;
+        }
+        if self.header.owner_pid(self.end) != holder.get() {
+            // The start time matched by coincidence, under another owner who attached meanwhile
+            // (two processes started in the same clock tick): put its record back.
+            let _ = self
+                .header
+                .swap_owner_start(self.end, replacement, recorded_start);
+            return Verdict::Changed;
+        }
+        self.ticket
+            .set(Some((holder.get(), recorded_start, replacement)));
+        Verdict::Dead
+    }
+}
+
+impl Drop for Claimant<'_> {
+    fn drop(&mut self) {
+        if let Some((_, found, wrote)) = self.ticket.get() {
+            let _ = self.header.swap_owner_start(self.end, wrote, found);
+        }
+    }
+}
+
+/// Claims a ring side of `claimant`'s end, taking it over from a dead holder. A few rounds,
+/// because the holder may release or change between our attempts.
+fn claim<T>(
+    claimant: &Claimant<'_>,
+    direction: Direction,
     claim: impl Fn() -> Result<T, ClaimError>,
     take_over: impl Fn(NonZeroU32) -> Result<T, ClaimError>,
 ) -> Result<T, ChannelError> {
@@ -395,8 +525,10 @@ fn claim<T>(
         let Some(dead) = NonZeroU32::new(taken) else {
             continue; // released meanwhile
         };
-        if dead == pid || is_process_alive(taken) {
-            break;
+        match claimant.verdict(dead) {
+            Verdict::Dead => {}
+            Verdict::Alive => break,
+            Verdict::Changed => continue,
         }
         match take_over(dead) {
             Ok(handle) => return Ok(handle),
@@ -406,7 +538,7 @@ fn claim<T>(
         }
     }
     Err(ChannelError::EndTaken {
-        end,
+        end: claimant.end,
         direction,
         holder_pid: holder,
     })
@@ -483,10 +615,12 @@ impl<const C: usize> Endpoint<C> {
         self.header().owner_pid(self.end().peer())
     }
 
-    /// Whether the other end is held by a process that exists now. `false` before the peer
-    /// first attaches and after it detaches or dies.
+    /// Whether the other end is held by a process that runs now: the recorded pid exists and,
+    /// where the record has its start time, is still the process that attached (not a later one
+    /// given the same pid). `false` before the peer first attaches and after it detaches or dies.
     pub fn peer_alive(&self) -> bool {
-        is_process_alive(self.peer_pid())
+        let (pid, start) = self.header().owner(self.end().peer());
+        is_process_alive_since(pid, start)
     }
 
     /// Records a heartbeat for this end; `now` is whatever clock the application uses (the
@@ -574,6 +708,9 @@ impl<const C: usize> Sender<C> {
     /// while a.sender().send(1, &[0; 1000]).is_ok() {}
     /// // Full, and nobody pops: the wait times out.
     /// assert_eq!(a.sender().alloc_wait(1000, 1, &block).unwrap_err(), SendError::Full);
+    /// // Four records fill the ring; the next one wraps, so the 64 bytes left at the end go to
+    /// // padding and one freed record is not room enough: free two.
+    /// b.receiver().pop().unwrap();
     /// b.receiver().pop().unwrap();
     /// let mut slot = a.sender().alloc_wait(1000, 1, &block).unwrap();
     /// slot.payload_mut().fill(7);
@@ -911,7 +1048,15 @@ fn holder_gone(
         // Never attached yet: wait for it. Attached once and released since: gone.
         return header.attach_count(peer) > 0;
     }
-    if !is_process_alive(holder) {
+    // The peer's record tells a restarted or unrelated process that was given the holder's pid
+    // from the holder itself, when it names the holder.
+    let (recorded_pid, recorded_start) = header.owner(peer);
+    let start = if recorded_pid == holder {
+        recorded_start
+    } else {
+        0
+    };
+    if !is_process_alive_since(holder, start) {
         return true;
     }
     match (heartbeat_limit, header.heartbeat(peer)) {

@@ -16,7 +16,14 @@ pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMCHAN\0");
 
 /// Version of the segment format. Bumped on any change to the header layout or to the meaning of
 /// a field; a segment of another version is refused, never reinterpreted.
-pub const ABI_VERSION: u32 = 1;
+///
+/// Version 2: each end's liveness block records its owner's start time (`u64` @16), so that a
+/// later process given the same pid (a restarted container's main process, typically) is told
+/// apart from the one that died holding the end; a version-1 build neither writes nor honours it.
+/// It also covers the wait words' meaning: each direction's block holds two cells, the
+/// receiver's @0 and, @64, the one a sender blocked on a full ring parks on, which version-1
+/// builds made before that cell existed kept as reserved zeros and never woke.
+pub const ABI_VERSION: u32 = 2;
 
 /// Size of the header in bytes; the first ring starts at or after it.
 pub const HEADER_SIZE: usize = core::mem::size_of::<SegmentHeader>();
@@ -136,7 +143,10 @@ pub struct Liveness {
     owner_pid: AtomicU32,
     attach_count: AtomicU32,
     heartbeat: AtomicU64,
-    _reserved: [AtomicU64; 14],
+    /// The owner's start time (clock ticks since boot; 0 = unknown): with `owner_pid`, it names
+    /// one process, where the pid alone may since have gone to another.
+    owner_start: AtomicU64,
+    _reserved: [AtomicU64; 13],
 }
 
 /// Counters of one direction kept by its sender (relaxed, single writer).
@@ -188,13 +198,13 @@ pub struct SessionArea {
 
 /// The header at offset 0 of every segment.
 ///
-/// # Layout (ABI version 1; offsets in bytes; each block on its own 128 bytes, i.e. two 64-byte
+/// # Layout (ABI version 2; offsets in bytes; each block on its own 128 bytes, i.e. two 64-byte
 /// cache lines, since x86 prefetches lines in pairs)
 ///
 /// | offset | size | block | written by |
 /// |-------:|-----:|-------|------------|
 /// | 0 | 128 | identity: magic, ABI version, header size, total size, state, creator pid, two ring descriptors (offset, size, layout fingerprint) | the creator, before `ready` |
-/// | 128 | 2 × 128 | liveness of end A, end B: owner pid, attach count, heartbeat | that end |
+/// | 128 | 2 × 128 | liveness of end A, end B: owner pid `u32` @0, attach count `u32` @4, heartbeat `u64` @8, owner start time `u64` @16 | that end (the start time also by a process taking the end over) |
 /// | 384 | 2 × 128 | sender counters of A→B, B→A: messages, bytes, queue-full rejections, depth high-water mark | that direction's sender |
 /// | 640 | 2 × 128 | receiver counters of A→B, B→A: messages, bytes | that direction's receiver |
 /// | 896 | 2 × 128 | wait words of A→B, B→A: two [`WaitCell`]s (futex word, sleeper flag, armed epoch, acknowledged epoch, wake and park counters), @0 for a receiver waiting for a message, @64 for a sender waiting for room | both sides of that direction |
@@ -261,6 +271,7 @@ mod locked {
     const_assert_eq!(offset_of!(Liveness, owner_pid), 0);
     const_assert_eq!(offset_of!(Liveness, attach_count), 4);
     const_assert_eq!(offset_of!(Liveness, heartbeat), 8);
+    const_assert_eq!(offset_of!(Liveness, owner_start), 16);
 
     const_assert_eq!(size_of::<SendCounters>(), 128);
     const_assert_eq!(offset_of!(SendCounters, messages), 0);
@@ -650,11 +661,50 @@ impl SegmentHeader {
         self.liveness[end.index()].heartbeat.load(Ordering::Acquire)
     }
 
-    /// Records that this process now holds `end`.
-    pub(crate) fn mark_attached(&self, end: End, pid: u32) {
+    /// The start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`) of the process
+    /// recorded as holding `end`; 0 when unknown. Together with
+    /// [`owner_pid`](Self::owner_pid) it names one process: a different start time under the same
+    /// pid is a later process that was given that pid.
+    pub fn owner_start(&self, end: End) -> u64 {
+        self.liveness[end.index()]
+            .owner_start
+            .load(Ordering::Acquire)
+    }
+
+    /// `end`'s owner record as one consistent (pid, start time) pair: the start time is read
+    /// before and after the pid and the read repeats until both agree, and
+    /// [`mark_attached`](Self::mark_attached) zeroes the start time before it changes the pid, so
+    /// a new pid is never paired with its predecessor's start time (at worst with 0, unknown).
+    pub fn owner(&self, end: End) -> (u32, u64) {
         let live = &self.liveness[end.index()];
+        loop {
+            let before = live.owner_start.load(Ordering::Acquire);
+            let pid = live.owner_pid.load(Ordering::Acquire);
+            if live.owner_start.load(Ordering::Acquire) == before {
+                return (pid, before);
+            }
+        }
+    }
+
+    /// Records that process (`pid`, `start`) now holds `end`.
+    pub(crate) fn mark_attached(&self, end: End, pid: u32, start: u64) {
+        let live = &self.liveness[end.index()];
+        // Unknown first, so nobody pairs the new pid with the old start time (see `owner`).
+        live.owner_start.store(0, Ordering::Release);
         live.owner_pid.store(pid, Ordering::Release);
+        live.owner_start.store(start, Ordering::Release);
         live.attach_count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Replaces `end`'s recorded owner start time `current` with `new`, if it is still `current`:
+    /// the step that makes one process, among all that found the same dead owner recorded, the
+    /// only one to take the end over (see `Claimant` in the channel module). Returns whether it
+    /// did.
+    pub(crate) fn swap_owner_start(&self, end: End, current: u64, new: u64) -> bool {
+        self.liveness[end.index()]
+            .owner_start
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Clears `end`'s owner if it is still `pid`.

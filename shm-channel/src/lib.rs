@@ -60,7 +60,7 @@ pub use header::{
     RING_ALIGN, SEGMENT_MAGIC,
 };
 pub use name::{NameError, SegmentName, MAX_NAME_LEN};
-pub use pid::is_process_alive;
+pub use pid::{is_process_alive, is_process_alive_since, process_start_time};
 pub use segment::{Reclaim, Segment, SegmentError, SegmentOptions, DEFAULT_DIR};
 pub use typed::{PodReceiver, PodRecvError, PodSender, PodSlot};
 pub use wait::{monotonic_nanos, WaitOptions, WaitStats, WaitStrategy};

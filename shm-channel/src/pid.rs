@@ -1,6 +1,13 @@
 //! Process ids as the segment records them: who created it, who holds each end.
+//!
+//! A pid alone does not name a process for long: once a process is reaped its pid can be given to
+//! another one, and in a container the restarted main process usually gets the same small pid
+//! (often 1) as the one that died. A process is therefore identified by its pid together with its
+//! start time (field 22 of `/proc/<pid>/stat`, clock ticks since boot), which differs between
+//! two processes that had the same pid one after the other.
 
 use core::num::NonZeroU32;
+use std::sync::OnceLock;
 
 use rustix::io::Errno;
 use rustix::process::{getpid, test_kill_process, Pid};
@@ -34,6 +41,52 @@ pub fn is_process_alive(pid: u32) -> bool {
     !matches!(test_kill_process(pid), Err(Errno::SRCH)) && !is_zombie(raw)
 }
 
+/// Whether the process that recorded itself as (`pid`, `start`) still runs: `pid` exists and is
+/// not a zombie ([`is_process_alive`]), and it is the same process, not a later one that was given
+/// the same pid. `start` is the start time the process recorded ([`process_start_time`]); 0 means
+/// unknown, and then (as when `/proc` cannot tell the current start time) the answer rests on the
+/// pid alone, as [`is_process_alive`] does.
+pub fn is_process_alive_since(pid: u32, start: u64) -> bool {
+    if !is_process_alive(pid) {
+        return false;
+    }
+    if start == 0 {
+        return true;
+    }
+    // Read after the pid check: if the pid was reused in between, the new process's start time
+    // differs, so the answer is "gone", which is true of the recorded process.
+    process_start_time(pid).is_none_or(|now| now == start)
+}
+
+/// The start time of process `pid` in clock ticks since boot (field 22, `starttime`, of
+/// `/proc/<pid>/stat`): with the pid, it names one process, since a later process given the same
+/// pid starts later. `None` when `/proc` is not mounted, the process is gone, or the value is
+/// unreadable; never `Some(0)` (0 is how the segment says "unknown").
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let raw = i32::try_from(pid).ok().filter(|&raw| raw > 0)?;
+    let stat = std::fs::read_to_string(format!("/proc/{raw}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line. The command name (field 2, in parentheses) may itself
+/// contain spaces and parentheses, so the fields are counted after the last `)`: the state
+/// (field 3) is the first there, the start time the 20th.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()
+        .filter(|&start| start != 0)
+}
+
+/// This process's start time ([`process_start_time`] of [`current_pid`]), read once: it never
+/// changes. 0 when `/proc` cannot tell, which the segment records as "unknown".
+pub(crate) fn current_start_time() -> u64 {
+    static START: OnceLock<u64> = OnceLock::new();
+    *START.get_or_init(|| process_start_time(current_pid().get()).unwrap_or(0))
+}
+
 /// Whether `/proc` says process `pid` has exited but is not reaped (state `Z`, or `X` while it
 /// is being reaped). Not on the hot path: liveness checks run at claim time and while waiting.
 fn is_zombie(pid: i32) -> bool {
@@ -57,6 +110,55 @@ mod tests {
         assert!(!is_process_alive(0));
         assert!(!is_process_alive(u32::MAX));
         assert!(!is_process_alive(i32::MAX as u32 + 1));
+    }
+
+    #[test]
+    fn start_times_name_one_process() {
+        let own = current_start_time();
+        assert_ne!(own, 0, "/proc is mounted where these tests run");
+        assert_eq!(process_start_time(current_pid().get()), Some(own));
+        assert!(is_process_alive_since(current_pid().get(), own));
+        // 0 is "unknown": the pid alone decides.
+        assert!(is_process_alive_since(current_pid().get(), 0));
+        // Another start time is another process that had our pid before us.
+        assert!(!is_process_alive_since(current_pid().get(), own + 1));
+        assert_eq!(process_start_time(0), None);
+        assert_eq!(process_start_time(u32::MAX), None);
+        assert!(!is_process_alive_since(0, 0));
+        assert!(!is_process_alive_since(u32::MAX, own));
+    }
+
+    #[test]
+    fn a_child_is_recognised_by_its_start_time_until_it_is_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        let start = process_start_time(pid).expect("a running child has a start time");
+        // A child starts after its parent (start times are monotonic clock ticks).
+        assert!(start >= current_start_time());
+        assert!(is_process_alive_since(pid, start));
+        assert!(is_process_alive_since(pid, 0));
+        // The same pid recorded with another start time: a process that held it before.
+        assert!(!is_process_alive_since(pid, start + 1));
+        child.kill().expect("kill the child");
+        child.wait().expect("reap the child");
+        // Reaped: gone whatever was recorded (unless the pid was reused meanwhile, which the
+        // start time then tells apart).
+        assert!(!is_process_alive_since(pid, start));
+    }
+
+    #[test]
+    fn start_time_is_field_22_after_the_last_parenthesis() {
+        let fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        let tail = fields.join(" ");
+        assert_eq!(parse_start_time(&format!("7 (a) b) {tail}")), Some(22));
+        assert_eq!(parse_start_time(&format!("7 (x (y) z) {tail}\n")), Some(22));
+        assert_eq!(parse_start_time("7 (short) S 1 2"), None);
+        assert_eq!(parse_start_time("no parenthesis 1 2 3"), None);
+        let zero = tail.replace(" 22 ", " 0 ");
+        assert_eq!(parse_start_time(&format!("7 (a) {zero}")), None);
     }
 
     #[test]

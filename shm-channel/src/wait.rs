@@ -199,7 +199,7 @@ fn nanos(duration: Duration) -> u64 {
 
 /// The park/wake words of one direction, in the segment header (module docs).
 ///
-/// Layout (ABI version 1): `seq` `u32` @0, `sleepers` `u32` @4, `armed` `u32` @8, `ack` `u32`
+/// Layout (ABI version 2): `seq` `u32` @0, `sleepers` `u32` @4, `armed` `u32` @8, `ack` `u32`
 /// @12, `wakes` `u64` @16, `parks` `u64` @24. All zero is the initial state: disarmed, nobody
 /// asleep.
 #[repr(C)]
