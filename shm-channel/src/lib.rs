@@ -15,7 +15,12 @@
 //! - [`Receiver::recv_wait`] waits for the next message by busy-polling, spinning then
 //!   yielding, or blocking on a futex in the segment ([`WaitStrategy`]); the sender pays a
 //!   syscall only when the receiver sleeps, and a waiting receiver notices a dead or silent peer
-//!   within a configurable interval ([`wait`] module).
+//!   within a configurable interval ([`wait`] module). [`Sender::alloc_wait`] does the same for
+//!   a sender facing a full ring: the receiver's pops wake it, and it notices a receiver that is
+//!   gone.
+//! - An end's owner is recorded as a pid and its start time, so a restarted process given the
+//!   dead holder's pid (common in containers) takes its end back, and a pid reused by another
+//!   process never keeps a dead holder's end.
 //! - [`PodSender`] / [`PodReceiver`] send and receive `#[repr(C)]` plain-old-data structs in
 //!   place, with no copy on receive.
 //!
