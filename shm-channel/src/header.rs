@@ -672,9 +672,9 @@ impl SegmentHeader {
     }
 
     /// `end`'s owner record as one consistent (pid, start time) pair: the start time is read
-    /// before and after the pid and the read repeats until both agree, and
-    /// [`mark_attached`](Self::mark_attached) zeroes the start time before it changes the pid, so
-    /// a new pid is never paired with its predecessor's start time (at worst with 0, unknown).
+    /// before and after the pid and the read repeats until both agree, and an attaching process
+    /// zeroes the start time before it changes the pid, so a new pid is never paired with its
+    /// predecessor's start time (at worst with 0, unknown).
     pub fn owner(&self, end: End) -> (u32, u64) {
         let live = &self.liveness[end.index()];
         loop {
