@@ -34,7 +34,7 @@ use crate::header::{
 };
 use crate::name::{NameError, SegmentName};
 use crate::pid::{current_pid, current_start_time, is_process_alive, is_process_alive_since};
-use crate::segment::{Segment, SegmentError, SegmentOptions};
+use crate::segment::{Reclaim, Segment, SegmentError, SegmentOptions};
 use crate::wait::{monotonic_nanos, Parker, WaitCell, WaitOptions, WaitOutcome};
 
 /// How a channel's segment is found and created.
@@ -581,6 +581,33 @@ impl<const C: usize> Endpoint<C> {
     /// The receiving half (on this end's incoming ring).
     pub fn receiver(&mut self) -> &mut Receiver<C> {
         &mut self.receiver
+    }
+
+    /// Closes this end, then removes the segment's file if no other process has it open: the
+    /// clean-close path that leaves no file behind once both ends are done. When the peer still
+    /// has the segment open this returns [`Reclaim::InUse`] and leaves the file for the peer to
+    /// remove when it closes the same way; when both close at once, exactly one of them removes
+    /// it. Messages still queued in either ring are discarded with the file, so call it when the
+    /// conversation is over (a plain drop keeps them for whoever opens the end next).
+    ///
+    /// ```
+    /// use shm_channel::{Channel, ChannelOptions, End, Reclaim};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let options = ChannelOptions::new().dir(dir.path());
+    /// let a = Channel::<4096>::create_or_open("close-doc", End::A, &options).unwrap();
+    /// let b = Channel::<4096>::create_or_open("close-doc", End::B, &options).unwrap();
+    /// assert_eq!(a.close_and_remove_if_last().unwrap(), Reclaim::InUse);
+    /// assert_eq!(b.close_and_remove_if_last().unwrap(), Reclaim::Removed);
+    /// assert!(!dir.path().join("close-doc").exists());
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Segment::close_and_remove_if_unused`]; the end is closed all the same.
+    pub fn close_and_remove_if_last(self) -> Result<Reclaim, SegmentError> {
+        let (dir, name) = self.segment().locate()?;
+        drop(self);
+        Segment::reclaim_at(&dir, &name)
     }
 
     /// Splits the endpoint, e.g. to send and receive on different threads. Each half keeps the

@@ -599,24 +599,50 @@ impl Segment {
     pub fn reclaim_stale(name: &str, options: &SegmentOptions) -> Result<Reclaim, SegmentError> {
         let name = SegmentName::new(name)?;
         let dir = open_dir(&options.dir)?;
-        let file = match Self::open_file(&dir, &name) {
+        Self::reclaim_at(&dir, &name)
+    }
+
+    /// Closes this segment (unmapping it and dropping its lock), then removes its file if no
+    /// other process has it open, exactly as [`reclaim_stale`](Self::reclaim_stale) would: the
+    /// clean-close path of the last user. When two users close at once, exactly one of them
+    /// removes the file; a user still holding it sees [`Reclaim::InUse`] and the file stays for
+    /// it to remove when it closes.
+    ///
+    /// # Errors
+    /// [`SegmentError::Io`] if the folder or the file cannot be examined (the segment is closed
+    /// all the same), [`SegmentError::NotAFile`] if the name now names something else.
+    pub fn close_and_remove_if_unused(self) -> Result<Reclaim, SegmentError> {
+        let (dir, name) = self.locate()?;
+        drop(self);
+        Self::reclaim_at(&dir, &name)
+    }
+
+    /// The folder (a new descriptor) and the name, which outlive the segment: what
+    /// [`reclaim_at`](Self::reclaim_at) needs once it is closed.
+    pub(crate) fn locate(&self) -> Result<(OwnedFd, SegmentName), SegmentError> {
+        Ok((dup(&self.dir, &self.name)?, self.name.clone()))
+    }
+
+    /// [`reclaim_stale`](Self::reclaim_stale) of `name` in the open folder `dir`.
+    pub(crate) fn reclaim_at(dir: &OwnedFd, name: &SegmentName) -> Result<Reclaim, SegmentError> {
+        let file = match Self::open_file(dir, name) {
             Ok(file) => file,
             Err(SegmentError::NotFound { .. }) => return Ok(Reclaim::NotFound),
             Err(error) => return Err(error),
         };
-        file_len(&file, &name)?;
+        file_len(&file, name)?;
         match fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(Errno::WOULDBLOCK) => return Ok(Reclaim::InUse),
-            Err(errno) => return Err(io("locking", &name, errno)),
+            Err(errno) => return Err(io("locking", name, errno)),
         }
-        let locked = fs::fstat(&file).map_err(|e| io("fstat", &name, e))?;
-        match fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        let locked = fs::fstat(&file).map_err(|e| io("fstat", name, e))?;
+        match fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(named) if named.st_dev == locked.st_dev && named.st_ino == locked.st_ino => {}
             Ok(_) | Err(Errno::NOENT) => return Ok(Reclaim::NotFound),
-            Err(errno) => return Err(io("stat", &name, errno)),
+            Err(errno) => return Err(io("stat", name, errno)),
         }
-        match unlink_at(&dir, &name) {
+        match unlink_at(dir, name) {
             Ok(()) => Ok(Reclaim::Removed),
             Err(SegmentError::NotFound { .. }) => Ok(Reclaim::NotFound),
             Err(error) => Err(error),

@@ -428,6 +428,52 @@ fn typed_messages_in_place() {
 }
 
 #[test]
+fn ends_closing_at_once_remove_the_file_exactly_once() {
+    use shm_channel::Reclaim;
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..50 {
+        let name = format!("close-{round}");
+        let a = Chan::create_or_open(&name, End::A, &options(&dir)).unwrap();
+        let b = Chan::create_or_open(&name, End::B, &options(&dir)).unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let closers: Vec<_> = [a, b]
+            .into_iter()
+            .map(|endpoint| {
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    endpoint.close_and_remove_if_last().unwrap()
+                })
+            })
+            .collect();
+        let mut outcomes: Vec<Reclaim> = closers.into_iter().map(|c| c.join().unwrap()).collect();
+        outcomes.sort_by_key(|outcome| *outcome != Reclaim::Removed);
+        assert_eq!(outcomes[0], Reclaim::Removed, "round {round}: {outcomes:?}");
+        assert_ne!(outcomes[1], Reclaim::Removed, "removed once: {outcomes:?}");
+        assert!(!dir.path().join(&name).exists(), "round {round}: file left");
+    }
+}
+
+#[test]
+fn closing_an_end_the_peer_still_holds_leaves_the_file_and_its_messages() {
+    use shm_channel::Reclaim;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Chan::create_or_open("close-held", End::A, &options(&dir)).unwrap();
+    let mut b = Chan::create_or_open("close-held", End::B, &options(&dir)).unwrap();
+    b.sender().send(4, b"for A").unwrap();
+    a.sender().send(5, b"for B").unwrap();
+    assert_eq!(a.close_and_remove_if_last().unwrap(), Reclaim::InUse);
+    assert!(dir.path().join("close-held").exists());
+    assert_eq!(recv(b.receiver()), (5, b"for B".to_vec()));
+    // A comes back to its end and finds what B sent while it was away.
+    let mut a = Chan::open("close-held", End::A, &options(&dir)).unwrap();
+    assert_eq!(recv(a.receiver()), (4, b"for A".to_vec()));
+    drop(a);
+    assert_eq!(b.close_and_remove_if_last().unwrap(), Reclaim::Removed);
+    assert!(!dir.path().join("close-held").exists());
+}
+
+#[test]
 fn a_stale_segment_is_reclaimed_only_when_no_live_process_holds_it() {
     use shm_channel::{Reclaim, Segment, SegmentOptions};
     let dir = tempfile::tempdir().unwrap();
