@@ -767,22 +767,18 @@ impl<const C: usize> Sender<C> {
                 attachment,
                 ..
             } = self;
-            let header = attachment.header;
-            let peer = attachment.end.peer();
             let ring = *ring;
-            let heartbeat_limit = options.heartbeat_limit_ns();
-            let outcome = space.wait(
+            let outcome = wait_watching_peer(
+                space,
                 options,
+                attachment,
+                || ring.holders().1,
                 // An error is "ready" too: `alloc` reports it.
                 || producer.has_room(len) != Ok(false),
-                |now| holder_gone(header, ring.holders().1, peer, heartbeat_limit, now),
-                monotonic_nanos,
             );
             match outcome {
                 WaitOutcome::Ready => {}
                 WaitOutcome::TimedOut => return Err(SendError::Full),
-                // The receiver may have popped just before it went.
-                WaitOutcome::PeerGone if producer.has_room(len) != Ok(false) => {}
                 WaitOutcome::PeerGone => return Err(SendError::Disconnected),
             }
         }
@@ -980,20 +976,17 @@ impl<const C: usize> Receiver<C> {
             attachment,
             ..
         } = self;
-        let header = attachment.header;
-        let peer = attachment.end.peer();
-        let heartbeat_limit = options.heartbeat_limit_ns();
-        let outcome = parker.wait(
+        let ring = *ring;
+        let outcome = wait_watching_peer(
+            parker,
             options,
+            attachment,
+            || ring.holders().0,
             || !consumer.is_empty(),
-            |now| sender_gone(header, ring, peer, heartbeat_limit, now),
-            monotonic_nanos,
         );
         match outcome {
             WaitOutcome::Ready => Ok(()),
             WaitOutcome::TimedOut => Err(RecvError::TimedOut),
-            // The dead sender's last messages may have landed after our last poll.
-            WaitOutcome::PeerGone if !consumer.is_empty() => Ok(()),
             WaitOutcome::PeerGone => Err(RecvError::Disconnected),
         }
     }
@@ -1039,9 +1032,10 @@ impl<const C: usize> Receiver<C> {
     /// `now` and `heartbeat_limit` in nanoseconds of [`monotonic_nanos`].
     pub fn sender_gone(&self, now: u64, heartbeat_limit: Option<u64>) -> bool {
         let attachment = &self.attachment;
-        sender_gone(
+        let producer = self.ring.holders().0;
+        holder_gone(
             attachment.header,
-            self.ring,
+            producer,
             attachment.end.peer(),
             heartbeat_limit,
             now,
@@ -1049,21 +1043,36 @@ impl<const C: usize> Receiver<C> {
     }
 }
 
-/// Whether the producer of `ring`, held by end `peer`, is gone as of `now` (nanoseconds of
-/// [`monotonic_nanos`]): its process no longer exists, its heartbeat is older than
-/// `heartbeat_limit`, or it released the ring after having attached.
-fn sender_gone<const C: usize>(
-    header: &SegmentHeader,
-    ring: &MessageRing<C>,
-    peer: End,
-    heartbeat_limit: Option<u64>,
-    now: u64,
-) -> bool {
-    holder_gone(header, ring.holders().0, peer, heartbeat_limit, now)
+/// Waits on `parker` until `ready()`, as `options` say, checking every liveness interval whether
+/// the process holding the peer's side of our ring (`holder()`, a pid) is gone. A peer found gone
+/// is reported only if `ready()` is still false: its last work may have landed after our last
+/// poll.
+fn wait_watching_peer(
+    parker: &mut Parker<'_>,
+    options: &WaitOptions,
+    attachment: &Attachment,
+    holder: impl Fn() -> u32,
+    mut ready: impl FnMut() -> bool,
+) -> WaitOutcome {
+    let header = attachment.header;
+    let peer = attachment.end.peer();
+    let heartbeat_limit = options.heartbeat_limit_ns();
+    let outcome = parker.wait(
+        options,
+        &mut ready,
+        |now| holder_gone(header, holder(), peer, heartbeat_limit, now),
+        monotonic_nanos,
+    );
+    match outcome {
+        WaitOutcome::PeerGone if ready() => WaitOutcome::Ready,
+        outcome => outcome,
+    }
 }
 
 /// Whether the side of a ring held by `holder` (a pid, 0 when free) on behalf of end `peer` is
-/// gone as of `now`: see [`sender_gone`]; a waiting sender asks it of its receiver.
+/// gone as of `now` (nanoseconds of [`monotonic_nanos`]): its process no longer exists (or the
+/// pid now names a later process), its heartbeat is older than `heartbeat_limit`, or it released
+/// the ring after having attached.
 fn holder_gone(
     header: &SegmentHeader,
     holder: u32,

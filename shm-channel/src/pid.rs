@@ -29,16 +29,7 @@ pub(crate) fn current_pid() -> NonZeroU32 {
 ///
 /// Both processes must share a pid namespace: a pid from another namespace says nothing here.
 pub fn is_process_alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    if raw <= 0 {
-        return false;
-    }
-    let Some(pid) = Pid::from_raw(raw) else {
-        return false;
-    };
-    !matches!(test_kill_process(pid), Err(Errno::SRCH)) && !is_zombie(raw)
+    is_process_alive_since(pid, 0)
 }
 
 /// Whether the process that recorded itself as (`pid`, `start`) still runs: `pid` exists and is
@@ -47,15 +38,26 @@ pub fn is_process_alive(pid: u32) -> bool {
 /// unknown, and then (as when `/proc` cannot tell the current start time) the answer rests on the
 /// pid alone, as [`is_process_alive`] does.
 pub fn is_process_alive_since(pid: u32, start: u64) -> bool {
-    if !is_process_alive(pid) {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
         return false;
     }
-    if start == 0 {
-        return true;
+    let Some(probe) = Pid::from_raw(raw) else {
+        return false;
+    };
+    if matches!(test_kill_process(probe), Err(Errno::SRCH)) {
+        return false;
     }
-    // Read after the pid check: if the pid was reused in between, the new process's start time
-    // differs, so the answer is "gone", which is true of the recorded process.
-    process_start_time(pid).is_none_or(|now| now == start)
+    // One read of `/proc` answers both questions. Without it (no `/proc`, or the process went
+    // just now) the answer rests on `kill` alone. Read after the pid check: if the pid was reused
+    // in between, the new process's start time differs, so the answer is "gone", which is true
+    // of the recorded process.
+    let Some(stat) = read_stat(raw) else {
+        return true;
+    };
+    !stat_is_zombie(&stat) && (start == 0 || parse_start_time(&stat).is_none_or(|now| now == start))
 }
 
 /// The start time of process `pid` in clock ticks since boot (field 22, `starttime`, of
@@ -64,20 +66,37 @@ pub fn is_process_alive_since(pid: u32, start: u64) -> bool {
 /// unreadable; never `Some(0)` (0 is how the segment says "unknown").
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let raw = i32::try_from(pid).ok().filter(|&raw| raw > 0)?;
-    let stat = std::fs::read_to_string(format!("/proc/{raw}/stat")).ok()?;
-    parse_start_time(&stat)
+    parse_start_time(&read_stat(raw)?)
 }
 
-/// Field 22 of a `/proc/<pid>/stat` line. The command name (field 2, in parentheses) may itself
-/// contain spaces and parentheses, so the fields are counted after the last `)`: the state
-/// (field 3) is the first there, the start time the 20th.
+/// `/proc/<pid>/stat`, if `/proc` is mounted and the process exists.
+fn read_stat(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// The fields of a `/proc/<pid>/stat` line from field 3 (the state) on. The command name (field
+/// 2, in parentheses) may itself contain spaces and parentheses, so they are counted after the
+/// last `)`.
+fn fields_from_state(stat: &str) -> Option<core::str::SplitWhitespace<'_>> {
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace())
+}
+
+/// Field 22, the start time; `None` for 0, which the segment uses for "unknown".
 fn parse_start_time(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace()
+    fields_from_state(stat)?
         .nth(22 - 3)?
         .parse()
         .ok()
         .filter(|&start| start != 0)
+}
+
+/// Whether the state (field 3) says the process has exited but is not reaped: `Z`, or `X` while
+/// it is being reaped. A zombie's pid cannot be reused before it is reaped.
+fn stat_is_zombie(stat: &str) -> bool {
+    fields_from_state(stat)
+        .and_then(|mut fields| fields.next())
+        .is_some_and(|state| state == "Z" || state == "X")
 }
 
 /// This process's start time ([`process_start_time`] of [`current_pid`]), read once: it never
@@ -87,17 +106,10 @@ pub(crate) fn current_start_time() -> u64 {
     *START.get_or_init(|| process_start_time(current_pid().get()).unwrap_or(0))
 }
 
-/// Whether `/proc` says process `pid` has exited but is not reaped (state `Z`, or `X` while it
-/// is being reaped). Not on the hot path: liveness checks run at claim time and while waiting.
+/// Whether `/proc` says process `pid` is a zombie (see [`stat_is_zombie`]).
+#[cfg(test)]
 fn is_zombie(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The command name in parentheses may itself contain spaces or parentheses: the state is
-    // the first field after the last `)`.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state == "Z" || state == "X")
+    read_stat(pid).is_some_and(|stat| stat_is_zombie(&stat))
 }
 
 #[cfg(test)]

@@ -474,6 +474,22 @@ fn closing_an_end_the_peer_still_holds_leaves_the_file_and_its_messages() {
 }
 
 #[test]
+fn a_segment_closed_by_its_last_user_is_removed() {
+    use shm_channel::{Reclaim, Segment, SegmentOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let seg_options = SegmentOptions::default().dir(dir.path());
+    let first = Segment::create("seg-close", 8192, &seg_options).unwrap();
+    let second = Segment::open("seg-close", &seg_options).unwrap();
+    assert_eq!(first.close_and_remove_if_unused().unwrap(), Reclaim::InUse);
+    assert!(dir.path().join("seg-close").exists());
+    assert_eq!(
+        second.close_and_remove_if_unused().unwrap(),
+        Reclaim::Removed
+    );
+    assert!(!dir.path().join("seg-close").exists());
+}
+
+#[test]
 fn a_stale_segment_is_reclaimed_only_when_no_live_process_holds_it() {
     use shm_channel::{Reclaim, Segment, SegmentOptions};
     let dir = tempfile::tempdir().unwrap();

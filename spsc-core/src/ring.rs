@@ -572,19 +572,13 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
         }
     }
 
-    /// `true` if the element at `position` is published (Acquire: its value is then visible).
-    #[inline(always)]
-    fn is_published(&self, position: u32) -> bool {
-        self.ring.is_published_at(position)
-    }
-
     /// Removes and returns the oldest element, or `None` if the ring is empty.
     ///
     /// Cost: one Acquire load of the slot's stamp (the only cache line that moves), the value
     /// read, and one Release store of the consumer's own index.
     #[inline]
     pub fn pop(&mut self) -> Option<T> {
-        if !self.is_published(self.head) {
+        if !self.ring.is_published_at(self.head) {
             return None;
         }
         // SAFETY: the stamp says the producer published this position (Acquire makes its write
@@ -602,7 +596,7 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
     /// Borrows the oldest element without removing it, or `None` if the ring is empty.
     #[inline]
     pub fn peek(&self) -> Option<&T> {
-        if !self.is_published(self.head) {
+        if !self.ring.is_published_at(self.head) {
             return None;
         }
         // SAFETY: published (see `pop`); the producer cannot reuse the slot until `head` moves,
@@ -627,7 +621,7 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
 
     /// `true` if there is nothing to read right now.
     pub fn is_empty(&self) -> bool {
-        !self.is_published(self.head)
+        !self.ring.is_published_at(self.head)
     }
 
     /// Counts published elements from `head`, up to `max`.
@@ -655,10 +649,10 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
         // One pass: check each stamp (Acquire) and copy the value behind it.
         while count < max {
             let position = head.wrapping_add(count as u32);
-            let slot = ring.slot(position);
-            if slot.stamp.load(Ordering::Acquire) != position.wrapping_add(1) {
+            if !ring.is_published_at(position) {
                 break;
             }
+            let slot = ring.slot(position);
             // SAFETY: the stamp just read says the producer published this position (its value
             // write is visible), and it stays ours until the index is published below; `T:
             // Copy`, so reading leaves nothing to drop.

@@ -451,6 +451,11 @@ fn an_impossible_consumer_index_at_runtime_is_a_send_error() {
             matches!(error, SendError::Corrupt { .. }),
             "head {bad_head}: {error:?}"
         );
+        // A sender waiting for room asks `has_room`, which reads the same index.
+        assert!(
+            matches!(tx.has_room(16), Err(SendError::Corrupt { .. })),
+            "has_room, head {bad_head}"
+        );
     }
 }
 
