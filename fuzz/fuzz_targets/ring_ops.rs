@@ -1,8 +1,9 @@
 //! Arbitrary sequences of producer and consumer operations on a `Ring<_, 8>`, checked step by
 //! step against a `VecDeque` model: every result must match the model exactly.
 //!
-//! Two element types run the same sequence: `u32` (which also exercises the `Copy`-only batch
-//! calls) and `Counted`, whose live instances are counted so a leak or double drop (in the ring,
+//! Three element types run the same sequence: `u32` (one block holds the whole ring; it also
+//! exercises the `Copy`-only batch calls), `Wide` (three to a block, so batches span blocks),
+//! and `Counted`, whose live instances are counted so a leak or double drop (in the ring,
 //! in `drain`, or when the ring is dropped with elements left) is caught. The ring starts at an
 //! arbitrary position so the `u32` position counters wrap within a run.
 #![no_main]
@@ -134,6 +135,36 @@ impl Elem for u32 {
     }
 }
 
+/// Three to a block (blocks of 3, 3 and 2): batches that start mid-block, span blocks and wrap.
+type Wide = [u32; 5];
+
+impl Elem for Wide {
+    fn make(value: u32) -> Self {
+        [value, !value, value, !value, value]
+    }
+    fn value(&self) -> u32 {
+        assert_eq!(*self, Self::make(self[0]), "an element was torn");
+        self[0]
+    }
+    fn push_slice(producer: &mut Producer<'_, Self, N>, values: &[u32]) -> usize {
+        let wide: Vec<Wide> = values.iter().map(|&v| Self::make(v)).collect();
+        producer.push_slice(&wide)
+    }
+    fn pop_slice(consumer: &mut Consumer<'_, Self, N>, len: usize) -> Vec<u32> {
+        let mut out = vec![[0xDEAD_BEEF; 5]; len];
+        let n = consumer.pop_slice(&mut out);
+        assert!(n <= len);
+        assert!(
+            out[n..].iter().all(|&v| v == [0xDEAD_BEEF; 5]),
+            "pop_slice wrote past the count it returned"
+        );
+        out[..n].iter().map(Self::value).collect()
+    }
+    fn expected_live(_: usize) -> Option<isize> {
+        None
+    }
+}
+
 impl Elem for Counted {
     fn make(value: u32) -> Self {
         Counted::new(value)
@@ -146,24 +177,27 @@ impl Elem for Counted {
     }
 }
 
-/// Puts a fresh ring into the state "empty, consumer index `start`": every slot carries the stamp
-/// of the previous lap's (consumed) element, as it would after `start` pushes and pops.
+/// Puts a fresh ring into the state "empty, consumer index `start`": every block's stamp is one
+/// past the last position of the previous lap (all consumed) that it held, as it would be after
+/// `start` pushes and pops.
 fn ring_at<T>(start: u32) -> *mut Ring<T, N> {
     let ring = Box::into_raw(Box::new(Ring::<T, N>::new()));
     let layout = Ring::<T, N>::LAYOUT;
     let base = ring.cast::<u8>();
     // SAFETY: no reference to the ring exists yet; the offsets come from the ring's own recorded
-    // layout (head at 128, slots at `data_offset`, `slot_size` apart, stamp first) and are in
-    // bounds of the allocation; all written words are atomics' u32 representation.
+    // layout (head at 128, blocks of `block_len` elements `block_size` bytes apart from
+    // `data_offset`, stamp first) and are in bounds of the allocation; all written words are
+    // atomics' u32 representation.
     unsafe {
         base.add(128).cast::<u32>().write(start);
-        for i in 0..N as u32 {
-            let position = start.wrapping_add(i);
-            let slot = (position as usize) % N;
+        // Oldest first, so each block keeps the stamp of its latest position.
+        for back in (1..=N as u32).rev() {
+            let position = start.wrapping_sub(back);
+            let block = (position as usize % N) / layout.block_len as usize;
             let stamp = base
-                .add(layout.data_offset as usize + slot * layout.slot_size as usize)
+                .add(layout.data_offset as usize + block * layout.block_size as usize)
                 .cast::<u32>();
-            stamp.write(position.wrapping_add(1).wrapping_sub(N as u32));
+            stamp.write(position.wrapping_add(1));
         }
     }
     ring
@@ -409,5 +443,6 @@ fn run<T: Elem>(input: &Input) {
 fuzz_target!(|input: Input| {
     LIVE.with(|l| l.set(0));
     run::<u32>(&input);
+    run::<Wide>(&input);
     run::<Counted>(&input);
 });

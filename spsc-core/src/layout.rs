@@ -11,7 +11,7 @@ pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"SPSC");
 
 /// Version of the in-memory format of both rings. Bumped on any change a peer built from older
 /// sources would misread; attaching across versions is refused.
-pub const RING_FORMAT_VERSION: u32 = 1;
+pub const RING_FORMAT_VERSION: u32 = 2;
 
 /// Which ring family a region holds.
 #[repr(u32)]
@@ -41,8 +41,13 @@ pub struct RingLayout {
     pub elem_size: u32,
     /// Alignment of one element (`Ring`), or of every message (`MessageRing`).
     pub elem_align: u32,
-    /// Bytes one slot occupies (`Ring`), or the message alignment unit (`MessageRing`).
-    pub slot_size: u32,
+    /// Elements per block (`Ring`; every block starts with its `u32` stamp, then the elements,
+    /// aligned for their type), or 1 (`MessageRing`).
+    pub block_len: u32,
+    /// Bytes from one block's start to the next (`Ring`: 64 when several elements share a
+    /// cache line, else the stamp and one element), or the message alignment unit
+    /// (`MessageRing`).
+    pub block_size: u32,
     /// Offset of the first slot or buffer byte from the start of the ring.
     pub data_offset: u32,
     /// Total size of the ring in bytes, header included.
@@ -59,7 +64,8 @@ impl RingLayout {
             self.capacity,
             self.elem_size,
             self.elem_align,
-            self.slot_size,
+            self.block_len,
+            self.block_size,
             self.data_offset,
             self.total_size,
         ];

@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 mod api;
+mod blocks;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod layout;

@@ -133,7 +133,8 @@ impl<const C: usize> MessageRing<C> {
         capacity: C as u32,
         elem_size: HEADER,
         elem_align: HEADER,
-        slot_size: HEADER,
+        block_len: 1,
+        block_size: HEADER,
         data_offset: mem::offset_of!(Self, buf) as u32,
         total_size: mem::size_of::<Self>() as u32,
     };

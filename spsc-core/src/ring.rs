@@ -2,13 +2,20 @@
 //!
 //! # Protocol
 //!
-//! Every slot carries a *stamp* next to its value. Positions are `u32` counters that wrap; the
-//! element at position `p` lives in slot `p % N` and is published by storing `p + 1` into that
-//! slot's stamp (Release) after the value is written. The consumer polls the stamp of the slot it
-//! expects next (Acquire): a value written for an earlier lap carries another stamp, so no shared
-//! "tail" index is needed and a hand-off moves exactly one cache line, the slot's own.
+//! Positions are `u32` counters that wrap; the element at position `p` lives at index `p % N`.
+//! Consecutive indices are grouped into *blocks* (see `blocks.rs`: 7 `u64`s or 15 `u32`s share
+//! one cache line, a larger element has a block of its own), and every block starts with a
+//! *stamp*: one past the last position the producer published in that block, stored with Release
+//! after the value is written.
 //!
-//! The consumer publishes its position in `head` (Release) so the producer knows which slots it
+//! The consumer, expecting position `p`, loads the stamp of `p`'s block (Acquire): `p` is
+//! published exactly when the stamp is ahead of `p` (as a signed 32-bit difference). A stamp left
+//! by an earlier lap is behind `p`, and the producer publishes positions in order, so a stamp
+//! ahead of `p` means the producer wrote `p` (and everything before it) first. No shared "tail"
+//! index is needed: a hand-off moves exactly one cache line, the block's own, and a run of
+//! elements in a block costs one stamp check.
+//!
+//! The consumer publishes its position in `head` (Release) so the producer knows which indices it
 //! may reuse. The producer caches the last `head` it read and only reloads it when its cached
 //! view says the ring is full, so in steady state the head's cache line stays with the consumer.
 //!
@@ -17,39 +24,16 @@
 
 use core::fmt;
 use core::marker::PhantomData;
-use core::mem::{self, MaybeUninit};
+use core::mem;
 use core::num::NonZeroU32;
 use core::ptr::NonNull;
 
+use crate::blocks::{Blocks, Geometry};
 use crate::layout::{
     check_region, AttachError, ClaimError, RingControl, RingKind, RingLayout, Side,
 };
 use crate::padded::CachePadded;
-use crate::sync::{AtomicU32, Ordering, UnsafeCell};
-
-/// One element and the stamp that says which position (if any) it currently holds.
-#[repr(C)]
-pub(crate) struct Slot<T> {
-    stamp: AtomicU32,
-    value: UnsafeCell<MaybeUninit<T>>,
-}
-
-impl<T> Slot<T> {
-    /// Array-repeat operand for `Ring::new`; each use is a fresh value, never shared.
-    #[cfg(not(loom))]
-    #[allow(clippy::declare_interior_mutable_const)]
-    const EMPTY: Self = Self {
-        stamp: AtomicU32::new(0),
-        value: UnsafeCell::new(MaybeUninit::uninit()),
-    };
-
-    fn empty() -> Self {
-        Self {
-            stamp: AtomicU32::new(0),
-            value: UnsafeCell::new(MaybeUninit::uninit()),
-        }
-    }
-}
+use crate::sync::{AtomicU32, Ordering};
 
 /// A single-producer single-consumer ring of `N` values of type `T`, usable in place in memory
 /// shared by two processes.
@@ -62,9 +46,11 @@ impl<T> Slot<T> {
 /// claiming each side separately ([`claim_producer`](Self::claim_producer)) when the two sides
 /// are found independently, e.g. in two processes.
 ///
-/// Costs: a `push` or `pop` is a handful of instructions, touches the slot's cache line and, only
+/// Costs: a `push` or `pop` is a handful of instructions, touches its block's cache line and, only
 /// when the producer's cached view of the consumer says the ring is full, the consumer's index
-/// line. No allocation, no system call.
+/// line; a batch costs one stamp per block. No allocation, no system call. Memory: the 256-byte
+/// header, `N` times the element plus its alignment-padded `u32` stamp, and one spare line
+/// (small elements use only about `N · size_of::<T>()` of that, see [`RingLayout::block_len`]).
 ///
 /// ```
 /// use spsc_core::Ring;
@@ -86,11 +72,11 @@ pub struct Ring<T, const N: usize> {
     control: CachePadded<RingControl>,
     /// Position of the next element the consumer will read; written only by the consumer.
     pub(crate) head: CachePadded<AtomicU32>,
-    pub(crate) slots: [Slot<T>; N],
+    pub(crate) blocks: Blocks<T, N>,
 }
 
 // SAFETY: the ring hands a `T` from the producer's thread to the consumer's, so `T: Send` is
-// needed and sufficient; every slot is accessed by one side at a time, as the stamp and head
+// needed and sufficient; every value is accessed by one side at a time, as the stamp and head
 // protocol (module docs) guarantees, and all other shared state is atomic.
 unsafe impl<T: Send, const N: usize> Sync for Ring<T, N> {}
 
@@ -105,9 +91,13 @@ impl<T, const N: usize> Ring<T, N> {
             mem::size_of::<Self>() <= u32::MAX as usize,
             "Ring<T, N> must be smaller than 4 GiB"
         );
+        assert!(Geometry::<T, N>::FITS, "blocks outgrow the ring's arena");
     };
 
     const MASK: u32 = (N as u32).wrapping_sub(1);
+
+    /// Elements per block.
+    const BLOCK_LEN: usize = Geometry::<T, N>::LEN;
 
     /// The layout this type has in memory, as recorded in its header.
     pub const LAYOUT: RingLayout = RingLayout {
@@ -116,8 +106,9 @@ impl<T, const N: usize> Ring<T, N> {
         capacity: N as u32,
         elem_size: mem::size_of::<T>() as u32,
         elem_align: mem::align_of::<T>() as u32,
-        slot_size: mem::size_of::<Slot<T>>() as u32,
-        data_offset: mem::offset_of!(Self, slots) as u32,
+        block_len: Geometry::<T, N>::LEN as u32,
+        block_size: Geometry::<T, N>::SIZE as u32,
+        data_offset: mem::offset_of!(Self, blocks) as u32,
         total_size: mem::size_of::<Self>() as u32,
     };
 
@@ -135,7 +126,7 @@ impl<T, const N: usize> Ring<T, N> {
         Self {
             control: CachePadded(RingControl::new(Self::LAYOUT)),
             head: CachePadded(AtomicU32::new(0)),
-            slots: [Slot::EMPTY; N],
+            blocks: Blocks::new(),
         }
     }
 
@@ -146,7 +137,7 @@ impl<T, const N: usize> Ring<T, N> {
         Self {
             control: CachePadded(RingControl::new(Self::LAYOUT)),
             head: CachePadded(AtomicU32::new(0)),
-            slots: core::array::from_fn(|_| Slot::empty()),
+            blocks: Blocks::new(),
         }
     }
 
@@ -170,16 +161,13 @@ impl<T, const N: usize> Ring<T, N> {
         check_region::<Self>(region.as_ptr() as usize, len)?;
         let ring = region.as_ptr().cast::<Self>();
         // SAFETY: `check_region` proved `ring` aligned and the region large enough; the caller
-        // promises exclusive access to valid memory. Each field is written whole with
-        // `ptr::write`, so no reference to uninitialised memory is formed.
+        // promises exclusive access to valid memory. Each field is written with `ptr::write`
+        // (the blocks' stamps one by one), so no reference to uninitialised memory is formed.
         unsafe {
             core::ptr::addr_of_mut!((*ring).control)
                 .write(CachePadded(RingControl::new(Self::LAYOUT)));
             core::ptr::addr_of_mut!((*ring).head).write(CachePadded(AtomicU32::new(0)));
-            let slots = core::ptr::addr_of_mut!((*ring).slots).cast::<Slot<T>>();
-            for i in 0..N {
-                slots.add(i).write(Slot::empty());
-            }
+            Blocks::init_at(core::ptr::addr_of_mut!((*ring).blocks));
             Ok(&*ring)
         }
     }
@@ -187,7 +175,7 @@ impl<T, const N: usize> Ring<T, N> {
     /// Views memory that [`init_in_place`](Self::init_in_place) initialised (possibly in another
     /// process, at another address) as a ring, after checking its header.
     ///
-    /// Cost: reads the 128-byte header; the slots are not touched until a side is claimed.
+    /// Cost: reads the 128-byte header; the blocks are not touched until a side is claimed.
     ///
     /// # Errors
     /// [`AttachError::Misaligned`] / [`AttachError::TooSmall`] for an unusable region,
@@ -226,7 +214,7 @@ impl<T, const N: usize> Ring<T, N> {
 
     /// Claims the producer side for `owner` (any non-zero id: a process id for shared-memory
     /// users). The handle continues where the previous producer stopped: its position is
-    /// recovered by walking the published stamps from the consumer's index, at most `N` slots.
+    /// recovered by walking the published stamps from the consumer's index, at most `N` elements.
     ///
     /// # Errors
     /// [`ClaimError::Taken`] while another handle holds the producer side.
@@ -289,24 +277,82 @@ impl<T, const N: usize> Ring<T, N> {
         )
     }
 
+    /// The index (`< N`) position `position` maps to.
     #[inline(always)]
-    fn slot(&self, position: u32) -> &Slot<T> {
-        // `& MASK` keeps the index below N, so the bounds check folds away.
-        &self.slots[(position & Self::MASK) as usize]
+    fn index(position: u32) -> usize {
+        (position & Self::MASK) as usize
     }
 
-    /// Whether the element at `position` is published (its stamp, read with Acquire, is
-    /// `position + 1`): its value is then visible.
+    /// Elements from index `index` to the end of its block.
+    #[inline(always)]
+    fn to_block_end(index: usize) -> u32 {
+        let block_end = (index / Self::BLOCK_LEN + 1) * Self::BLOCK_LEN;
+        (block_end.min(N) - index) as u32
+    }
+
+    /// The block holding `position`, and its offset there (one division by a constant).
+    #[inline(always)]
+    fn block_and_offset(position: u32) -> (usize, usize) {
+        let index = Self::index(position);
+        let block = index / Self::BLOCK_LEN;
+        (block, index - block * Self::BLOCK_LEN)
+    }
+
+    /// The block after `block`, wrapping to the first.
+    #[inline(always)]
+    fn next_block(block: usize) -> usize {
+        if block + 1 == Geometry::<T, N>::COUNT {
+            0
+        } else {
+            block + 1
+        }
+    }
+
+    /// The stamp of the block holding position `position`.
+    #[inline(always)]
+    fn stamp_of(&self, position: u32) -> &AtomicU32 {
+        self.blocks.stamp(Self::index(position) / Self::BLOCK_LEN)
+    }
+
+    /// How far `stamp` is ahead of `position`: positive exactly when the stamp says `position`
+    /// is published. Stamps and positions stay within `N + BLOCK_LEN` (well under 2³¹, since the
+    /// ring is under 4 GiB) of each other, so the signed difference cannot wrap.
+    #[inline(always)]
+    fn ahead(stamp: u32, position: u32) -> i32 {
+        stamp.wrapping_sub(position) as i32
+    }
+
+    /// Whether the element at `position` is published (its block's stamp, read with Acquire, is
+    /// ahead of it): its value is then visible.
     #[inline(always)]
     fn is_published_at(&self, position: u32) -> bool {
-        self.slot(position).stamp.load(Ordering::Acquire) == position.wrapping_add(1)
+        Self::ahead(self.stamp_of(position).load(Ordering::Acquire), position) > 0
+    }
+
+    /// How many elements from `position` to the end of its block are published (one stamp read,
+    /// Acquire).
+    #[inline(always)]
+    fn published_run(&self, position: u32) -> u32 {
+        let ahead = Self::ahead(self.stamp_of(position).load(Ordering::Acquire), position);
+        if ahead <= 0 {
+            return 0;
+        }
+        (ahead as u32).min(Self::to_block_end(Self::index(position)))
     }
 
     /// The position after the last published element, found by walking stamps from `head`.
     fn published_end(&self, head: u32) -> u32 {
         let mut end = head;
-        while end.wrapping_sub(head) < N as u32 && self.is_published_at(end) {
-            end = end.wrapping_add(1);
+        while end.wrapping_sub(head) < N as u32 {
+            let run = self.published_run(end);
+            if run == 0 {
+                break;
+            }
+            end = end.wrapping_add(run);
+        }
+        // A stamp ahead of the ring's capacity is a corrupt one; never claim more than `N`.
+        if end.wrapping_sub(head) > N as u32 {
+            end = head.wrapping_add(N as u32);
         }
         end
     }
@@ -330,9 +376,10 @@ impl<T, const N: usize> Drop for Ring<T, N> {
         while position != end {
             // SAFETY: positions in `head..end` hold published, unconsumed values (their stamps
             // say so), and `&mut self` excludes every handle, so each is dropped exactly once.
-            self.slot(position)
-                .value
-                .with_mut(|value| unsafe { (*value).assume_init_drop() });
+            self.blocks
+                .with_value_mut(Self::index(position), |value| unsafe {
+                    (*value).assume_init_drop()
+                });
             position = position.wrapping_add(1);
         }
     }
@@ -377,25 +424,27 @@ pub struct Producer<'a, T, const N: usize> {
 
 impl<'a, T, const N: usize> Producer<'a, T, N> {
     /// Continues after the last published element. A producer that died inside `push_slice`
-    /// can leave the batch's later slots stamped but its first slot not (the first stamp is
-    /// stored last); those stamps would let the consumer read slots we are about to overwrite,
-    /// so every slot past the gap that reads as published is unstamped first. Cost: one pass
-    /// over the free slots, at claim time only.
+    /// can leave the batch's later blocks stamped but its first block not (the first stamp is
+    /// stored last); those stamps would let the consumer read values we are about to overwrite,
+    /// so every block past the gap whose stamp reads as published is set back to "nothing
+    /// published from here". Cost: one pass over the blocks, at claim time only.
     fn attach(ring: &'a Ring<T, N>) -> Self {
         let head = ring.head.load(Ordering::Acquire);
         let tail = ring.published_end(head);
-        let mut position = tail.wrapping_add(1);
-        while position.wrapping_sub(head) < N as u32 {
+        // The gap's own block is consistent (its stamp is not ahead of `tail`, or `tail` would
+        // be published); every other block is visited once, at the first position the next
+        // lap will write there.
+        let mut position = tail.wrapping_add(Ring::<T, N>::to_block_end(Ring::<T, N>::index(tail)));
+        for _ in 1..Geometry::<T, N>::COUNT {
+            let stamp = ring.stamp_of(position);
             // A read-modify-write sees the dead producer's last store to the stamp. Relaxed is
-            // enough: the consumer reads this stamp only after the one at `tail`, which our first
-            // push stores with Release after this.
-            let _ = ring.slot(position).stamp.compare_exchange(
-                position.wrapping_add(1),
-                0,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            position = position.wrapping_add(1);
+            // enough: the consumer reads this stamp only after the one of `tail`'s block, which
+            // our first push stores with Release after this.
+            let _ = stamp.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |found| {
+                (Ring::<T, N>::ahead(found, position) > 0).then_some(position)
+            });
+            position =
+                position.wrapping_add(Ring::<T, N>::to_block_end(Ring::<T, N>::index(position)));
         }
         Self {
             ring,
@@ -436,23 +485,28 @@ impl<'a, T, const N: usize> Producer<'a, T, N> {
         if self.free_for(1) == 0 {
             return Err(Full(value));
         }
-        let slot = self.ring.slot(self.tail);
-        // SAFETY: `free_for` proved the consumer has released this slot (head > tail - N, read
-        // with Acquire, so its last read of the slot happened before), and we are the only
-        // producer; nobody else touches the value until the stamp below is published.
-        slot.value.with_mut(|cell| unsafe { (*cell).write(value) });
+        let ring = self.ring;
+        // SAFETY: `free_for` proved the consumer has released this index (head > tail - N, read
+        // with Acquire, so its last read of the value happened before), and we are the only
+        // producer; nobody else touches the value until the stamp below publishes it.
+        ring.blocks
+            .with_value_mut(Ring::<T, N>::index(self.tail), |cell| unsafe {
+                (*cell).write(value);
+            });
+        let stamp = ring.stamp_of(self.tail);
         self.tail = self.tail.wrapping_add(1);
-        slot.stamp.store(self.tail, Ordering::Release);
+        stamp.store(self.tail, Ordering::Release);
         Ok(())
     }
 
     /// Copies as many elements of `items` as fit, in one pass, and publishes them as one batch.
     ///
-    /// Returns how many were pushed (0 when full). The consumer's index is read at most once.
-    /// The batch's first stamp is stored last: the consumer, which polls that stamp, sees the
-    /// batch only once it is whole, so it never pulls a line the producer is still writing
-    /// (streaming 64-byte elements in batches this way is about 30% faster than publishing each
-    /// element as it is written).
+    /// Returns how many were pushed (0 when full). The consumer's index is read at most once (and
+    /// only when the cached view has no room for all of `items`); each block the batch touches
+    /// gets one stamp store. The first block's stamp is stored last:
+    /// the consumer, which polls that stamp, sees the batch only once it is whole, so it never
+    /// pulls a line the producer is still writing (streaming 64-byte elements in batches this
+    /// way is about 30% faster than publishing each block as it is written).
     ///
     /// ```
     /// let mut ring = spsc_core::Ring::<u64, 4>::new();
@@ -466,31 +520,45 @@ impl<'a, T, const N: usize> Producer<'a, T, N> {
     where
         T: Copy,
     {
-        let count = (self.free_for(N as u32) as usize).min(items.len());
-        let Some((first, rest)) = items[..count].split_first() else {
+        // Ask only for what is offered: the consumer's index line is then read only when the
+        // cached view is short of this batch, not on every call.
+        let wanted = items.len().min(N) as u32;
+        let count = (self.free_for(wanted) as usize).min(items.len());
+        if count == 0 {
             return 0;
-        };
-        let start = self.tail;
-        let first_slot = self.ring.slot(start);
-        // SAFETY: as in `push`: `free_for` proved these positions released by the consumer,
-        // and they are unpublished, so only this producer accesses them.
-        first_slot
-            .value
-            .with_mut(|cell| unsafe { (*cell).write(*first) });
-        for (index, &value) in rest.iter().enumerate() {
-            let position = start.wrapping_add(index as u32 + 1);
-            let slot = self.ring.slot(position);
-            // SAFETY: as for the first slot.
-            slot.value.with_mut(|cell| unsafe { (*cell).write(value) });
-            slot.stamp
-                .store(position.wrapping_add(1), Ordering::Release);
         }
-        // The first stamp last: the consumer polls it, so it sees the batch only once whole and
-        // never pulls a line the producer is still writing.
-        first_slot
-            .stamp
-            .store(start.wrapping_add(1), Ordering::Release);
-        self.tail = start.wrapping_add(count as u32);
+        let ring = self.ring;
+        let (mut block, mut offset) = Ring::<T, N>::block_and_offset(self.tail);
+        // A batch that wraps all the way round into its first block again must publish in
+        // order: its first stamp stored last would move that block's stamp backwards.
+        let defer_first = count <= N - offset;
+        let mut position = self.tail;
+        let mut rest = &items[..count];
+        let mut first_stamp = None;
+        loop {
+            let run = (Geometry::<T, N>::len_of(block) - offset).min(rest.len());
+            let (now, later) = rest.split_at(run);
+            // SAFETY: as in `push`: `free_for` proved these positions released by the consumer,
+            // and they are unpublished, so only this producer accesses them; `run` stops at the
+            // block's end.
+            unsafe { ring.blocks.write_run(block, offset, now) };
+            position = position.wrapping_add(run as u32);
+            let stamp = ring.blocks.stamp(block);
+            if defer_first && first_stamp.is_none() {
+                first_stamp = Some((stamp, position));
+            } else {
+                stamp.store(position, Ordering::Release);
+            }
+            rest = later;
+            if rest.is_empty() {
+                break;
+            }
+            (block, offset) = (Ring::<T, N>::next_block(block), 0);
+        }
+        if let Some((stamp, end)) = first_stamp {
+            stamp.store(end, Ordering::Release);
+        }
+        self.tail = position;
         count
     }
 
@@ -505,15 +573,20 @@ impl<'a, T, const N: usize> Producer<'a, T, N> {
         let mut items = items.into_iter();
         while count < free {
             let Some(value) = items.next() else { break };
-            let slot = self.ring.slot(self.tail);
+            let ring = self.ring;
             // SAFETY: as in `push`: `free_for` proved this position released by the consumer,
             // and it is unpublished, so only this producer accesses it.
-            slot.value.with_mut(|cell| unsafe { (*cell).write(value) });
+            ring.blocks
+                .with_value_mut(Ring::<T, N>::index(self.tail), |cell| unsafe {
+                    (*cell).write(value);
+                });
+            let stamp = ring.stamp_of(self.tail);
             self.tail = self.tail.wrapping_add(1);
-            // One pass, value then stamp, so each slot's line is written once. A stamp is a
-            // Release store (a plain `mov` on x86); a fence followed by Relaxed stores would save
-            // barriers on ARM, but ThreadSanitizer cannot see fences.
-            slot.stamp.store(self.tail, Ordering::Release);
+            // Value then stamp, element by element, so a panicking iterator leaves only whole
+            // elements behind. A stamp is a Release store (a plain `mov` on x86); a fence
+            // followed by Relaxed stores would save barriers on ARM, but ThreadSanitizer cannot
+            // see fences.
+            stamp.store(self.tail, Ordering::Release);
             count += 1;
         }
         count as usize
@@ -574,7 +647,7 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
 
     /// Removes and returns the oldest element, or `None` if the ring is empty.
     ///
-    /// Cost: one Acquire load of the slot's stamp (the only cache line that moves), the value
+    /// Cost: one Acquire load of the block's stamp (the only cache line that moves), the value
     /// read, and one Release store of the consumer's own index.
     #[inline]
     pub fn pop(&mut self) -> Option<T> {
@@ -585,9 +658,10 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
         // visible) and it stays ours until `head` moves past it below; the value is read once.
         let value = self
             .ring
-            .slot(self.head)
-            .value
-            .with(|cell| unsafe { (*cell).assume_init_read() });
+            .blocks
+            .with_value(Ring::<T, N>::index(self.head), |cell| unsafe {
+                (*cell).assume_init_read()
+            });
         self.head = self.head.wrapping_add(1);
         self.ring.head.store(self.head, Ordering::Release);
         Some(value)
@@ -599,13 +673,14 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
         if !self.ring.is_published_at(self.head) {
             return None;
         }
-        // SAFETY: published (see `pop`); the producer cannot reuse the slot until `head` moves,
-        // which takes `&mut self`, so the borrow cannot outlive the value.
+        // SAFETY: published (see `pop`); the producer cannot reuse the index until `head`
+        // moves, which takes `&mut self`, so the borrow cannot outlive the value.
         Some(
             self.ring
-                .slot(self.head)
-                .value
-                .with(|cell| unsafe { (*cell).assume_init_ref() }),
+                .blocks
+                .with_value(Ring::<T, N>::index(self.head), |cell| unsafe {
+                    (*cell).assume_init_ref()
+                }),
         )
     }
 
@@ -614,7 +689,7 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
         self.head
     }
 
-    /// Number of elements ready to be read (at most `N`). Cost: one stamp read per element.
+    /// Number of elements ready to be read (at most `N`). Cost: one stamp read per block.
     pub fn len(&self) -> usize {
         self.ready_upto(N as u32) as usize
     }
@@ -629,10 +704,14 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
         // A local `head`: as in `pop_slice`, a field would be re-read after every Acquire load.
         let (ring, head) = (self.ring, self.head);
         let mut count = 0;
-        while count < max && ring.is_published_at(head.wrapping_add(count)) {
-            count += 1;
+        while count < max {
+            let run = ring.published_run(head.wrapping_add(count));
+            if run == 0 {
+                break;
+            }
+            count += run;
         }
-        count
+        count.min(max)
     }
 
     /// Copies up to `out.len()` of the oldest elements into `out`, removes them, and publishes
@@ -644,22 +723,31 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
         let max = out.len().min(N);
         let mut count = 0;
         // Locals, not fields: the compiler may not move a read of `self` across an Acquire load,
-        // and re-reading them for every element costs more than the copy.
+        // and re-reading them for every block costs more than the copy.
         let (ring, head) = (self.ring, self.head);
-        // One pass: check each stamp (Acquire) and copy the value behind it.
+        let (mut block, mut offset) = Ring::<T, N>::block_and_offset(head);
+        // One pass: check a block's stamp (Acquire) and copy the published run behind it.
         while count < max {
             let position = head.wrapping_add(count as u32);
-            if !ring.is_published_at(position) {
+            let ahead =
+                Ring::<T, N>::ahead(ring.blocks.stamp(block).load(Ordering::Acquire), position);
+            if ahead <= 0 {
                 break;
             }
-            let slot = ring.slot(position);
-            // SAFETY: the stamp just read says the producer published this position (its value
-            // write is visible), and it stays ours until the index is published below; `T:
-            // Copy`, so reading leaves nothing to drop.
-            out[count] = slot
-                .value
-                .with(|cell| unsafe { (*cell).assume_init_read() });
-            count += 1;
+            let in_block = Geometry::<T, N>::len_of(block) - offset;
+            let run = (ahead as usize).min(in_block).min(max - count);
+            // SAFETY: the stamp just read says the producer published these positions (their
+            // value writes are visible), they lie in one block, and they stay ours until the
+            // index is published below; `T: Copy`, so reading leaves nothing to drop.
+            unsafe {
+                ring.blocks
+                    .read_run(block, offset, &mut out[count..count + run])
+            };
+            count += run;
+            if run < in_block {
+                break;
+            }
+            (block, offset) = (Ring::<T, N>::next_block(block), 0);
         }
         if count > 0 {
             self.head = self.head.wrapping_add(count as u32);
@@ -743,9 +831,10 @@ impl<T, const N: usize> Iterator for Drain<'_, '_, T, N> {
         let value = self
             .consumer
             .ring
-            .slot(position)
-            .value
-            .with(|cell| unsafe { (*cell).assume_init_read() });
+            .blocks
+            .with_value(Ring::<T, N>::index(position), |cell| unsafe {
+                (*cell).assume_init_read()
+            });
         self.consumer.head = position.wrapping_add(1);
         self.consumer
             .ring
@@ -791,9 +880,10 @@ impl<'c, 'a, T, const N: usize> ReadChunk<'c, 'a, T, N> {
         Some(
             self.consumer
                 .ring
-                .slot(position)
-                .value
-                .with(|cell| unsafe { (*cell).assume_init_ref() }),
+                .blocks
+                .with_value(Ring::<T, N>::index(position), |cell| unsafe {
+                    (*cell).assume_init_ref()
+                }),
         )
     }
 
@@ -820,9 +910,10 @@ impl<'c, 'a, T, const N: usize> ReadChunk<'c, 'a, T, N> {
                 // published past it right after, before anyone can read it again.
                 consumer
                     .ring
-                    .slot(position)
-                    .value
-                    .with_mut(|cell| unsafe { (*cell).assume_init_drop() });
+                    .blocks
+                    .with_value_mut(Ring::<T, N>::index(position), |cell| unsafe {
+                        (*cell).assume_init_drop()
+                    });
             }
         }
         consumer.head = consumer.head.wrapping_add(count);

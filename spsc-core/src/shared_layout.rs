@@ -13,17 +13,26 @@ mod locked {
     use crate::layout::{RingControl, RingLayout};
     use crate::{MessageRing, Ring};
 
-    const_assert_eq!(size_of::<RingLayout>(), 32);
-    const_assert_eq!(size_of::<RingControl>(), 44);
+    const_assert_eq!(size_of::<RingLayout>(), 36);
+    const_assert_eq!(size_of::<RingControl>(), 48);
     const_assert!(size_of::<RingControl>() <= 128);
 
-    // The fixed ring: header line, consumer index line, then slots.
+    // The fixed ring: header line, consumer index line, then the blocks: `N` slot shapes (stamp
+    // and element) and a spare line, rounded up to the ring's 128-byte alignment.
     const_assert_eq!(align_of::<Ring<u64, 8>>(), 128);
     const_assert_eq!(offset_of!(Ring<u64, 8>, head), 128);
-    const_assert_eq!(offset_of!(Ring<u64, 8>, slots), 256);
-    const_assert_eq!(size_of::<Ring<u64, 8>>(), 256 + 8 * 16);
+    const_assert_eq!(offset_of!(Ring<u64, 8>, blocks), 256);
+    const_assert_eq!(size_of::<Ring<u64, 8>>(), 256 + 8 * 16 + 128);
     const_assert_eq!(size_of::<Ring<u32, 4>>(), 384);
-    const_assert_eq!(Ring::<u64, 8>::LAYOUT.slot_size, 16);
+    // Small elements share a line under one stamp; large ones have a block each.
+    const_assert_eq!(Ring::<u64, 8>::LAYOUT.block_len, 7);
+    const_assert_eq!(Ring::<u64, 8>::LAYOUT.block_size, 64);
+    const_assert_eq!(Ring::<u32, 1024>::LAYOUT.block_len, 15);
+    const_assert_eq!(Ring::<u8, 1024>::LAYOUT.block_len, 60);
+    const_assert_eq!(Ring::<u64, 4>::LAYOUT.block_len, 4);
+    const_assert_eq!(Ring::<[u8; 64], 8>::LAYOUT.block_len, 1);
+    const_assert_eq!(Ring::<[u8; 64], 8>::LAYOUT.block_size, 68);
+    const_assert_eq!(Ring::<[u8; 16], 8>::LAYOUT.block_len, 1);
 
     // The message ring: header line, consumer index line, then the byte buffer.
     const_assert_eq!(align_of::<MessageRing<64>>(), 128);

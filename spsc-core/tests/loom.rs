@@ -192,6 +192,53 @@ fn ring_push_slice_vs_pop_slice() {
     });
 }
 
+/// Three elements share a block here (blocks of 3 and 1 in a ring of 4), so batches start
+/// mid-block, span blocks (the first block's stamp stored last), and wrap into the block they
+/// started in (stamped in order). Half-way the producer is leaked and taken over: its successor
+/// walks the stamps and resets the blocks ahead while the consumer reads.
+#[test]
+fn ring_batches_across_blocks_and_take_over() {
+    type Wide = [u32; 5];
+    assert_eq!(Ring::<Wide, 4>::LAYOUT.block_len, 3);
+    model(BOUNDED, || {
+        let ring = Arc::new(Ring::<Wide, 4>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let ring = &*producer_ring;
+            let data: Vec<Wide> = (1..=6).map(|i| [i; 5]).collect();
+            let mut tx = ring.claim_producer(owner(1)).unwrap();
+            let mut sent = 0;
+            for goal in [2, 6] {
+                if goal == 6 {
+                    core::mem::forget(tx);
+                    // SAFETY: the handle of owner 1 was forgotten above and is never used again.
+                    tx = unsafe { ring.take_over_producer(owner(1), owner(2)) }.unwrap();
+                }
+                while sent < goal {
+                    let pushed = tx.push_slice(&data[sent..goal]);
+                    sent += pushed;
+                    if pushed == 0 {
+                        spin_hint();
+                    }
+                }
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(9)).unwrap();
+        let mut received = Vec::new();
+        while received.len() < 6 {
+            let mut out = [[0u32; 5]; 2];
+            let count = rx.pop_slice(&mut out);
+            received.extend(out[..count].iter().map(|wide| wide[0]));
+            if count == 0 {
+                spin_hint();
+            }
+        }
+        assert_eq!(received, [1, 2, 3, 4, 5, 6]);
+        producer.join().unwrap();
+        assert!(rx.pop().is_none());
+    });
+}
+
 /// `push_iter` of owned (heap) values leaves what did not fit in the iterator; `drain` moves the
 /// ready ones out. Owned values make a double read or a lost element visible as a wrong result.
 #[test]

@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::fmt;
 use std::mem;
 use std::num::NonZeroU32;
 use std::panic::{self, AssertUnwindSafe};
@@ -83,9 +84,21 @@ impl Region {
 /// `src/shared_layout.rs`; these tests use it to start a ring at an arbitrary position.
 const HEAD_OFFSET: usize = 128;
 
+/// Byte offsets in a `Ring<T, N>` of the stamp of `position`'s block and of `position`'s value,
+/// from the layout the ring records: blocks of `block_len` elements `block_size` bytes apart from
+/// `data_offset`, each a `u32` stamp and then the elements, aligned for `T`.
+fn offsets<T, const N: usize>(position: u32) -> (usize, usize) {
+    let layout = Ring::<T, N>::LAYOUT;
+    let index = position as usize & (N - 1);
+    let (block_len, block_size) = (layout.block_len as usize, layout.block_size as usize);
+    let block = layout.data_offset as usize + index / block_len * block_size;
+    let value = block + mem::align_of::<T>().max(4) + index % block_len * mem::size_of::<T>();
+    (block, value)
+}
+
 /// An empty `Ring<T, N>` in `region` whose positions stand at `start`, exactly as if `start`
-/// elements had been pushed and popped: the consumer's index is `start` and the slots carry the
-/// stamps of the lap before (position `p` has stamp `p + 1`). The only way to reach positions
+/// elements had been pushed and popped: the consumer's index is `start` and every block's stamp
+/// is one past the last position of the lap before that it held. The only way to reach positions
 /// near `u32::MAX` without pushing four billion elements.
 fn ring_at<T, const N: usize>(region: &mut Region, start: u32) -> &Ring<T, N> {
     let len = region.len();
@@ -93,12 +106,11 @@ fn ring_at<T, const N: usize>(region: &mut Region, start: u32) -> &Ring<T, N> {
     // SAFETY: `region` is valid, zeroed memory of `len` bytes, exclusively borrowed for as long
     // as the returned reference lives.
     unsafe { Ring::<T, N>::init_in_place(base, len) }.expect("region fits the ring");
-    let layout = Ring::<T, N>::LAYOUT;
-    for back in 1..=N as u32 {
+    // Oldest first, so each block keeps the stamp of its latest position.
+    for back in (1..=N as u32).rev() {
         let position = start.wrapping_sub(back);
-        let slot = position as usize & (N - 1);
-        let stamp_offset = layout.data_offset as usize + slot * layout.slot_size as usize;
-        // SAFETY: the stamp is the first `u32` of its slot, inside the ring (which fits the
+        let (stamp_offset, _) = offsets::<T, N>(position);
+        // SAFETY: the stamp is the first `u32` of its block, inside the ring (which fits the
         // region), 4-aligned; nothing else accesses the memory (the reference `init_in_place`
         // returned was discarded).
         unsafe {
@@ -593,32 +605,33 @@ fn take_over_from_a_dead_owner() {
     assert_eq!(stale.unwrap_err(), ClaimError::Taken { owner: 0 });
 }
 
-/// Writes `value` and the stamp of `position` into `Ring<u64, N>`'s slot, as a producer does.
-fn forge_published<const N: usize>(region: &mut Region, position: u32, value: u64) {
-    let layout = Ring::<u64, N>::LAYOUT;
-    let slot =
-        layout.data_offset as usize + (position as usize & (N - 1)) * layout.slot_size as usize;
-    // The value's offset in its slot: after the `u32` stamp, aligned for `u64`.
-    let value_offset = slot + mem::align_of::<u64>().max(4);
+/// Writes `value` at `position` of `Ring<T, N>` and stamps its block published up to there, as
+/// a producer does.
+fn forge_published<T: Copy, const N: usize>(region: &mut Region, position: u32, value: T) {
+    let (stamp, slot) = offsets::<T, N>(position);
     let base = region.base();
-    // SAFETY: both words lie inside the ring's slot array, which fits the region; they are
-    // aligned (slots are `u64`-aligned); no handle is reading or writing this slot meanwhile
-    // (the producer that owns it is the one being impersonated).
+    // SAFETY: both lie inside the ring's blocks, which fit the region, and are aligned (blocks
+    // start aligned for their stamp and elements); no handle is reading or writing this block
+    // meanwhile (the producer that owns it is the one being impersonated).
     unsafe {
-        base.as_ptr().add(value_offset).cast::<u64>().write(value);
+        base.as_ptr().add(slot).cast::<T>().write(value);
         base.as_ptr()
-            .add(slot)
+            .add(stamp)
             .cast::<u32>()
             .write(position.wrapping_add(1));
     }
 }
 
-/// A producer killed inside `push_slice` after stamping the batch's later slots but before its
-/// first stamp (stored last) published nothing; its successor must neither deliver those slots
-/// nor let the consumer read them while it overwrites them.
+/// A producer killed inside `push_slice` after stamping the batch's later blocks but before its
+/// first stamp (stored last) published nothing; its successor must neither deliver those
+/// elements nor let the consumer read them while it overwrites them.
+///
+/// `u64`s share a line seven to a block: the dead batch `5..9` fills positions 5 and 6 of block
+/// 0 (unstamped) and 7 and 8 of block 1 (stamped).
 #[test]
 fn take_over_after_an_interrupted_batch_delivers_only_whole_batches() {
-    const N: usize = 8;
+    const N: usize = 16;
+    assert_eq!(Ring::<u64, N>::LAYOUT.block_len, 7);
     let mut region = region_for::<u64, N>();
     let len = region.len();
     let base = region.base();
@@ -626,12 +639,11 @@ fn take_over_after_an_interrupted_batch_delivers_only_whole_batches() {
         // SAFETY: the region is valid zeroed memory, exclusively ours for this block.
         let ring = unsafe { Ring::<u64, N>::init_in_place(base, len) }.unwrap();
         let mut tx = ring.claim_producer(owner(7)).unwrap();
-        assert_eq!(tx.push_slice(&[10, 11]), 2);
+        assert_eq!(tx.push_slice(&[10, 11, 12, 13, 14]), 5);
         mem::forget(tx); // dies holding the producer side
     }
-    // The batch `2..5` it was writing: values and stamps of 3 and 4, but not yet the stamp of 2.
-    forge_published::<N>(&mut region, 3, 666);
-    forge_published::<N>(&mut region, 4, 667);
+    forge_published::<u64, N>(&mut region, 7, 666);
+    forge_published::<u64, N>(&mut region, 8, 667);
     // SAFETY: initialised above; only this test's handles use the region from here on.
     let ring = unsafe { Ring::<u64, N>::attach(base, len) }.unwrap();
     let mut rx = ring.claim_consumer(owner(2)).unwrap();
@@ -639,19 +651,56 @@ fn take_over_after_an_interrupted_batch_delivers_only_whole_batches() {
     let mut tx = unsafe { ring.take_over_producer(owner(7), owner(8)) }.unwrap();
     assert_eq!(
         tx.position(),
-        2,
+        5,
         "the interrupted batch is not part of the ring"
     );
-    assert_eq!(rx.pop(), Some(10));
-    assert_eq!(rx.pop(), Some(11));
+    assert_eq!(rx.drain(8).collect::<Vec<_>>(), [10, 11, 12, 13, 14]);
     assert_eq!(rx.pop(), None);
-    tx.push(12).unwrap();
-    assert_eq!(rx.pop(), Some(12));
-    assert_eq!(rx.pop(), None, "the dead producer's stamp at 3 was cleared");
-    assert_eq!(tx.push_slice(&[13, 14, 15]), 3);
+    assert_eq!(tx.push_slice(&[15, 16]), 2);
+    assert_eq!(rx.pop(), Some(15));
+    assert_eq!(rx.pop(), Some(16));
+    assert_eq!(
+        rx.pop(),
+        None,
+        "the dead producer's stamp of block 1 was cleared"
+    );
+    assert_eq!(tx.push_slice(&[17, 18, 19]), 3);
     let mut out = [0; 8];
     assert_eq!(rx.pop_slice(&mut out), 3);
-    assert_eq!(out[..3], [13, 14, 15]);
+    assert_eq!(out[..3], [17, 18, 19]);
+}
+
+/// The same with elements that have a block each: the dead batch `2..5` stamped 3 and 4 but
+/// not 2.
+#[test]
+fn take_over_after_an_interrupted_batch_of_large_elements() {
+    const N: usize = 8;
+    type Big = [u64; 8];
+    assert_eq!(Ring::<Big, N>::LAYOUT.block_len, 1);
+    let mut region = region_for::<Big, N>();
+    let len = region.len();
+    let base = region.base();
+    {
+        // SAFETY: the region is valid zeroed memory, exclusively ours for this block.
+        let ring = unsafe { Ring::<Big, N>::init_in_place(base, len) }.unwrap();
+        let mut tx = ring.claim_producer(owner(7)).unwrap();
+        assert_eq!(tx.push_slice(&[[10; 8], [11; 8]]), 2);
+        mem::forget(tx);
+    }
+    forge_published::<Big, N>(&mut region, 3, [666; 8]);
+    forge_published::<Big, N>(&mut region, 4, [667; 8]);
+    // SAFETY: initialised above; only this test's handles use the region from here on.
+    let ring = unsafe { Ring::<Big, N>::attach(base, len) }.unwrap();
+    let mut rx = ring.claim_consumer(owner(2)).unwrap();
+    // SAFETY: the forgotten producer of owner 7 is never used again.
+    let mut tx = unsafe { ring.take_over_producer(owner(7), owner(8)) }.unwrap();
+    assert_eq!(tx.position(), 2);
+    assert_eq!(rx.pop(), Some([10; 8]));
+    assert_eq!(rx.pop(), Some([11; 8]));
+    assert_eq!(rx.pop(), None);
+    tx.push([12; 8]).unwrap();
+    assert_eq!(rx.pop(), Some([12; 8]));
+    assert_eq!(rx.pop(), None, "the dead producer's stamp at 3 was cleared");
 }
 
 #[test]
@@ -850,18 +899,25 @@ enum Op {
     ReclaimConsumer,
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// Operations on a ring of capacity `n`; batch lengths go a little past it.
+fn op(n: usize) -> impl Strategy<Value = Op> {
+    let len = 0..n + 4;
     prop_oneof![
         3 => Just(Op::Push),
-        2 => (0usize..12).prop_map(Op::PushSlice),
-        2 => (0usize..12).prop_map(Op::PushIter),
+        2 => len.clone().prop_map(Op::PushSlice),
+        2 => len.clone().prop_map(Op::PushIter),
         3 => Just(Op::Pop),
         1 => Just(Op::Peek),
-        2 => (0usize..12).prop_map(Op::PopSlice),
-        2 => (0usize..12, 0usize..12).prop_map(|(max, take)| Op::Drain(max, take)),
+        2 => len.clone().prop_map(Op::PopSlice),
+        2 => (len.clone(), len).prop_map(|(max, take)| Op::Drain(max, take)),
         1 => Just(Op::ReclaimProducer),
         1 => Just(Op::ReclaimConsumer),
     ]
+}
+
+/// Where positions start: at zero, near the `u32` wrap, anywhere.
+fn start() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0u32), u32::MAX - 40..=u32::MAX, any::<u32>()]
 }
 
 fn config() -> ProptestConfig {
@@ -877,11 +933,42 @@ fn config() -> ProptestConfig {
     }
 }
 
-const MODEL_N: usize = 8;
+/// An element the model test can make from a counter and compare.
+trait ModelElem: Copy + PartialEq + fmt::Debug {
+    fn make(n: u32) -> Self;
+}
 
-fn run_model(start: u32, ops: &[Op]) -> Result<(), TestCaseError> {
-    let mut region = region_for::<u32, MODEL_N>();
-    let ring = ring_at::<u32, MODEL_N>(&mut region, start);
+impl ModelElem for u32 {
+    fn make(n: u32) -> Self {
+        n
+    }
+}
+
+impl ModelElem for u64 {
+    fn make(n: u32) -> Self {
+        u64::from(n) << 32 | u64::from(!n)
+    }
+}
+
+impl ModelElem for u16 {
+    fn make(n: u32) -> Self {
+        n as u16
+    }
+}
+
+impl ModelElem for [u32; 16] {
+    fn make(n: u32) -> Self {
+        std::array::from_fn(|i| n.wrapping_mul(i as u32 + 1))
+    }
+}
+
+/// Runs `ops` against `Ring<T, MODEL_N>` at positions from `start` and a `VecDeque` model.
+fn run_model<T: ModelElem, const MODEL_N: usize>(
+    start: u32,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
+    let mut region = region_for::<T, MODEL_N>();
+    let ring = ring_at::<T, MODEL_N>(&mut region, start);
     let mut ids = 10..;
     let mut tx = ring.claim_producer(owner(ids.next().unwrap())).unwrap();
     let mut rx = ring.claim_consumer(owner(ids.next().unwrap())).unwrap();
@@ -890,39 +977,39 @@ fn run_model(start: u32, ops: &[Op]) -> Result<(), TestCaseError> {
     for op in ops {
         let free = MODEL_N - model.len();
         match *op {
-            Op::Push => match tx.push(next) {
+            Op::Push => match tx.push(T::make(next)) {
                 Ok(()) => {
                     prop_assert!(free > 0);
-                    model.push_back(next);
+                    model.push_back(T::make(next));
                     next += 1;
                 }
                 Err(Full(back)) => {
                     prop_assert_eq!(free, 0);
-                    prop_assert_eq!(back, next);
+                    prop_assert_eq!(back, T::make(next));
                 }
             },
             Op::PushSlice(len) => {
-                let items: Vec<u32> = (next..next + len as u32).collect();
+                let items: Vec<T> = (next..next + len as u32).map(T::make).collect();
                 let pushed = tx.push_slice(&items);
                 prop_assert_eq!(pushed, len.min(free));
                 model.extend(&items[..pushed]);
                 next += pushed as u32;
             }
             Op::PushIter(len) => {
-                let mut items = next..next + len as u32;
+                let mut items = (next..next + len as u32).map(T::make);
                 let pushed = tx.push_iter(&mut items);
                 prop_assert_eq!(pushed, len.min(free));
-                model.extend(next..next + pushed as u32);
+                model.extend((next..next + pushed as u32).map(T::make));
                 next += pushed as u32;
-                prop_assert_eq!(items.next(), (pushed < len).then_some(next));
+                prop_assert_eq!(items.next(), (pushed < len).then(|| T::make(next)));
             }
             Op::Pop => prop_assert_eq!(rx.pop(), model.pop_front()),
             Op::Peek => prop_assert_eq!(rx.peek(), model.front()),
             Op::PopSlice(len) => {
-                let mut out = vec![u32::MAX; len];
+                let mut out = vec![T::make(u32::MAX); len];
                 let popped = rx.pop_slice(&mut out);
                 prop_assert_eq!(popped, len.min(model.len()));
-                let expected: Vec<u32> = model.drain(..popped).collect();
+                let expected: Vec<T> = model.drain(..popped).collect();
                 prop_assert_eq!(&out[..popped], &expected[..]);
             }
             Op::Drain(max, take) => {
@@ -960,7 +1047,7 @@ fn run_model(start: u32, ops: &[Op]) -> Result<(), TestCaseError> {
         prop_assert_eq!(tx.free_len(), MODEL_N - model.len());
         prop_assert_eq!(tx.is_full(), model.len() == MODEL_N);
     }
-    let rest: Vec<u32> = rx.drain(MODEL_N).collect();
+    let rest: Vec<T> = rx.drain(MODEL_N).collect();
     prop_assert_eq!(rest, Vec::from(model));
     Ok(())
 }
@@ -968,12 +1055,40 @@ fn run_model(start: u32, ops: &[Op]) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(config())]
 
+    /// `u32`s, 8 of them: one block holds the whole ring.
     #[test]
     fn matches_a_vecdeque_model(
-        start in prop_oneof![Just(0u32), u32::MAX - 40..=u32::MAX, any::<u32>()],
-        ops in prop::collection::vec(op(), 0..if cfg!(miri) { 40 } else { 200 }),
+        start in start(),
+        ops in prop::collection::vec(op(8), 0..if cfg!(miri) { 40 } else { 200 }),
     ) {
-        run_model(start, &ops)?;
+        run_model::<u32, 8>(start, &ops)?;
+    }
+
+    /// `u64`s, 16 of them: blocks of 7, 7 and 2.
+    #[test]
+    fn matches_a_vecdeque_model_with_a_short_last_block(
+        start in start(),
+        ops in prop::collection::vec(op(16), 0..if cfg!(miri) { 40 } else { 200 }),
+    ) {
+        run_model::<u64, 16>(start, &ops)?;
+    }
+
+    /// `u16`s, 64 of them: blocks of 30, 30 and 4.
+    #[test]
+    fn matches_a_vecdeque_model_with_long_blocks(
+        start in start(),
+        ops in prop::collection::vec(op(64), 0..if cfg!(miri) { 40 } else { 200 }),
+    ) {
+        run_model::<u16, 64>(start, &ops)?;
+    }
+
+    /// 64-byte elements, a block each.
+    #[test]
+    fn matches_a_vecdeque_model_with_a_block_per_element(
+        start in start(),
+        ops in prop::collection::vec(op(8), 0..if cfg!(miri) { 40 } else { 200 }),
+    ) {
+        run_model::<[u32; 16], 8>(start, &ops)?;
     }
 }
 

@@ -326,7 +326,11 @@ fn fingerprints_tell_layouts_apart() {
             ..base
         },
         RingLayout {
-            slot_size: base.slot_size + 1,
+            block_len: base.block_len + 1,
+            ..base
+        },
+        RingLayout {
+            block_size: base.block_size + 1,
             ..base
         },
         RingLayout {
