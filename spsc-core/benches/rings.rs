@@ -7,11 +7,12 @@
 
 mod common;
 
+use std::hint::black_box;
 use std::time::Duration;
 
 use common::{
     ping_pong, ping_pong_floor, ping_pong_message, stream, stream_message, Channel, Heapless,
-    NoTimer, Ours, Payload, Rtrb, WARMUP_ROUND_TRIPS,
+    NoTimer, Ours, Payload, Rtrb, Rx, Tx, BATCH, WARMUP_ROUND_TRIPS,
 };
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
@@ -106,9 +107,43 @@ fn bench_message_stream(c: &mut Criterion) {
     }
 }
 
+/// One thread pushes a batch and pops it back, so every line stays in its own cache: what is
+/// measured is the instructions of the batch calls alone, which the two-thread streams hide
+/// behind line transfers.
+fn batch_cpu_one<T: Payload, C: Channel<T>>(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group.bench_function(C::NAME, |b| {
+        let mut queue = C::create();
+        let (mut tx, mut rx) = queue.split();
+        let items: Vec<T> = (0..BATCH as u64).map(T::from_seq).collect();
+        let mut out = vec![T::from_seq(0); BATCH];
+        b.iter(|| {
+            let pushed = tx.push_batch(black_box(&items));
+            let popped = rx.pop_batch(black_box(&mut out));
+            assert_eq!(
+                pushed, popped,
+                "a batch pushed into an empty ring pops whole"
+            );
+            black_box(&out);
+        })
+    });
+}
+
+fn batch_cpu_size<T: Payload>(c: &mut Criterion) {
+    let mut group = c.benchmark_group(format!("batch_cpu/{}", T::LABEL));
+    group.throughput(Throughput::Elements(BATCH as u64));
+    batch_cpu_one::<T, Ours<T>>(&mut group);
+    batch_cpu_one::<T, Rtrb<T>>(&mut group);
+    group.finish();
+}
+
+fn bench_batch_cpu(c: &mut Criterion) {
+    batch_cpu_size::<u64>(c);
+    batch_cpu_size::<[u8; 64]>(c);
+}
+
 criterion_group! {
     name = benches;
     config = configure();
-    targets = bench_ping_pong, bench_stream, bench_message_stream
+    targets = bench_ping_pong, bench_stream, bench_message_stream, bench_batch_cpu
 }
 criterion_main!(benches);

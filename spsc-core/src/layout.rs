@@ -48,7 +48,7 @@ pub struct RingLayout {
     /// cache line, else the stamp and one element), or the message alignment unit
     /// (`MessageRing`).
     pub block_size: u32,
-    /// Offset of the first slot or buffer byte from the start of the ring.
+    /// Offset of the first block or buffer byte from the start of the ring.
     pub data_offset: u32,
     /// Total size of the ring in bytes, header included.
     pub total_size: u32,

@@ -475,8 +475,8 @@ impl<'a, T, const N: usize> Producer<'a, T, N> {
 
     /// Appends `value`.
     ///
-    /// Cost: one slot write and one Release store to the same cache line; the consumer's index is
-    /// read only when the cached view says full.
+    /// Cost: one value write and one Release store of its block's stamp, in the same cache line;
+    /// the consumer's index is read only when the cached view says full.
     ///
     /// # Errors
     /// [`Full`] with `value` handed back when all `N` slots hold unconsumed elements.
