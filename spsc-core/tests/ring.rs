@@ -228,6 +228,66 @@ fn wraps_around_over_many_laps_at_every_fill_level() {
     assert!(next_in as usize > scaled(1000, 20), "many laps ran");
 }
 
+/// Fills and drains `Ring<T, N>` lap after lap, by single ops and by batches of every length up
+/// to `N`, checking each value and the geometry the layout records.
+fn fill_and_drain_laps<T: Copy + PartialEq + fmt::Debug + From<u8>, const N: usize>(
+    block_len: u32,
+) {
+    assert_eq!(
+        Ring::<T, N>::LAYOUT.block_len,
+        block_len,
+        "geometry of {N} elements"
+    );
+    let mut ring = Box::new(Ring::<T, N>::new());
+    let (mut tx, mut rx) = ring.split();
+    let value = |n: usize| T::from((n % 251) as u8);
+    let mut next_in = 0;
+    let mut next_out = 0;
+    for lap in 0..scaled(8 * N + 40, N + 4) {
+        let batch = lap % (N + 1);
+        if lap % 2 == 0 {
+            let items: Vec<T> = (next_in..next_in + batch).map(value).collect();
+            next_in += tx.push_slice(&items);
+        } else {
+            next_in += tx.push_iter((next_in..next_in + batch).map(value));
+        }
+        let mut out = vec![value(0); N];
+        let popped = rx.pop_slice(&mut out[..(lap * 7) % (N + 1)]);
+        for got in &out[..popped] {
+            assert_eq!(*got, value(next_out));
+            next_out += 1;
+        }
+        assert_eq!(rx.len(), next_in - next_out);
+        while let Some(got) = (lap % 3 == 0).then(|| rx.pop()).flatten() {
+            assert_eq!(got, value(next_out));
+            next_out += 1;
+        }
+    }
+    while let Some(got) = rx.pop() {
+        assert_eq!(got, value(next_out));
+        next_out += 1;
+    }
+    assert_eq!(next_out, next_in);
+}
+
+/// Every kind of geometry: one block for the whole ring, blocks with a short last one, one
+/// element per block, and capacities below a line's worth.
+#[test]
+fn every_geometry_keeps_fifo_order_through_wrap_around() {
+    fill_and_drain_laps::<u64, 1>(1);
+    fill_and_drain_laps::<u64, 2>(2);
+    fill_and_drain_laps::<u64, 4>(4);
+    fill_and_drain_laps::<u64, 8>(7);
+    fill_and_drain_laps::<u64, 32>(7);
+    fill_and_drain_laps::<u32, 16>(15);
+    fill_and_drain_laps::<u16, 32>(30);
+    fill_and_drain_laps::<u8, 1>(1);
+    fill_and_drain_laps::<u8, 64>(60);
+    fill_and_drain_laps::<u8, 128>(60);
+    fill_and_drain_laps::<u128, 8>(3);
+    fill_and_drain_laps::<i16, 4>(4);
+}
+
 #[test]
 fn push_slice_copies_what_fits() {
     let mut ring = Ring::<u16, 8>::new();
