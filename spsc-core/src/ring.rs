@@ -540,35 +540,56 @@ impl<'a, T, const N: usize> Producer<'a, T, N> {
             return 0;
         }
         let ring = self.ring;
-        let (mut block, mut offset) = Ring::<T, N>::block_and_offset(self.tail);
+        let (first_block, offset) = Ring::<T, N>::block_and_offset(self.tail);
         // A batch that wraps all the way round into its first block again must publish in
         // order: its first stamp stored last would move that block's stamp backwards.
         let defer_first = count <= N - offset;
-        let mut position = self.tail;
-        let mut rest = &items[..count];
-        let mut first_stamp = None;
-        loop {
-            let run = (Geometry::<T, N>::len_of(block) - offset).min(rest.len());
-            let (now, later) = rest.split_at(run);
-            // SAFETY: as in `push`: `free_for` proved these positions released by the consumer,
-            // and they are unpublished, so only this producer accesses them; `run` stops at the
-            // block's end.
-            unsafe { ring.blocks.write_run(block, offset, now) };
-            position = position.wrapping_add(run as u32);
-            let stamp = ring.blocks.stamp(block);
-            if defer_first && first_stamp.is_none() {
-                first_stamp = Some((stamp, position));
-            } else {
-                stamp.store(position, Ordering::Release);
+        let items = &items[..count];
+        let run = (Geometry::<T, N>::len_of(first_block) - offset).min(count);
+        // SAFETY: as in `push`, `free_for` proved these positions released by the consumer, and
+        // they are unpublished, so only this producer accesses them; `run` stops at the block's
+        // end.
+        unsafe { ring.blocks.write_run(first_block, offset, &items[..run]) };
+        let mut done = run;
+        let mut position = self.tail.wrapping_add(run as u32);
+        let first_end = position;
+        if !defer_first {
+            ring.blocks
+                .stamp(first_block)
+                .store(position, Ordering::Release);
+        }
+        let mut block = first_block;
+        while done < count {
+            block = Ring::<T, N>::next_block(block);
+            // Whole blocks before the ring's last one: a constant-length copy and a stamp each,
+            // with no per-block length arithmetic (this loop is most of a long batch's cost).
+            let whole =
+                ((count - done) / Ring::<T, N>::BLOCK_LEN).min(Geometry::<T, N>::COUNT - 1 - block);
+            for _ in 0..whole {
+                let end = done + Ring::<T, N>::BLOCK_LEN;
+                // SAFETY: as for the first block; a whole block, inside the ring (`block` is
+                // below the last block) and inside the batch (`end <= count`).
+                unsafe { ring.blocks.write_run(block, 0, &items[done..end]) };
+                done = end;
+                position = position.wrapping_add(Ring::<T, N>::BLOCK_LEN as u32);
+                ring.blocks.stamp(block).store(position, Ordering::Release);
+                block += 1;
             }
-            rest = later;
-            if rest.is_empty() {
+            if done == count {
                 break;
             }
-            (block, offset) = (Ring::<T, N>::next_block(block), 0);
+            // The batch's last, partial block, or the ring's last block.
+            let run = Geometry::<T, N>::len_of(block).min(count - done);
+            // SAFETY: as for the first block; `run` stops at the block's end.
+            unsafe { ring.blocks.write_run(block, 0, &items[done..done + run]) };
+            done += run;
+            position = position.wrapping_add(run as u32);
+            ring.blocks.stamp(block).store(position, Ordering::Release);
         }
-        if let Some((stamp, end)) = first_stamp {
-            stamp.store(end, Ordering::Release);
+        if defer_first {
+            ring.blocks
+                .stamp(first_block)
+                .store(first_end, Ordering::Release);
         }
         self.tail = position;
         count
@@ -729,6 +750,31 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
         let (mut block, mut offset) = Ring::<T, N>::block_and_offset(head);
         // One pass: check a block's stamp (Acquire) and copy the published run behind it.
         while count < max {
+            if offset == 0 {
+                // Whole blocks before the ring's last one, while fully published: one stamp
+                // check and a constant-length copy each, with no per-block length arithmetic.
+                // A block found partly published is left to the general step below.
+                let whole = ((max - count) / Ring::<T, N>::BLOCK_LEN)
+                    .min(Geometry::<T, N>::COUNT - 1 - block);
+                let mut taken = 0;
+                while taken < whole {
+                    let position = head.wrapping_add(count as u32);
+                    let stamp = ring.blocks.stamp(block).load(Ordering::Acquire);
+                    if Ring::<T, N>::ahead(stamp, position) < Ring::<T, N>::BLOCK_LEN as i32 {
+                        break;
+                    }
+                    let end = count + Ring::<T, N>::BLOCK_LEN;
+                    // SAFETY: as in the general step below, for a whole block whose stamp covers
+                    // all of it.
+                    unsafe { ring.blocks.read_run(block, 0, &mut out[count..end]) };
+                    count = end;
+                    block += 1;
+                    taken += 1;
+                }
+                if count == max {
+                    break;
+                }
+            }
             let position = head.wrapping_add(count as u32);
             let published = ring.published_run_at(block, offset, position);
             if published == 0 {

@@ -194,8 +194,9 @@ fn ring_push_slice_vs_pop_slice() {
 
 /// Three elements share a block here (blocks of 3 and 1 in a ring of 4), so batches start
 /// mid-block, span blocks (the first block's stamp stored last), and wrap into the block they
-/// started in (stamped in order). Half-way the producer is leaked and taken over: its successor
-/// walks the stamps and resets the blocks ahead while the consumer reads.
+/// started in (stamped in order); the consumer's batches and the producer's second one cover a
+/// whole block (the whole-block paths of both). Half-way the producer is leaked and taken over:
+/// its successor walks the stamps and resets the blocks ahead while the consumer reads.
 #[test]
 fn ring_batches_across_blocks_and_take_over() {
     type Wide = [u32; 5];
@@ -205,11 +206,11 @@ fn ring_batches_across_blocks_and_take_over() {
         let producer_ring = ring.clone();
         let producer = thread::spawn(move || {
             let ring = &*producer_ring;
-            let data: Vec<Wide> = (1..=6).map(|i| [i; 5]).collect();
+            let data: Vec<Wide> = (1..=7).map(|i| [i; 5]).collect();
             let mut tx = ring.claim_producer(owner(1)).unwrap();
             let mut sent = 0;
-            for goal in [2, 6] {
-                if goal == 6 {
+            for goal in [3, 7] {
+                if goal == 7 {
                     core::mem::forget(tx);
                     // SAFETY: the handle of owner 1 was forgotten above and is never used again.
                     tx = unsafe { ring.take_over_producer(owner(1), owner(2)) }.unwrap();
@@ -225,15 +226,57 @@ fn ring_batches_across_blocks_and_take_over() {
         });
         let mut rx = ring.claim_consumer(owner(9)).unwrap();
         let mut received = Vec::new();
-        while received.len() < 6 {
-            let mut out = [[0u32; 5]; 2];
+        while received.len() < 7 {
+            let mut out = [[0u32; 5]; 3];
             let count = rx.pop_slice(&mut out);
             received.extend(out[..count].iter().map(|wide| wide[0]));
             if count == 0 {
                 spin_hint();
             }
         }
-        assert_eq!(received, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(received, [1, 2, 3, 4, 5, 6, 7]);
+        producer.join().unwrap();
+        assert!(rx.pop().is_none());
+    });
+}
+
+/// Blocks of two (`[u32; 7]` in a ring of 4). The first block is published in part before the
+/// rest of it, so the consumer's whole-block path must fall back to the published part. The last
+/// batch, offered when the consumer may have emptied the ring, wraps all the way round into the
+/// block it started in: it is stamped in order, so every whole block between must have its values
+/// written before its stamp.
+#[test]
+fn ring_whole_blocks_and_a_batch_round_the_ring() {
+    type Seven = [u32; 7];
+    assert_eq!(Ring::<Seven, 4>::LAYOUT.block_len, 2);
+    model(BOUNDED, || {
+        let ring = Arc::new(Ring::<Seven, 4>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            let data: Vec<Seven> = (1..=7).map(|i| [i; 7]).collect();
+            let mut sent = 0;
+            for goal in [1, 3, 7] {
+                while sent < goal {
+                    let pushed = tx.push_slice(&data[sent..goal]);
+                    sent += pushed;
+                    if pushed == 0 {
+                        spin_hint();
+                    }
+                }
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(9)).unwrap();
+        let mut received = Vec::new();
+        while received.len() < 7 {
+            let mut out = [[0u32; 7]; 4];
+            let count = rx.pop_slice(&mut out);
+            received.extend(out[..count].iter().map(|seven| seven[6]));
+            if count == 0 {
+                spin_hint();
+            }
+        }
+        assert_eq!(received, [1, 2, 3, 4, 5, 6, 7]);
         producer.join().unwrap();
         assert!(rx.pop().is_none());
     });
