@@ -64,6 +64,10 @@ impl<T, const N: usize> Geometry<T, N> {
     /// Bytes from one block's start to the next.
     pub(crate) const SIZE: usize = if Self::DENSE { LINE } else { Self::SLOT_SIZE };
 
+    /// Bytes a block spends on other than its elements (the stamp, alignment, the line's
+    /// unused tail).
+    pub(crate) const GAP: usize = Self::SIZE - Self::LEN * mem::size_of::<T>();
+
     /// Number of blocks.
     pub(crate) const COUNT: usize = N.div_ceil(Self::LEN);
 
@@ -158,7 +162,18 @@ impl<T, const N: usize> Blocks<T, N> {
     #[inline(always)]
     fn value_ptr(&self, index: usize) -> *mut MaybeUninit<T> {
         debug_assert!(index < N);
-        self.value_ptr_at(index / Geometry::<T, N>::LEN, index % Geometry::<T, N>::LEN)
+        // `value_ptr_at(block, index - block * LEN)`, regrouped so the offset in the block is
+        // never computed: each block adds its gap (stamp and padding) to the plain array offset.
+        let block = index / Geometry::<T, N>::LEN;
+        let byte = block * Geometry::<T, N>::GAP
+            + index * mem::size_of::<T>()
+            + Geometry::<T, N>::VALUE_OFFSET;
+        debug_assert_eq!(
+            self.base().wrapping_add(byte).cast(),
+            self.value_ptr_at(block, index - block * Geometry::<T, N>::LEN)
+        );
+        // SAFETY: the same address as `value_ptr_at(block, index % LEN)`, which is in bounds.
+        unsafe { self.base().add(byte).cast() }
     }
 
     /// Calls `f` with a pointer to the value of index `index`, for reading.
