@@ -128,22 +128,49 @@ fn batch_cpu_one<T: Payload, C: Channel<T>>(group: &mut BenchmarkGroup<'_, WallT
     });
 }
 
-fn batch_cpu_size<T: Payload>(c: &mut Criterion) {
+/// The same with single operations: `BATCH` pushes, then `BATCH` pops, on one thread. In the
+/// two-thread streams the slower side's instructions set the rate whenever the queue settles
+/// near-full (the consumer) or near-empty (the producer).
+fn single_cpu_one<T: Payload, C: Channel<T>>(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group.bench_function(C::NAME, |b| {
+        let mut queue = C::create();
+        let (mut tx, mut rx) = queue.split();
+        b.iter(|| {
+            for seq in 0..BATCH as u64 {
+                assert!(
+                    tx.try_push(black_box(T::from_seq(seq))).is_ok(),
+                    "a batch fits an empty ring"
+                );
+            }
+            for seq in 0..BATCH as u64 {
+                let value = rx.try_pop().expect("every pushed value pops");
+                assert_eq!(black_box(value).seq(), seq, "in order");
+            }
+        })
+    });
+}
+
+fn cpu_size<T: Payload>(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("batch_cpu/{}", T::LABEL));
     group.throughput(Throughput::Elements(BATCH as u64));
     batch_cpu_one::<T, Ours<T>>(&mut group);
     batch_cpu_one::<T, Rtrb<T>>(&mut group);
     group.finish();
+    let mut group = c.benchmark_group(format!("single_cpu/{}", T::LABEL));
+    group.throughput(Throughput::Elements(BATCH as u64));
+    single_cpu_one::<T, Ours<T>>(&mut group);
+    single_cpu_one::<T, Rtrb<T>>(&mut group);
+    group.finish();
 }
 
-fn bench_batch_cpu(c: &mut Criterion) {
-    batch_cpu_size::<u64>(c);
-    batch_cpu_size::<[u8; 64]>(c);
+fn bench_cpu(c: &mut Criterion) {
+    cpu_size::<u64>(c);
+    cpu_size::<[u8; 64]>(c);
 }
 
 criterion_group! {
     name = benches;
     config = configure();
-    targets = bench_ping_pong, bench_stream, bench_message_stream, bench_batch_cpu
+    targets = bench_ping_pong, bench_stream, bench_message_stream, bench_cpu
 }
 criterion_main!(benches);

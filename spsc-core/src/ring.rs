@@ -673,19 +673,21 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
     /// read, and one Release store of the consumer's own index.
     #[inline]
     pub fn pop(&mut self) -> Option<T> {
-        if !self.ring.is_published_at(self.head) {
+        // Locals, as in `pop_slice`: fields would be re-read after the Acquire load, and the
+        // element's address computed twice.
+        let (ring, head) = (self.ring, self.head);
+        if !ring.is_published_at(head) {
             return None;
         }
         // SAFETY: the stamp says the producer published this position (Acquire makes its write
         // visible) and it stays ours until `head` moves past it below; the value is read once.
-        let value = self
-            .ring
+        let value = ring
             .blocks
-            .with_value(Ring::<T, N>::index(self.head), |cell| unsafe {
+            .with_value(Ring::<T, N>::index(head), |cell| unsafe {
                 (*cell).assume_init_read()
             });
-        self.head = self.head.wrapping_add(1);
-        self.ring.head.store(self.head, Ordering::Release);
+        self.head = head.wrapping_add(1);
+        ring.head.store(self.head, Ordering::Release);
         Some(value)
     }
 
