@@ -11,8 +11,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use common::{
-    ping_pong, ping_pong_floor, ping_pong_message, stream, stream_message, Channel, Heapless,
-    NoTimer, Ours, Payload, Rtrb, Rx, Tx, BATCH, WARMUP_ROUND_TRIPS,
+    fill_payload, ping_pong, ping_pong_floor, ping_pong_message, read_payload, stream,
+    stream_message, Channel, Heapless, MsgRing, NoTimer, Ours, Payload, Rtrb, Rx, Tx, BATCH,
+    WARMUP_ROUND_TRIPS,
 };
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
@@ -150,6 +151,28 @@ fn single_cpu_one<T: Payload, C: Channel<T>>(group: &mut BenchmarkGroup<'_, Wall
     });
 }
 
+/// The message ring's send and receive of `BATCH` messages of `len` bytes on one thread (alloc,
+/// fill, push; then front, read every word, pop), beside the element rings of the same size.
+fn message_cpu(group: &mut BenchmarkGroup<'_, WallTime>, len: u32) {
+    use spsc_core::{MessageReceiver, MessageRing, MessageSender, SendSlot};
+    group.bench_function("spsc_core::MessageRing", |b| {
+        let mut ring: Box<MsgRing> = Box::new(MessageRing::new());
+        let (mut tx, mut rx) = ring.split();
+        b.iter(|| {
+            for seq in 0..BATCH as u64 {
+                let mut slot = tx.alloc(len, 1).expect("a batch fits an empty ring");
+                fill_payload(slot.payload_mut(), black_box(seq));
+                slot.push();
+            }
+            for seq in 0..BATCH as u64 {
+                let message = rx.front().expect("every sent message is received");
+                assert_eq!(read_payload(message.payload()), seq, "in order");
+                rx.pop().expect("front was there");
+            }
+        })
+    });
+}
+
 fn cpu_size<T: Payload>(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("batch_cpu/{}", T::LABEL));
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -160,6 +183,9 @@ fn cpu_size<T: Payload>(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     single_cpu_one::<T, Ours<T>>(&mut group);
     single_cpu_one::<T, Rtrb<T>>(&mut group);
+    if let Ok(len) = u32::try_from(core::mem::size_of::<T>()) {
+        message_cpu(&mut group, len);
+    }
     group.finish();
 }
 

@@ -529,7 +529,7 @@ pub fn ping_pong_floor<M: RoundTripTimer>(warmup: u64, n: u64, timer: M) -> (Dur
 /// Fills a message payload with `seq` in every 8-byte word (the whole payload is written, as an
 /// element ring's value is).
 #[inline(always)]
-fn fill_payload(payload: &mut [u8], seq: u64) {
+pub fn fill_payload(payload: &mut [u8], seq: u64) {
     for word in payload.chunks_exact_mut(8) {
         word.copy_from_slice(&seq.to_le_bytes());
     }
@@ -538,7 +538,7 @@ fn fill_payload(payload: &mut [u8], seq: u64) {
 /// Reads every word of a received payload (as popping an element copies all of it) and returns
 /// the sequence number in the first word.
 #[inline(always)]
-fn read_payload(payload: &[u8]) -> u64 {
+pub fn read_payload(payload: &[u8]) -> u64 {
     let mut fold = 0u64;
     for word in payload.chunks_exact(8) {
         let mut bytes = [0u8; 8];
