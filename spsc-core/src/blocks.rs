@@ -66,6 +66,7 @@ impl<T, const N: usize> Geometry<T, N> {
 
     /// Bytes a block spends on other than its elements (the stamp, alignment, the line's
     /// unused tail).
+    #[cfg_attr(loom, allow(dead_code))] // loom's blocks address values by index
     pub(crate) const GAP: usize = Self::SIZE - Self::LEN * mem::size_of::<T>();
 
     /// Number of blocks.

@@ -106,6 +106,37 @@ fn pop_spin<T, const N: usize>(rx: &mut Consumer<'_, T, N>) -> T {
     }
 }
 
+/// Pushes all of `items` with `push_slice`, spinning while the ring is full.
+fn push_slice_spin<T: Copy, const N: usize>(tx: &mut Producer<'_, T, N>, items: &[T]) {
+    let mut sent = 0;
+    while sent < items.len() {
+        let pushed = tx.push_slice(&items[sent..]);
+        sent += pushed;
+        if pushed == 0 {
+            spin_hint();
+        }
+    }
+}
+
+/// Pops `count` elements with `pop_slice` in batches of up to `OUT`, spinning while the ring is
+/// empty, and returns `first(element)` of each.
+fn pop_slice_spin<T: Copy + Default, const N: usize, const OUT: usize>(
+    rx: &mut Consumer<'_, T, N>,
+    count: usize,
+    first: impl Fn(&T) -> u32,
+) -> Vec<u32> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        let mut out = [T::default(); OUT];
+        let popped = rx.pop_slice(&mut out);
+        received.extend(out[..popped].iter().map(&first));
+        if popped == 0 {
+            spin_hint();
+        }
+    }
+    received
+}
+
 /// An element that counts its drops in a per-test table (loom runs every thread of a model on
 /// one OS thread, so std atomics are plain counters here; each model resets its table).
 struct Counted {
@@ -208,32 +239,14 @@ fn ring_batches_across_blocks_and_take_over() {
             let ring = &*producer_ring;
             let data: Vec<Wide> = (1..=7).map(|i| [i; 5]).collect();
             let mut tx = ring.claim_producer(owner(1)).unwrap();
-            let mut sent = 0;
-            for goal in [3, 7] {
-                if goal == 7 {
-                    core::mem::forget(tx);
-                    // SAFETY: the handle of owner 1 was forgotten above and is never used again.
-                    tx = unsafe { ring.take_over_producer(owner(1), owner(2)) }.unwrap();
-                }
-                while sent < goal {
-                    let pushed = tx.push_slice(&data[sent..goal]);
-                    sent += pushed;
-                    if pushed == 0 {
-                        spin_hint();
-                    }
-                }
-            }
+            push_slice_spin(&mut tx, &data[..3]);
+            core::mem::forget(tx);
+            // SAFETY: the handle of owner 1 was forgotten above and is never used again.
+            let mut tx = unsafe { ring.take_over_producer(owner(1), owner(2)) }.unwrap();
+            push_slice_spin(&mut tx, &data[3..]);
         });
         let mut rx = ring.claim_consumer(owner(9)).unwrap();
-        let mut received = Vec::new();
-        while received.len() < 7 {
-            let mut out = [[0u32; 5]; 3];
-            let count = rx.pop_slice(&mut out);
-            received.extend(out[..count].iter().map(|wide| wide[0]));
-            if count == 0 {
-                spin_hint();
-            }
-        }
+        let received = pop_slice_spin::<Wide, 4, 3>(&mut rx, 7, |wide| wide[0]);
         assert_eq!(received, [1, 2, 3, 4, 5, 6, 7]);
         producer.join().unwrap();
         assert!(rx.pop().is_none());
@@ -255,27 +268,12 @@ fn ring_whole_blocks_and_a_batch_round_the_ring() {
         let producer = thread::spawn(move || {
             let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
             let data: Vec<Seven> = (1..=7).map(|i| [i; 7]).collect();
-            let mut sent = 0;
-            for goal in [1, 3, 7] {
-                while sent < goal {
-                    let pushed = tx.push_slice(&data[sent..goal]);
-                    sent += pushed;
-                    if pushed == 0 {
-                        spin_hint();
-                    }
-                }
+            for batch in [&data[..1], &data[1..3], &data[3..]] {
+                push_slice_spin(&mut tx, batch);
             }
         });
         let mut rx = ring.claim_consumer(owner(9)).unwrap();
-        let mut received = Vec::new();
-        while received.len() < 7 {
-            let mut out = [[0u32; 7]; 4];
-            let count = rx.pop_slice(&mut out);
-            received.extend(out[..count].iter().map(|seven| seven[6]));
-            if count == 0 {
-                spin_hint();
-            }
-        }
+        let received = pop_slice_spin::<Seven, 4, 4>(&mut rx, 7, |seven| seven[6]);
         assert_eq!(received, [1, 2, 3, 4, 5, 6, 7]);
         producer.join().unwrap();
         assert!(rx.pop().is_none());
