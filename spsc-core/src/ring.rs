@@ -301,10 +301,18 @@ impl<T, const N: usize> Ring<T, N> {
         }
     }
 
+    /// How many whole blocks, from `block` on, a run of `len` elements starting at `block`'s
+    /// first element covers before the ring's last block (which may be short, so the batch loops
+    /// leave it to their general step).
+    #[inline(always)]
+    fn whole_blocks(block: usize, len: usize) -> usize {
+        (len / Self::BLOCK_LEN).min(Geometry::<T, N>::COUNT - 1 - block)
+    }
+
     /// The stamp of the block holding position `position`.
     #[inline(always)]
     fn stamp_of(&self, position: u32) -> &AtomicU32 {
-        self.blocks.stamp(Self::index(position) / Self::BLOCK_LEN)
+        self.blocks.stamp(Self::block_and_offset(position).0)
     }
 
     /// How far `stamp` is ahead of `position`: positive exactly when the stamp says `position`
@@ -563,9 +571,7 @@ impl<'a, T, const N: usize> Producer<'a, T, N> {
             block = Ring::<T, N>::next_block(block);
             // Whole blocks before the ring's last one: a constant-length copy and a stamp each,
             // with no per-block length arithmetic (this loop is most of a long batch's cost).
-            let whole =
-                ((count - done) / Ring::<T, N>::BLOCK_LEN).min(Geometry::<T, N>::COUNT - 1 - block);
-            for _ in 0..whole {
+            for _ in 0..Ring::<T, N>::whole_blocks(block, count - done) {
                 let end = done + Ring::<T, N>::BLOCK_LEN;
                 // SAFETY: as for the first block; a whole block, inside the ring (`block` is
                 // below the last block) and inside the batch (`end <= count`).
@@ -756,8 +762,7 @@ impl<'a, T, const N: usize> Consumer<'a, T, N> {
                 // Whole blocks before the ring's last one, while fully published: one stamp
                 // check and a constant-length copy each, with no per-block length arithmetic.
                 // A block found partly published is left to the general step below.
-                let whole = ((max - count) / Ring::<T, N>::BLOCK_LEN)
-                    .min(Geometry::<T, N>::COUNT - 1 - block);
+                let whole = Ring::<T, N>::whole_blocks(block, max - count);
                 let mut taken = 0;
                 while taken < whole {
                     let position = head.wrapping_add(count as u32);
