@@ -70,6 +70,51 @@ fn calibrate(span: Duration) -> f64 {
     elapsed.as_nanos() as f64 / (t1 - t0) as f64
 }
 
+/// The clock's step in nanoseconds, as seen per recorded round trip: the greatest common divisor
+/// of many differences between consecutive reads, divided by the timer group. Some TSCs (this
+/// project's AMD EPYC VMs) advance in steps of 20 ticks, 10 ns, so every round trip is known
+/// only to that step.
+fn clock_step_ns(ns_per_tick: f64) -> f64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let mut step = 0;
+    let mut last = ticks();
+    for _ in 0..20_000 {
+        let now = ticks();
+        step = gcd(step, now.wrapping_sub(last));
+        last = now;
+    }
+    step.max(1) as f64 * ns_per_tick / TIMER_GROUP as f64
+}
+
+/// The p50 of round trips timed with a clock of step `step_ns`, interpolated within the step.
+///
+/// A round trip is recorded as a whole number of clock steps, so a plain p50 can only move in
+/// whole steps (4% of a 250 ns round trip here). Reading the recorded values as spread evenly
+/// over the step around them, as a grouped-data median does, gives the p50 to a fraction of a
+/// step. With a clock finer than 2 ns this is the histogram's own p50.
+fn p50_within_step(hist: &Histogram<u64>, step_ns: f64) -> f64 {
+    if step_ns < 2.0 || hist.is_empty() {
+        return hist.value_at_quantile(0.5) as f64;
+    }
+    let half = hist.len() as f64 / 2.0;
+    let mut below = 0u64;
+    for bucket in hist.iter_recorded() {
+        let count = bucket.count_at_value();
+        if (below + count) as f64 >= half {
+            let lower_edge = bucket.value_iterated_to() as f64 - step_ns / 2.0;
+            return lower_edge + (half - below as f64) / count as f64 * step_ns;
+        }
+        below += count;
+    }
+    hist.max() as f64
+}
+
 /// Records every round trip (or group mean) in nanoseconds.
 struct HistTimer {
     ns_per_tick: f64,
@@ -403,7 +448,7 @@ struct Summary {
     best_ref: HashMap<&'static str, (String, f64)>,
 }
 
-fn print_ping(scenario: &Scenario, summary: &mut Summary) {
+fn print_ping(scenario: &Scenario, step_ns: f64, summary: &mut Summary) {
     println!("### {}\n", scenario.title);
     println!(
         "| contender | p50 ns | p99 ns | p99.9 ns | mean ns | per-trial p50 min–max ns | p50 ÷ paired floor: median (min–max) |"
@@ -418,9 +463,9 @@ fn print_ping(scenario: &Scenario, summary: &mut Summary) {
             ratio_cell(&c.ratios)
         };
         println!(
-            "| {} | {} | {} | {} | {:.0} | {lo:.0}–{hi:.0} | {ratio} |",
+            "| {} | {:.0} | {} | {} | {:.0} | {lo:.0}–{hi:.0} | {ratio} |",
             c.name,
-            h.value_at_quantile(0.5),
+            p50_within_step(h, step_ns),
             h.value_at_quantile(0.99),
             h.value_at_quantile(0.999),
             h.mean(),
@@ -550,12 +595,12 @@ fn print_targets(summary: &Summary) {
 // Main
 // ---------------------------------------------------------------------------------------------
 
-/// Adds a latency outcome to a contender; returns its p50.
-fn add_latency(c: &mut Contender, outcome: Outcome) -> f64 {
+/// Adds a latency outcome to a contender; returns its p50 (interpolated within the clock step).
+fn add_latency(c: &mut Contender, outcome: Outcome, step_ns: f64) -> f64 {
     let Outcome::Latency(h) = outcome else {
         unreachable!("ping-pong trials give latencies")
     };
-    let p50 = h.value_at_quantile(0.5) as f64;
+    let p50 = p50_within_step(&h, step_ns);
     c.per_round.push(p50);
     match &mut c.hist {
         Some(all) => all.add(&h).expect("auto-resizing histograms add"),
@@ -565,7 +610,7 @@ fn add_latency(c: &mut Contender, outcome: Outcome) -> f64 {
 }
 
 /// One round of one scenario: every contender once, starting at a rotating position.
-fn run_round(scenario: &mut Scenario, round: usize, ns_per_tick: f64) {
+fn run_round(scenario: &mut Scenario, round: usize, ns_per_tick: f64, step_ns: f64) {
     let n = scenario.n;
     let len = scenario.contenders.len();
     match scenario.kind {
@@ -581,10 +626,11 @@ fn run_round(scenario: &mut Scenario, round: usize, ns_per_tick: f64) {
                     continue;
                 }
                 let floor_outcome = (scenario.contenders[floor].trial)(n, ns_per_tick);
-                let floor_p50 = add_latency(&mut scenario.contenders[floor], floor_outcome);
+                let floor_p50 =
+                    add_latency(&mut scenario.contenders[floor], floor_outcome, step_ns);
                 let c = &mut scenario.contenders[i];
                 let outcome = (c.trial)(n, ns_per_tick);
-                let p50 = add_latency(c, outcome);
+                let p50 = add_latency(c, outcome, step_ns);
                 c.ratios.push(p50 / floor_p50);
             }
         }
@@ -631,6 +677,7 @@ fn main() {
 
     let pair = cpu_pair();
     let ns_per_tick = calibrate(Duration::from_millis(if quick { 50 } else { 200 }));
+    let step_ns = clock_step_ns(ns_per_tick);
     let mut scenarios = scenarios(scale);
     if let Ok(only) = std::env::var("SPSC_BENCH_ONLY") {
         let keys: Vec<&str> = only.split(',').map(str::trim).collect();
@@ -647,7 +694,10 @@ fn main() {
         Some((a, b)) => println!("- two threads pinned to CPUs {} and {}", a.id, b.id),
         None => println!("- NOTE: fewer than two CPUs: threads not pinned, numbers meaningless"),
     }
-    println!("- timing: {TIMER_METHOD}; {:.4} ns per tick", ns_per_tick);
+    println!(
+        "- timing: {TIMER_METHOD}; {ns_per_tick:.4} ns per tick; the clock advances in steps of \
+         {step_ns:.1} ns, and p50s are interpolated within that step (see BENCHMARKS.md)"
+    );
     println!(
         "- streaming trials stop early after {} ms (the producer checks every 4096 items)\n\
          - element rings hold {CAP} elements (heapless {}), message rings {} KiB; ping-pong: \
@@ -662,7 +712,7 @@ fn main() {
     let started = Instant::now();
     for round in 0..rounds {
         for scenario in &mut scenarios {
-            run_round(scenario, round, ns_per_tick);
+            run_round(scenario, round, ns_per_tick, step_ns);
         }
         eprintln!(
             "round {}/{rounds} done ({:.1} s)",
@@ -674,7 +724,7 @@ fn main() {
     let mut summary = Summary::default();
     for scenario in &scenarios {
         match scenario.kind {
-            Kind::PingPong => print_ping(scenario, &mut summary),
+            Kind::PingPong => print_ping(scenario, step_ns, &mut summary),
             Kind::Stream { bytes, baseline } => {
                 print_stream(scenario, bytes, baseline, &mut summary)
             }
