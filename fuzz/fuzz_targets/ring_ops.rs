@@ -185,18 +185,15 @@ fn ring_at<T>(start: u32) -> *mut Ring<T, N> {
     let layout = Ring::<T, N>::LAYOUT;
     let base = ring.cast::<u8>();
     // SAFETY: no reference to the ring exists yet; the offsets come from the ring's own recorded
-    // layout (head at 128, blocks of `block_len` elements `block_size` bytes apart from
-    // `data_offset`, stamp first) and are in bounds of the allocation; all written words are
-    // atomics' u32 representation.
+    // layout (head at 128, each block's stamp at `block_offset`) and are in bounds of the
+    // allocation; all written words are atomics' u32 representation.
     unsafe {
         base.add(128).cast::<u32>().write(start);
         // Oldest first, so each block keeps the stamp of its latest position.
         for back in (1..=N as u32).rev() {
             let position = start.wrapping_sub(back);
             let block = (position as usize % N) / layout.block_len as usize;
-            let stamp = base
-                .add(layout.data_offset as usize + block * layout.block_size as usize)
-                .cast::<u32>();
+            let stamp = base.add(layout.block_offset(block as u32)).cast::<u32>();
             stamp.write(position.wrapping_add(1));
         }
     }

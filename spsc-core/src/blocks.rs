@@ -11,6 +11,18 @@
 //! dense layout `K · size_of::<SlotShape<T>>() >= 64` is required, so `⌈N/K⌉` lines take at
 //! most `N` slot shapes plus one line (checked at compile time by [`Geometry::FITS`]).
 //!
+//! Blocks of one element are *spread*: in a ring of more than [`MAX_SPREAD`] of them, block `b`
+//! sits in region `b % 16` of 16 equal regions, at place `b / 16` in it, so two consecutive
+//! positions never share a cache line (a 68-byte block shares one with each neighbour in
+//! memory, which now holds the position 16 earlier or later). A hand-off then moves lines that
+//! neither side has touched for 16 messages, and on this project's machines that takes a
+//! `[u8; 64]` round trip from 1.22-1.27× the two-line floor to 0.98-1.01× (0.86-0.89× in the
+//! machine's slow placement, where consecutive placement measured 1.20×). Spreading by 8 gave
+//! 1.07-1.13×. The price is in batches: a batch of 64 consecutive positions is 16 runs of 4
+//! blocks instead of one run, so its copies touch more line boundaries (streaming 64-byte
+//! batches measured about 0.9× of the consecutive layout's rate). Dense blocks are not spread:
+//! their elements share lines by design, and their round trip is already within 1.1× the floor.
+//!
 //! Normal builds address the blocks by byte offsets in one arena, because that is the layout
 //! two processes share. Loom builds keep the same geometry but store stamps and values in two
 //! arrays of loom's model types (loom's cells are not the size of what they hold); the protocol
@@ -23,6 +35,9 @@ use crate::sync::AtomicU32;
 
 /// The cache-line size the dense layout packs for.
 pub(crate) const LINE: usize = 64;
+
+/// Regions that consecutive one-element blocks are spread over (module docs).
+pub(crate) const MAX_SPREAD: usize = 16;
 
 /// One element in a block of its own: the stamp, then the value aligned for `T`. Its size is what
 /// a ring reserves per element.
@@ -85,6 +100,26 @@ impl<T, const N: usize> Geometry<T, N> {
         }
     }
 
+    /// Regions the blocks are spread over: [`MAX_SPREAD`] for one-element blocks in a ring of
+    /// more than that many, else 1 (blocks in order). Always divides `COUNT`, both being powers
+    /// of two when it is above 1.
+    pub(crate) const SPREAD: usize = if Self::LEN == 1 && N > MAX_SPREAD {
+        MAX_SPREAD
+    } else {
+        1
+    };
+
+    /// Where block `block` (`< COUNT`) sits in memory, in blocks from the first: a bijection of
+    /// `0..COUNT` that puts consecutive blocks in consecutive regions (module docs).
+    #[inline(always)]
+    pub(crate) const fn place(block: usize) -> usize {
+        if Self::SPREAD == 1 {
+            block
+        } else {
+            (block % Self::SPREAD) * (Self::COUNT / Self::SPREAD) + block / Self::SPREAD
+        }
+    }
+
     /// Whether the blocks fit the arena (`N` slot shapes and a spare line).
     pub(crate) const FITS: bool = Self::COUNT * Self::SIZE <= N * Self::SLOT_SIZE + LINE;
 }
@@ -119,6 +154,7 @@ impl<T, const N: usize> Blocks<T, N> {
     /// access during the call.
     pub(crate) unsafe fn init_at(blocks: *mut Self) {
         let base = blocks.cast::<u8>();
+        // Every place holds one block (`place` is a bijection), so this zeroes every stamp.
         for block in 0..Geometry::<T, N>::COUNT {
             // SAFETY: `Geometry::FITS` (asserted by every ring constructor) keeps each stamp
             // inside the arena; block starts are multiples of the block size from an arena
@@ -140,22 +176,27 @@ impl<T, const N: usize> Blocks<T, N> {
     #[inline(always)]
     pub(crate) fn stamp(&self, block: usize) -> &AtomicU32 {
         debug_assert!(block < Geometry::<T, N>::COUNT);
-        // SAFETY: in bounds (`block < COUNT` and `Geometry::FITS`), 4-aligned (see `init_at`),
-        // inside the `UnsafeCell`, and only ever accessed atomically: values never overlap a
-        // stamp, because each block's values start at `VALUE_OFFSET >= 4`. Any bit pattern is a
-        // valid `AtomicU32`.
-        unsafe { &*self.base().add(block * Geometry::<T, N>::SIZE).cast() }
+        // SAFETY: in bounds (`block < COUNT`, so `place(block) < COUNT`, and `Geometry::FITS`),
+        // 4-aligned (see `init_at`), inside the `UnsafeCell`, and only ever accessed atomically:
+        // values never overlap a stamp, because each block's values start at
+        // `VALUE_OFFSET >= 4`. Any bit pattern is a valid `AtomicU32`.
+        unsafe {
+            &*self
+                .base()
+                .add(Geometry::<T, N>::place(block) * Geometry::<T, N>::SIZE)
+                .cast()
+        }
     }
 
     /// Where the element at `offset` in block `block` lives.
     #[inline(always)]
     fn value_ptr_at(&self, block: usize, offset: usize) -> *mut MaybeUninit<T> {
         debug_assert!(block < Geometry::<T, N>::COUNT && offset < Geometry::<T, N>::len_of(block));
-        let byte = block * Geometry::<T, N>::SIZE
+        let byte = Geometry::<T, N>::place(block) * Geometry::<T, N>::SIZE
             + Geometry::<T, N>::VALUE_OFFSET
             + offset * mem::size_of::<T>();
-        // SAFETY: an offset below the block's length puts the value inside its block, inside
-        // the arena (`FITS`).
+        // SAFETY: `place(block) < COUNT` like `block`, and an offset below the block's length
+        // puts the value inside its block, inside the arena (`FITS`).
         unsafe { self.base().add(byte).cast() }
     }
 
@@ -163,6 +204,10 @@ impl<T, const N: usize> Blocks<T, N> {
     #[inline(always)]
     fn value_ptr(&self, index: usize) -> *mut MaybeUninit<T> {
         debug_assert!(index < N);
+        if Geometry::<T, N>::LEN == 1 {
+            // One element per block: the block is the index, and may be spread.
+            return self.value_ptr_at(index, 0);
+        }
         // `value_ptr_at(block, index - block * LEN)`, regrouped so the offset in the block is
         // never computed: each block adds its gap (stamp and padding) to the plain array offset.
         let block = index / Geometry::<T, N>::LEN;

@@ -11,7 +11,7 @@ pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"SPSC");
 
 /// Version of the in-memory format of both rings. Bumped on any change a peer built from older
 /// sources would misread; attaching across versions is refused.
-pub const RING_FORMAT_VERSION: u32 = 2;
+pub const RING_FORMAT_VERSION: u32 = 3;
 
 /// Which ring family a region holds.
 #[repr(u32)]
@@ -48,6 +48,11 @@ pub struct RingLayout {
     /// cache line, else the stamp and one element), or the message alignment unit
     /// (`MessageRing`).
     pub block_size: u32,
+    /// Regions the blocks are spread over (`Ring`), or 1. With `s` regions of `c / s` blocks
+    /// each (`c` blocks in all), block `b` sits at place `(b % s) · (c / s) + b / s`, so
+    /// consecutive blocks are never neighbours in memory; 1 means blocks in order. See
+    /// [`block_offset`](Self::block_offset).
+    pub block_spread: u32,
     /// Offset of the first block or buffer byte from the start of the ring.
     pub data_offset: u32,
     /// Total size of the ring in bytes, header included.
@@ -66,6 +71,7 @@ impl RingLayout {
             self.elem_align,
             self.block_len,
             self.block_size,
+            self.block_spread,
             self.data_offset,
             self.total_size,
         ];
@@ -82,6 +88,31 @@ impl RingLayout {
             i += 1;
         }
         hash
+    }
+
+    /// Byte offset from the ring's start of block `block` of a `Ring` (its stamp; the elements
+    /// follow, aligned for their type): what a tool reading a ring's memory from outside needs.
+    /// Meaningless for a `MessageRing`. Cost: a few integer operations.
+    ///
+    /// ```
+    /// let layout = spsc_core::Ring::<[u8; 64], 1024>::LAYOUT;
+    /// assert_eq!(layout.block_spread, 16);
+    /// // Block 1 sits in the second of 16 regions of 64 blocks, not next to block 0.
+    /// assert_eq!(layout.block_offset(1), layout.data_offset as usize + 64 * 68);
+    /// ```
+    pub const fn block_offset(&self, block: u32) -> usize {
+        let blocks = self.capacity.div_ceil(if self.block_len == 0 {
+            1
+        } else {
+            self.block_len
+        });
+        let spread = if self.block_spread == 0 {
+            1
+        } else {
+            self.block_spread
+        };
+        let place = (block % spread) * (blocks / spread) + block / spread;
+        self.data_offset as usize + place as usize * self.block_size as usize
     }
 }
 

@@ -135,6 +135,7 @@ impl<const C: usize> MessageRing<C> {
         elem_align: HEADER,
         block_len: 1,
         block_size: HEADER,
+        block_spread: 1,
         data_offset: mem::offset_of!(Self, buf) as u32,
         total_size: mem::size_of::<Self>() as u32,
     };

@@ -108,6 +108,7 @@ impl<T, const N: usize> Ring<T, N> {
         elem_align: mem::align_of::<T>() as u32,
         block_len: Geometry::<T, N>::LEN as u32,
         block_size: Geometry::<T, N>::SIZE as u32,
+        block_spread: Geometry::<T, N>::SPREAD as u32,
         data_offset: mem::offset_of!(Self, blocks) as u32,
         total_size: mem::size_of::<Self>() as u32,
     };

@@ -13,8 +13,8 @@ mod locked {
     use crate::layout::{RingControl, RingLayout};
     use crate::{MessageRing, Ring};
 
-    const_assert_eq!(size_of::<RingLayout>(), 36);
-    const_assert_eq!(size_of::<RingControl>(), 48);
+    const_assert_eq!(size_of::<RingLayout>(), 40);
+    const_assert_eq!(size_of::<RingControl>(), 52);
     const_assert!(size_of::<RingControl>() <= 128);
 
     // The fixed ring: header line, consumer index line, then the blocks: `N` slot shapes (stamp
@@ -33,6 +33,11 @@ mod locked {
     const_assert_eq!(Ring::<[u8; 64], 8>::LAYOUT.block_len, 1);
     const_assert_eq!(Ring::<[u8; 64], 8>::LAYOUT.block_size, 68);
     const_assert_eq!(Ring::<[u8; 16], 8>::LAYOUT.block_len, 1);
+    // One-element blocks are spread over 16 regions in rings of more than 16; dense ones never.
+    const_assert_eq!(Ring::<[u8; 64], 1024>::LAYOUT.block_spread, 16);
+    const_assert_eq!(Ring::<[u8; 64], 16>::LAYOUT.block_spread, 1);
+    const_assert_eq!(Ring::<u64, 1024>::LAYOUT.block_spread, 1);
+    const_assert_eq!(MessageRing::<4096>::LAYOUT.block_spread, 1);
 
     // The message ring: header line, consumer index line, then the byte buffer.
     const_assert_eq!(align_of::<MessageRing<64>>(), 128);

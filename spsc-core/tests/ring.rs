@@ -85,13 +85,13 @@ impl Region {
 const HEAD_OFFSET: usize = 128;
 
 /// Byte offsets in a `Ring<T, N>` of the stamp of `position`'s block and of `position`'s value,
-/// from the layout the ring records: blocks of `block_len` elements `block_size` bytes apart from
-/// `data_offset`, each a `u32` stamp and then the elements, aligned for `T`.
+/// from the layout the ring records: blocks of `block_len` elements at `block_offset`, each a
+/// `u32` stamp and then the elements, aligned for `T`.
 fn offsets<T, const N: usize>(position: u32) -> (usize, usize) {
     let layout = Ring::<T, N>::LAYOUT;
     let index = position as usize & (N - 1);
-    let (block_len, block_size) = (layout.block_len as usize, layout.block_size as usize);
-    let block = layout.data_offset as usize + index / block_len * block_size;
+    let block_len = layout.block_len as usize;
+    let block = layout.block_offset((index / block_len) as u32);
     let value = block + mem::align_of::<T>().max(4) + index % block_len * mem::size_of::<T>();
     (block, value)
 }
@@ -680,6 +680,60 @@ fn forge_published<T: Copy, const N: usize>(region: &mut Region, position: u32, 
             .cast::<u32>()
             .write(position.wrapping_add(1));
     }
+}
+
+/// One-element blocks of a ring of more than 16 are spread over 16 regions: consecutive
+/// positions never share a cache line, every position has a block of its own, and the recorded
+/// layout (`block_offset`) says where the ring really puts them.
+#[test]
+fn spread_blocks_keep_consecutive_positions_on_separate_lines() {
+    type Wide = [u8; 64];
+    const N: usize = 64;
+    let layout = Ring::<Wide, N>::LAYOUT;
+    assert_eq!((layout.block_len, layout.block_spread), (1, 16));
+    let lines = |block: usize| {
+        let start = layout.block_offset(block as u32);
+        (start / 64, (start + layout.block_size as usize - 1) / 64)
+    };
+    for block in 0..N {
+        let (first, last) = lines(block);
+        let (next_first, next_last) = lines((block + 1) % N);
+        assert!(
+            last < next_first || next_last < first,
+            "blocks {block} and {} share a line",
+            (block + 1) % N
+        );
+    }
+    let mut starts: Vec<usize> = (0..N).map(|b| layout.block_offset(b as u32)).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    assert_eq!(starts.len(), N, "two blocks in one place");
+    let end = layout.data_offset as usize + N * layout.block_size as usize;
+    assert!(starts[0] >= layout.data_offset as usize && starts[N - 1] < end);
+
+    // Pushed values land where the layout says, and values forged there are popped.
+    let mut region = region_for::<Wide, N>();
+    let len = region.len();
+    let base = region.base();
+    {
+        // SAFETY: the region is valid zeroed memory, exclusively ours for this block.
+        let ring = unsafe { Ring::<Wide, N>::init_in_place(base, len) }.unwrap();
+        let mut tx = ring.claim_producer(owner(1)).unwrap();
+        assert_eq!(tx.push_slice(&[[1; 64], [2; 64], [3; 64]]), 3);
+    }
+    for position in 0..3u32 {
+        let (_, value) = offsets::<Wide, N>(position);
+        // SAFETY: inside the ring's blocks, which fit the region; no handle is alive.
+        let found = unsafe { base.as_ptr().add(value).cast::<Wide>().read() };
+        assert_eq!(found, [position as u8 + 1; 64]);
+    }
+    forge_published::<Wide, N>(&mut region, 3, [40; 64]);
+    forge_published::<Wide, N>(&mut region, 4, [50; 64]);
+    // SAFETY: initialised above; only this test's handles use the region from here on.
+    let ring = unsafe { Ring::<Wide, N>::attach(base, len) }.unwrap();
+    let mut rx = ring.claim_consumer(owner(2)).unwrap();
+    let popped: Vec<u8> = core::iter::from_fn(|| rx.pop()).map(|v| v[0]).collect();
+    assert_eq!(popped, [1, 2, 3, 40, 50]);
 }
 
 /// A producer killed inside `push_slice` after stamping the batch's later blocks but before its

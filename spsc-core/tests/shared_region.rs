@@ -334,6 +334,10 @@ fn fingerprints_tell_layouts_apart() {
             ..base
         },
         RingLayout {
+            block_spread: base.block_spread + 1,
+            ..base
+        },
+        RingLayout {
             data_offset: base.data_offset + 1,
             ..base
         },
