@@ -633,6 +633,14 @@ fn run_model<const C: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError
                             slot.push();
                             model.push(tag, bytes);
                             seq += 1;
+                        } else {
+                            // A dropped slot's bytes stay behind: make every word of them look
+                            // like a published empty message, so a successor word the producer
+                            // wrongly takes for zeroed shows up as a phantom message.
+                            let phantom = [(1u32 | 0xBEEF << 16).to_le_bytes(), [0; 4]].concat();
+                            for (byte, &value) in payload.iter_mut().zip(phantom.iter().cycle()) {
+                                *byte = value;
+                            }
                         }
                     }
                     Err(error) => {
