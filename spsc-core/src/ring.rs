@@ -4,9 +4,9 @@
 //!
 //! Positions are `u32` counters that wrap; the element at position `p` lives at index `p % N`.
 //! Consecutive indices are grouped into *blocks* (see `blocks.rs`: 7 `u64`s or 15 `u32`s share
-//! one cache line, a larger element has a block of its own), and every block starts with a
-//! *stamp*: one past the last position the producer published in that block, stored with Release
-//! after the value is written.
+//! one cache line, a larger element has a block of its own, placed apart from the blocks of the
+//! positions next to it), and every block starts with a *stamp*: one past the last position the
+//! producer published in that block, stored with Release after the value is written.
 //!
 //! The consumer, expecting position `p`, loads the stamp of `p`'s block (Acquire): `p` is
 //! published exactly when the stamp is ahead of `p` (as a signed 32-bit difference). A stamp left
