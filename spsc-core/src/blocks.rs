@@ -11,17 +11,21 @@
 //! dense layout `K · size_of::<SlotShape<T>>() >= 64` is required, so `⌈N/K⌉` lines take at
 //! most `N` slot shapes plus one line (checked at compile time by [`Geometry::FITS`]).
 //!
-//! Blocks of one element are *spread*: in a ring of more than [`MAX_SPREAD`] of them, block `b`
-//! sits in region `b % 16` of 16 equal regions, at place `b / 16` in it, so two consecutive
-//! positions never share a cache line (a 68-byte block shares one with each neighbour in
-//! memory, which now holds the position 16 earlier or later). A hand-off then moves lines that
-//! neither side has touched for 16 messages, and on this project's machines that takes a
-//! `[u8; 64]` round trip from 1.22-1.27× the two-line floor to 0.98-1.01× (0.86-0.89× in the
-//! machine's slow placement, where consecutive placement measured 1.20×). Spreading by 8 gave
-//! 1.07-1.13×. The price is in batches: a batch of 64 consecutive positions is 16 runs of 4
-//! blocks instead of one run, so its copies touch more line boundaries (streaming 64-byte
-//! batches measured about 0.9× of the consecutive layout's rate). Dense blocks are not spread:
+//! One-element blocks of a line or more (stamp, padding and element take 64 bytes or more, as
+//! for any element larger than 56 bytes) are *spread*: in a ring of more than [`MAX_SPREAD`] of
+//! them, block `b` sits in region `b % 16` of 16 equal regions, at place `b / 16` in it, so two
+//! consecutive positions never share a cache line (a 68-byte block shares one with each
+//! neighbour in memory, which now holds the position 16 earlier or later). A hand-off then
+//! moves lines that neither side has touched for 16 messages, and on this project's machines
+//! that takes a `[u8; 64]` round trip from 1.22-1.28× the two-line floor to 0.96-1.02× (0.83-0.89×
+//! in the machine's far placement, where blocks in order measured 1.20×). Spreading by 8 gave
+//! 1.07-1.13×. The price is in batches: 64 consecutive positions are 16 runs of 4 blocks instead
+//! of one run, so they share 16 lines with the neighbouring batches instead of one (two-thread
+//! 64-byte batches went from 0.79-0.90× to 0.73-0.76× `rtrb`). Dense blocks are not spread:
 //! their elements share lines by design, and their round trip is already within 1.1× the floor.
+//! Nor are smaller one-element blocks (`[u8; 16]` takes 20 bytes): a batch's runs of 4 of them
+//! would be shorter than two lines, so most lines a batch touches would be shared with the
+//! neighbouring batches, and that trade was not measured.
 //!
 //! Normal builds address the blocks by byte offsets in one arena, because that is the layout
 //! two processes share. Loom builds keep the same geometry but store stamps and values in two
@@ -100,10 +104,10 @@ impl<T, const N: usize> Geometry<T, N> {
         }
     }
 
-    /// Regions the blocks are spread over: [`MAX_SPREAD`] for one-element blocks in a ring of
-    /// more than that many, else 1 (blocks in order). Always divides `COUNT`, both being powers
-    /// of two when it is above 1.
-    pub(crate) const SPREAD: usize = if Self::LEN == 1 && N > MAX_SPREAD {
+    /// Regions the blocks are spread over: [`MAX_SPREAD`] for one-element blocks of a line or
+    /// more in a ring of more than that many, else 1 (blocks in order). Always divides `COUNT`,
+    /// both being powers of two when it is above 1.
+    pub(crate) const SPREAD: usize = if Self::LEN == 1 && Self::SIZE >= LINE && N > MAX_SPREAD {
         MAX_SPREAD
     } else {
         1

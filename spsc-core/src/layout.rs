@@ -48,7 +48,8 @@ pub struct RingLayout {
     /// cache line, else the stamp and one element), or the message alignment unit
     /// (`MessageRing`).
     pub block_size: u32,
-    /// Regions the blocks are spread over (`Ring`), or 1. With `s` regions of `c / s` blocks
+    /// Regions the blocks are spread over (`Ring` with one-element blocks of 64 bytes or more,
+    /// in a ring of more than 16 of them), or 1. With `s` regions of `c / s` blocks
     /// each (`c` blocks in all), block `b` sits at place `(b % s) · (c / s) + b / s`, so
     /// consecutive blocks are never neighbours in memory; 1 means blocks in order. See
     /// [`block_offset`](Self::block_offset).

@@ -33,8 +33,12 @@ mod locked {
     const_assert_eq!(Ring::<[u8; 64], 8>::LAYOUT.block_len, 1);
     const_assert_eq!(Ring::<[u8; 64], 8>::LAYOUT.block_size, 68);
     const_assert_eq!(Ring::<[u8; 16], 8>::LAYOUT.block_len, 1);
-    // One-element blocks are spread over 16 regions in rings of more than 16; dense ones never.
+    // One-element blocks of a line or more are spread over 16 regions in rings of more than 16;
+    // smaller and dense ones never.
     const_assert_eq!(Ring::<[u8; 64], 1024>::LAYOUT.block_spread, 16);
+    const_assert_eq!(Ring::<[u8; 57], 1024>::LAYOUT.block_spread, 16);
+    const_assert_eq!(Ring::<[u8; 56], 1024>::LAYOUT.block_spread, 1);
+    const_assert_eq!(Ring::<[u8; 16], 1024>::LAYOUT.block_spread, 1);
     const_assert_eq!(Ring::<[u8; 64], 16>::LAYOUT.block_spread, 1);
     const_assert_eq!(Ring::<u64, 1024>::LAYOUT.block_spread, 1);
     const_assert_eq!(MessageRing::<4096>::LAYOUT.block_spread, 1);

@@ -1204,6 +1204,16 @@ proptest! {
     ) {
         run_model::<[u32; 16], 8>(start, &ops)?;
     }
+
+    /// 64-byte elements, 64 of them: a block each, spread over 16 regions of 4.
+    #[test]
+    fn matches_a_vecdeque_model_with_spread_blocks(
+        start in start(),
+        ops in prop::collection::vec(op(64), 0..if cfg!(miri) { 40 } else { 200 }),
+    ) {
+        prop_assert_eq!(Ring::<[u32; 16], 64>::LAYOUT.block_spread, 16);
+        run_model::<[u32; 16], 64>(start, &ops)?;
+    }
 }
 
 #[test]
