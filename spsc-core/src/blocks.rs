@@ -23,9 +23,11 @@
 //! of one run, so they share 16 lines with the neighbouring batches instead of one (two-thread
 //! 64-byte batches went from 0.79-0.90× to 0.73-0.76× `rtrb`). Dense blocks are not spread:
 //! their elements share lines by design, and their round trip is already within 1.1× the floor.
-//! Nor are smaller one-element blocks (`[u8; 16]` takes 20 bytes): a batch's runs of 4 of them
-//! would be shorter than two lines, so most lines a batch touches would be shared with the
-//! neighbouring batches, and that trade was not measured.
+//! Nor are smaller one-element blocks (`[u8; 16]` takes 20 bytes): their round trip is already
+//! within 1.15× the floor in order, while a batch's runs of 4 of them would be shorter than two
+//! lines. Measured (far placement, rings of 1024, two threads): spread, `[u8; 16]` went from
+//! 1.04-1.07× to 0.76-0.78× the floor but its batches from 0.79-0.82× to 0.59-0.61× `rtrb`;
+//! `[u8; 32]` from 1.08-1.12× to 0.80-0.82×, batches from 0.79-0.83× to 0.70-0.73×.
 //!
 //! Normal builds address the blocks by byte offsets in one arena, because that is the layout
 //! two processes share. Loom builds keep the same geometry but store stamps and values in two
