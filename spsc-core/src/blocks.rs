@@ -122,7 +122,7 @@ impl<T, const N: usize> Geometry<T, N> {
         if Self::SPREAD == 1 {
             block
         } else {
-            (block % Self::SPREAD) * (Self::COUNT / Self::SPREAD) + block / Self::SPREAD
+            crate::layout::spread_place(block, Self::COUNT, Self::SPREAD)
         }
     }
 

@@ -112,9 +112,17 @@ impl RingLayout {
         } else {
             self.block_spread
         };
-        let place = (block % spread) * (blocks / spread) + block / spread;
-        self.data_offset as usize + place as usize * self.block_size as usize
+        let place = spread_place(block as usize, blocks as usize, spread as usize);
+        self.data_offset as usize + place * self.block_size as usize
     }
+}
+
+/// Where block `block` of `blocks` sits, in blocks from the first, when they are spread over
+/// `spread` regions (which divides `blocks`): region `block % spread`, place `block / spread` in
+/// it. The one formula behind both the ring's own addressing and [`RingLayout::block_offset`].
+#[inline(always)]
+pub(crate) const fn spread_place(block: usize, blocks: usize, spread: usize) -> usize {
+    (block % spread) * (blocks / spread) + block / spread
 }
 
 /// Why a region could not be initialised as, or attached to as, a ring.

@@ -230,26 +230,14 @@ fn ring_push_slice_vs_pop_slice() {
 /// its successor walks the stamps and resets the blocks ahead while the consumer reads.
 #[test]
 fn ring_batches_across_blocks_and_take_over() {
-    type Wide = [u32; 5];
-    assert_eq!(Ring::<Wide, 4>::LAYOUT.block_len, 3);
-    model(BOUNDED, || {
-        let ring = Arc::new(Ring::<Wide, 4>::new());
-        let producer_ring = ring.clone();
-        let producer = thread::spawn(move || {
-            let ring = &*producer_ring;
-            let data: Vec<Wide> = (1..=7).map(|i| [i; 5]).collect();
-            let mut tx = ring.claim_producer(owner(1)).unwrap();
-            push_slice_spin(&mut tx, &data[..3]);
-            core::mem::forget(tx);
-            // SAFETY: the handle of owner 1 was forgotten above and is never used again.
-            let mut tx = unsafe { ring.take_over_producer(owner(1), owner(2)) }.unwrap();
-            push_slice_spin(&mut tx, &data[3..]);
-        });
-        let mut rx = ring.claim_consumer(owner(9)).unwrap();
-        let received = pop_slice_spin::<Wide, 4, 3>(&mut rx, 7, |wide| wide[0]);
-        assert_eq!(received, [1, 2, 3, 4, 5, 6, 7]);
-        producer.join().unwrap();
-        assert!(rx.pop().is_none());
+    assert_eq!(Ring::<[u32; 5], 4>::LAYOUT.block_len, 3);
+    seven_through_batches::<5, 3>(|ring, data| {
+        let mut tx = ring.claim_producer(owner(1)).unwrap();
+        push_slice_spin(&mut tx, &data[..3]);
+        core::mem::forget(tx);
+        // SAFETY: the handle of owner 1 was forgotten above and is never used again.
+        let mut tx = unsafe { ring.take_over_producer(owner(1), owner(2)) }.unwrap();
+        push_slice_spin(&mut tx, &data[3..]);
     });
 }
 
@@ -260,20 +248,32 @@ fn ring_batches_across_blocks_and_take_over() {
 /// written before its stamp.
 #[test]
 fn ring_whole_blocks_and_a_batch_round_the_ring() {
-    type Seven = [u32; 7];
-    assert_eq!(Ring::<Seven, 4>::LAYOUT.block_len, 2);
-    model(BOUNDED, || {
-        let ring = Arc::new(Ring::<Seven, 4>::new());
+    assert_eq!(Ring::<[u32; 7], 4>::LAYOUT.block_len, 2);
+    seven_through_batches::<7, 4>(|ring, data| {
+        let mut tx = ring.claim_producer(owner(1)).unwrap();
+        for batch in [&data[..1], &data[1..3], &data[3..]] {
+            push_slice_spin(&mut tx, batch);
+        }
+    });
+}
+
+/// The two batch models' frame: `produce` pushes the seven elements `[i; W]` (`i` in `1..=7`)
+/// into a fresh `Ring<[u32; W], 4>` on its own thread, while the consumer pops them with
+/// `pop_slice` in batches of up to `OUT`; all seven must arrive in order, and nothing after.
+fn seven_through_batches<const W: usize, const OUT: usize>(
+    produce: fn(&Ring<[u32; W], 4>, &[[u32; W]]),
+) where
+    [u32; W]: Default,
+{
+    model(BOUNDED, move || {
+        let ring = Arc::new(Ring::<[u32; W], 4>::new());
         let producer_ring = ring.clone();
         let producer = thread::spawn(move || {
-            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
-            let data: Vec<Seven> = (1..=7).map(|i| [i; 7]).collect();
-            for batch in [&data[..1], &data[1..3], &data[3..]] {
-                push_slice_spin(&mut tx, batch);
-            }
+            let data: Vec<[u32; W]> = (1..=7).map(|i| [i; W]).collect();
+            produce(&producer_ring, &data);
         });
         let mut rx = ring.claim_consumer(owner(9)).unwrap();
-        let received = pop_slice_spin::<Seven, 4, 4>(&mut rx, 7, |seven| seven[6]);
+        let received = pop_slice_spin::<[u32; W], 4, OUT>(&mut rx, 7, |element| element[0]);
         assert_eq!(received, [1, 2, 3, 4, 5, 6, 7]);
         producer.join().unwrap();
         assert!(rx.pop().is_none());
