@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     cpu_pair, ping_pong, ping_pong_floor, ping_pong_message, stream, stream_message, Channel,
-    Heapless, Ours, Payload, RoundTripTimer, Rtrb, BATCH, CAP, MSG_CAP, WARMUP_ROUND_TRIPS,
+    Heapless, Ours, Payload, RoundTripTimer, Rtrb, BATCH, CAP, LANES, MSG_CAP, WARMUP_ROUND_TRIPS,
 };
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
@@ -264,12 +264,21 @@ fn ping_contender<T: Payload, C: Channel<T>>() -> Contender {
     )
 }
 
-fn message_ping_contender(len: u32) -> Contender {
+/// The contender name of our message ring with `L` lanes and `len`-byte messages.
+fn message_ring_name<const L: usize>(len: u32) -> String {
+    if L == 1 {
+        format!("spsc_core::MessageRing ({len} B)")
+    } else {
+        format!("spsc_core::MessageRing, {L} lanes ({len} B)")
+    }
+}
+
+fn message_ping_contender<const L: usize>(len: u32) -> Contender {
     contender(
-        format!("spsc_core::MessageRing ({len} B)"),
+        message_ring_name::<L>(len),
         Role::Ours,
         Box::new(move |n, ns_per_tick| {
-            latency(ping_pong_message(
+            latency(ping_pong_message::<L, _>(
                 len,
                 WARMUP_ROUND_TRIPS,
                 n,
@@ -305,11 +314,11 @@ fn stream_contender<T: Payload, C: Channel<T>>(batch: bool) -> Contender {
     )
 }
 
-fn message_stream_contender(len: u32) -> Contender {
+fn message_stream_contender<const L: usize>(len: u32) -> Contender {
     contender(
-        format!("spsc_core::MessageRing ({len} B)"),
+        message_ring_name::<L>(len),
         Role::Ours,
-        Box::new(move |n, _| rate(stream_message(len, n, stream_budget()))),
+        Box::new(move |n, _| rate(stream_message::<L>(len, n, stream_budget()))),
     )
 }
 
@@ -325,7 +334,8 @@ fn ping_scenario<T: Payload>(key: &'static str, n: u64, message_len: u32) -> Sce
             ping_contender::<T, Rtrb<T>>(),
             ping_contender::<T, Heapless<T>>(),
             ping_contender::<T, ArrayQueue<T>>(),
-            message_ping_contender(message_len),
+            message_ping_contender::<1>(message_len),
+            message_ping_contender::<LANES>(message_len),
         ],
     }
 }
@@ -371,7 +381,11 @@ fn scenarios(scale: u64) -> Vec<Scenario> {
             title: "Ping-pong round trip, 1 KiB messages (message ring only)".into(),
             kind: Kind::PingPong,
             n: ping_n,
-            contenders: vec![floor_contender(), message_ping_contender(1024)],
+            contenders: vec![
+                floor_contender(),
+                message_ping_contender::<1>(1024),
+                message_ping_contender::<LANES>(1024),
+            ],
         },
         stream_scenario::<u64>("s8", 400_000 * scale, false),
         stream_scenario::<u64>("b8", 400_000 * scale, true),
@@ -387,7 +401,8 @@ fn scenarios(scale: u64) -> Vec<Scenario> {
             },
             n: 200_000 * scale,
             contenders: vec![
-                message_stream_contender(64),
+                message_stream_contender::<1>(64),
+                message_stream_contender::<LANES>(64),
                 stream_contender::<[u8; 64], Ours<[u8; 64]>>(false),
             ],
         },
@@ -399,7 +414,10 @@ fn scenarios(scale: u64) -> Vec<Scenario> {
                 baseline: Baseline::BestReference,
             },
             n: 25_000 * scale,
-            contenders: vec![message_stream_contender(1024)],
+            contenders: vec![
+                message_stream_contender::<1>(1024),
+                message_stream_contender::<LANES>(1024),
+            ],
         },
     ]
 }
@@ -541,11 +559,16 @@ fn print_targets(summary: &Summary) {
             );
         }
     }
-    if let Some(r) = floor_ratio("pp64/spsc_core::MessageRing (64 B)") {
-        println!(
-            "- MessageRing ping-pong 64 B p50 = {r:.2}× floor (target ≤ 1.25×): {}",
-            verdict(r <= 1.25)
-        );
+    for (lanes, name) in [
+        ("one lane", message_ring_name::<1>(64)),
+        ("16 lanes", message_ring_name::<LANES>(64)),
+    ] {
+        if let Some(r) = floor_ratio(&format!("pp64/{name}")) {
+            println!(
+                "- MessageRing ({lanes}) ping-pong 64 B p50 = {r:.2}× floor (target ≤ 1.25×): {}",
+                verdict(r <= 1.25)
+            );
+        }
     }
     for (key, label) in [
         ("s8", "single ops, 8 B"),
@@ -566,14 +589,19 @@ fn print_targets(summary: &Summary) {
             );
         }
     }
-    let msg = "m64/spsc_core::MessageRing (64 B)";
-    if let (Some(r), Some(rate)) = (summary.rate_ratio.get(msg), summary.rate.get(msg)) {
-        println!(
-            "- MessageRing streaming 64 B: {:.1} Mmsg/s = {r:.2}× Ring<[u8; 64]> single ops of \
-             the same rounds (target ≥ 0.50×): {}",
-            rate / 1e6,
-            verdict(*r >= 0.5)
-        );
+    for (lanes, name) in [
+        ("one lane", message_ring_name::<1>(64)),
+        ("16 lanes", message_ring_name::<LANES>(64)),
+    ] {
+        let msg = format!("m64/{name}");
+        if let (Some(r), Some(rate)) = (summary.rate_ratio.get(&msg), summary.rate.get(&msg)) {
+            println!(
+                "- MessageRing ({lanes}) streaming 64 B: {:.1} Mmsg/s = {r:.2}× Ring<[u8; 64]> \
+                 single ops of the same rounds (target ≥ 0.50×): {}",
+                rate / 1e6,
+                verdict(*r >= 0.5)
+            );
+        }
     }
     println!(
         "\nReference crates' p50 ÷ paired floor in this run (the issue quotes, u64: rtrb 1.31×, \

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{
     fill_payload, ping_pong, ping_pong_floor, ping_pong_message, read_payload, stream,
-    stream_message, Channel, Heapless, MsgRing, NoTimer, Ours, Payload, Rtrb, Rx, Tx, BATCH,
+    stream_message, Channel, Heapless, MsgRing, NoTimer, Ours, Payload, Rtrb, Rx, Tx, BATCH, LANES,
     WARMUP_ROUND_TRIPS,
 };
 use criterion::measurement::WallTime;
@@ -45,7 +45,14 @@ fn ping_pong_size<T: Payload>(c: &mut Criterion, message_len: Option<u32>) {
     ping_pong_one::<T, ArrayQueue<T>>(&mut group);
     if let Some(len) = message_len {
         group.bench_function("spsc_core::MessageRing", |b| {
-            b.iter_custom(|iters| ping_pong_message(len, WARMUP_ROUND_TRIPS, iters, NoTimer).0)
+            b.iter_custom(|iters| {
+                ping_pong_message::<1, _>(len, WARMUP_ROUND_TRIPS, iters, NoTimer).0
+            })
+        });
+        group.bench_function("spsc_core::MessageRing, 16 lanes", |b| {
+            b.iter_custom(|iters| {
+                ping_pong_message::<LANES, _>(len, WARMUP_ROUND_TRIPS, iters, NoTimer).0
+            })
         });
     }
     group.finish();
@@ -59,7 +66,12 @@ fn bench_ping_pong(c: &mut Criterion) {
         b.iter_custom(|iters| ping_pong_floor(WARMUP_ROUND_TRIPS, iters, NoTimer).0)
     });
     group.bench_function("spsc_core::MessageRing", |b| {
-        b.iter_custom(|iters| ping_pong_message(1024, WARMUP_ROUND_TRIPS, iters, NoTimer).0)
+        b.iter_custom(|iters| ping_pong_message::<1, _>(1024, WARMUP_ROUND_TRIPS, iters, NoTimer).0)
+    });
+    group.bench_function("spsc_core::MessageRing, 16 lanes", |b| {
+        b.iter_custom(|iters| {
+            ping_pong_message::<LANES, _>(1024, WARMUP_ROUND_TRIPS, iters, NoTimer).0
+        })
     });
     group.finish();
 }
@@ -98,7 +110,10 @@ fn bench_message_stream(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("stream_message/{len} B"));
         group.throughput(Throughput::Bytes(u64::from(len)));
         group.bench_function("spsc_core::MessageRing", |b| {
-            b.iter_custom(|iters| stream_message(len, iters, Duration::MAX).1)
+            b.iter_custom(|iters| stream_message::<1>(len, iters, Duration::MAX).1)
+        });
+        group.bench_function("spsc_core::MessageRing, 16 lanes", |b| {
+            b.iter_custom(|iters| stream_message::<LANES>(len, iters, Duration::MAX).1)
         });
         if len == 64 {
             // The element ring of the same payload, for the "≥ half of Ring<[u8; 64]>" target.

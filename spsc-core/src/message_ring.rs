@@ -1,5 +1,5 @@
 //! [`MessageRing`]: variable-length messages, written and read in place, in a byte buffer of
-//! `C` bytes.
+//! `C` bytes, optionally split into `L` lanes.
 //!
 //! # Record format
 //!
@@ -22,11 +22,28 @@
 //! sees the zero behind it. The consumer publishes its position in `head` (Release) after every
 //! pop; the producer caches it and reloads it only when its cached view says there is no room.
 //!
+//! # Lanes
+//!
+//! With `L > 1` the buffer is `L` lanes of `C / L` bytes, each a byte ring of its own (records,
+//! padding, commit-word invariant, consumer index), and message `k` goes to lane `k % L`. A
+//! message still costs its header plus its payload rounded up to 8, but consecutive messages
+//! never share a cache line: a record's neighbours in memory are the messages `L` before and
+//! after it. That is what a round trip needs: a hand-off is slow when it moves a line the other
+//! side touched one message earlier, which with packed records in one lane is every hand-off
+//! (BENCHMARKS.md has the figures). The price is the largest message, which is set by a lane.
+//!
+//! The consumer publishes one index word per lane, all on one line. Bit 0 of each holds the
+//! parity of the messages popped from that lane (bit 0 of a position is always 0), so a handle
+//! that claims a side later finds where the round stands from the words alone: lanes before the
+//! next one have seen one more message than the lanes from it on, so the parities change at most
+//! once, at the next lane. The producer finds its own next lane the same way, from the parity of
+//! the pops plus the messages still queued in each lane.
+//!
 //! # Largest message
 //!
-//! A record of up to `C / 2` bytes fits in an *empty* ring wherever the positions stand (padding
-//! to the end included), so the largest payload is `C / 2 - 8`. That keeps the two errors
-//! distinct: `TooLarge` means never, and `Full` means the receiver holds unpopped messages.
+//! A record of up to `C / L / 2` bytes fits in an *empty* lane wherever the positions stand
+//! (padding to the end included), so the largest payload is `C / L / 2 - 8`. That keeps the two
+//! errors distinct: `TooLarge` means never, and `Full` means the receiver holds unpopped messages.
 
 use core::fmt;
 use core::marker::PhantomData;
@@ -47,6 +64,8 @@ const PUBLISHED: u32 = 1;
 const PADDING: u32 = 2;
 /// The low half of the commit word holds flags; any other bit set there is corruption.
 const FLAG_BITS: u32 = 0xFFFF;
+/// Most lanes a ring may have: their consumer indices share one 64-byte line.
+const MAX_LANES: usize = 16;
 
 /// Bytes a record with a payload of `len` bytes occupies (`len` must be at most `MAX_PAYLOAD`).
 #[inline(always)]
@@ -78,9 +97,14 @@ enum Record {
 ///
 /// `C` must be a power of two from 64 to 2³¹ (checked at compile time). A message of `len`
 /// bytes costs `8 + len` rounded up to 8 bytes; the largest payload is
-/// [`MAX_PAYLOAD`](Self::MAX_PAYLOAD) `= C / 2 - 8`, which an empty ring always accepts. Messages are contiguous and their payloads
-/// 8-byte aligned. The handles implement the crate's [`MessageSender`] and [`MessageReceiver`]
-/// traits.
+/// [`MAX_PAYLOAD`](Self::MAX_PAYLOAD) `= C / L / 2 - 8`, which an empty ring always accepts.
+/// Messages are contiguous and their payloads 8-byte aligned. The handles implement the crate's
+/// [`MessageSender`] and [`MessageReceiver`] traits.
+///
+/// `L`, the number of lanes (a power of two up to 16, default 1), trades the largest message for
+/// round-trip latency: with `L = 16` consecutive messages never share a cache line, and a 64-byte
+/// ping-pong runs about 10% faster than with one lane (module docs, BENCHMARKS.md). Messages
+/// stay in order whatever `L` is.
 ///
 /// ```
 /// use spsc_core::{MessageReceiver, MessageRing, MessageSender, SendError};
@@ -93,16 +117,40 @@ enum Record {
 /// assert_eq!(text, b"order #1");
 /// ```
 ///
+/// Sixteen lanes for the lowest latency; each lane holds 4 KiB, so the largest payload is 2 KiB:
+///
+/// ```
+/// use spsc_core::{MessageReceiver, MessageRing, MessageSender};
+///
+/// type Ring = MessageRing<{ 1 << 16 }, 16>;
+/// assert_eq!(Ring::MAX_PAYLOAD, 2048 - 8);
+/// let mut ring = Box::new(Ring::new());
+/// let (mut tx, mut rx) = ring.split();
+/// for i in 0..100u8 {
+///     tx.send(7, &[i; 64]).unwrap();
+/// }
+/// for i in 0..100u8 {
+///     assert_eq!(rx.recv_with(|m| m.payload()[0]).unwrap(), i);
+/// }
+/// ```
+///
 /// A capacity below 64 bytes, or not a power of two, does not compile:
 ///
 /// ```compile_fail
 /// let ring = spsc_core::MessageRing::<100>::new();
 /// ```
+///
+/// Nor do lanes of less than 64 bytes, or more than 16 lanes:
+///
+/// ```compile_fail
+/// let ring = spsc_core::MessageRing::<512, 16>::new();
+/// ```
 #[repr(C)]
-pub struct MessageRing<const C: usize> {
+pub struct MessageRing<const C: usize, const L: usize = 1> {
     control: CachePadded<RingControl>,
-    /// Byte position of the next record the consumer reads; written only by the consumer.
-    pub(crate) head: CachePadded<AtomicU32>,
+    /// Per lane: the byte position of the next record the consumer reads, plus (with more than
+    /// one lane) the parity of its pops in bit 0; written only by the consumer.
+    pub(crate) heads: CachePadded<[AtomicU32; L]>,
     pub(crate) buf: Buffer<C>,
     #[cfg(loom)]
     loom: LoomShadow<C>,
@@ -111,20 +159,34 @@ pub struct MessageRing<const C: usize> {
 // SAFETY: the buffer is accessed by the producer only in the region it owns (between its tail and
 // the consumer's head plus C) and by the consumer only in published records, as the protocol in
 // the module docs guarantees; all other shared state is atomic. Payloads are plain bytes.
-unsafe impl<const C: usize> Sync for MessageRing<C> {}
+unsafe impl<const C: usize, const L: usize> Sync for MessageRing<C, L> {}
 
-impl<const C: usize> MessageRing<C> {
-    /// Evaluated by every constructor, so a bad `C` is a compile-time error.
-    const VALID: () = assert!(
-        C.is_power_of_two() && C >= 64 && C <= 1 << 31,
-        "MessageRing capacity C must be a power of two from 64 to 2^31 bytes"
-    );
+impl<const C: usize, const L: usize> MessageRing<C, L> {
+    /// Evaluated by every constructor, so a bad `C` or `L` is a compile-time error.
+    const VALID: () = {
+        assert!(
+            C.is_power_of_two() && C >= 64 && C <= 1 << 31,
+            "MessageRing capacity C must be a power of two from 64 to 2^31 bytes"
+        );
+        assert!(
+            L.is_power_of_two() && L <= MAX_LANES && C / L >= 64,
+            "MessageRing lanes L must be a power of two from 1 to 16, each of at least 64 bytes"
+        );
+    };
 
-    const MASK: u32 = (C as u32).wrapping_sub(1);
+    /// Bytes in one lane.
+    const LANE: u32 = (C / if L == 0 { 1 } else { L }) as u32;
+    const LANE_MASK: u32 = Self::LANE.wrapping_sub(1);
+    /// Bit 0 of a lane's consumer index: the parity of its pops, kept only when there are lanes
+    /// to tell apart (so a one-lane ring's index is its plain position).
+    const POP_PARITY: u32 = if L > 1 { 1 } else { 0 };
 
-    /// The largest payload a message can have: `C / 2 - 8`, the most an empty ring accepts
+    /// The number of lanes, `L`.
+    pub const LANES: usize = L;
+
+    /// The largest payload a message can have: `C / L / 2 - 8`, the most an empty lane accepts
     /// wherever its positions stand (module docs).
-    pub const MAX_PAYLOAD: u32 = (C as u32 / 2).wrapping_sub(HEADER);
+    pub const MAX_PAYLOAD: u32 = (Self::LANE / 2).wrapping_sub(HEADER);
 
     /// The layout this type has in memory, as recorded in its header.
     pub const LAYOUT: RingLayout = RingLayout {
@@ -135,21 +197,21 @@ impl<const C: usize> MessageRing<C> {
         elem_align: HEADER,
         block_len: 1,
         block_size: HEADER,
-        block_spread: 1,
+        block_spread: L as u32,
         data_offset: mem::offset_of!(Self, buf) as u32,
         total_size: mem::size_of::<Self>() as u32,
     };
 
     /// Creates an empty ring. `const`, so a ring can be a `static`.
     ///
-    /// The ring is `C` bytes plus 384 bytes of header inline: box it (or use
+    /// The ring is `C` bytes plus 256 bytes of header inline: box it (or use
     /// [`init_in_place`](Self::init_in_place)) when that is large.
     #[cfg(not(loom))]
     pub const fn new() -> Self {
         let () = Self::VALID;
         Self {
             control: CachePadded(RingControl::new(Self::LAYOUT)),
-            head: CachePadded(AtomicU32::new(0)),
+            heads: CachePadded([const { AtomicU32::new(0) }; L]),
             buf: Buffer(core::cell::UnsafeCell::new([0; C])),
         }
     }
@@ -160,7 +222,7 @@ impl<const C: usize> MessageRing<C> {
         let () = Self::VALID;
         Self {
             control: CachePadded(RingControl::new(Self::LAYOUT)),
-            head: CachePadded(AtomicU32::new(0)),
+            heads: CachePadded(core::array::from_fn(|_| AtomicU32::new(0))),
             buf: Buffer(core::cell::UnsafeCell::new([0; C])),
             loom: LoomShadow {
                 commits: core::array::from_fn(|_| AtomicU32::new(0)),
@@ -192,7 +254,12 @@ impl<const C: usize> MessageRing<C> {
         unsafe {
             core::ptr::addr_of_mut!((*ring).control)
                 .write(CachePadded(RingControl::new(Self::LAYOUT)));
-            core::ptr::addr_of_mut!((*ring).head).write(CachePadded(AtomicU32::new(0)));
+            #[cfg(not(loom))]
+            core::ptr::addr_of_mut!((*ring).heads)
+                .write(CachePadded([const { AtomicU32::new(0) }; L]));
+            #[cfg(loom)]
+            core::ptr::addr_of_mut!((*ring).heads)
+                .write(CachePadded(core::array::from_fn(|_| AtomicU32::new(0))));
             core::ptr::addr_of_mut!((*ring).buf).write_bytes(0, 1);
             #[cfg(loom)]
             core::ptr::addr_of_mut!((*ring).loom).write(LoomShadow {
@@ -210,7 +277,7 @@ impl<const C: usize> MessageRing<C> {
     /// # Errors
     /// [`AttachError::Misaligned`] / [`AttachError::TooSmall`] for an unusable region,
     /// [`AttachError::BadMagic`] if it was never initialised as a ring,
-    /// [`AttachError::LayoutMismatch`] for another capacity or format version, and
+    /// [`AttachError::LayoutMismatch`] for another capacity, lane count or format version, and
     /// [`AttachError::Corrupt`] for an impossible consumer index.
     ///
     /// # Safety
@@ -223,12 +290,44 @@ impl<const C: usize> MessageRing<C> {
         // is valid for any bit pattern (integers, atomics, bytes).
         let ring = unsafe { &*region.as_ptr().cast::<Self>() };
         ring.control.validate(&Self::LAYOUT)?;
-        if !ring.head.load(Ordering::Acquire).is_multiple_of(HEADER) {
-            return Err(AttachError::Corrupt {
-                reason: "consumer index is not 8-byte aligned",
-            });
+        for lane in 0..L {
+            if let Err(reason) = ring.load_head(lane) {
+                return Err(AttachError::Corrupt { reason });
+            }
         }
         Ok(ring)
+    }
+
+    /// Reads lane `lane`'s consumer index (Acquire: the records it released are free to reuse)
+    /// and checks its form: a multiple of 8, plus the pop parity in bit 0 with several lanes.
+    #[inline(always)]
+    fn load_head(&self, lane: usize) -> Result<u32, &'static str> {
+        let word = self.heads[lane].load(Ordering::Acquire);
+        if word & (HEADER - 1) & !Self::POP_PARITY != 0 {
+            return Err("consumer index is not 8-byte aligned");
+        }
+        Ok(word)
+    }
+
+    /// The byte position in a lane's consumer index word.
+    #[inline(always)]
+    const fn head_position(word: u32) -> u32 {
+        word & !Self::POP_PARITY
+    }
+
+    /// The offset in its lane of a lane position. Lanes are not turned against each other:
+    /// with each lane's positions moved by a further 256 bytes, so that lanes moving in step
+    /// would not meet in the same L1 set, a 64-byte round trip measured 1.05–1.11× the floor
+    /// instead of 0.85–0.96× (far placement, BENCHMARKS.md).
+    #[inline(always)]
+    const fn offset_in_lane(position: u32) -> u32 {
+        position & Self::LANE_MASK
+    }
+
+    /// Where byte `offset` of lane `lane` sits in the buffer.
+    #[inline(always)]
+    const fn at(lane: usize, offset: u32) -> u32 {
+        lane as u32 * Self::LANE + offset
     }
 
     /// Splits the ring into its producer and consumer. Claims left by leaked handles are cleared
@@ -237,7 +336,7 @@ impl<const C: usize> MessageRing<C> {
     /// # Panics
     /// Only if the ring's records are corrupt, which safe code cannot cause (rings attached from
     /// shared memory are used through [`claim_producer`](Self::claim_producer) instead).
-    pub fn split(&mut self) -> (MessageProducer<'_, C>, MessageConsumer<'_, C>) {
+    pub fn split(&mut self) -> (MessageProducer<'_, C, L>, MessageConsumer<'_, C, L>) {
         self.control.0.reset_owners();
         let ring: &Self = self;
         let owner = NonZeroU32::MIN;
@@ -248,13 +347,16 @@ impl<const C: usize> MessageRing<C> {
     }
 
     /// Claims the producer side for `owner` (any non-zero id: a process id for shared-memory
-    /// users). The handle continues after the last published record, found by walking the
-    /// records from the consumer's index (at most `C / 8` headers).
+    /// users). The handle continues after the last published record, found by walking each
+    /// lane's records from the consumer's index (at most `C / 8` headers in all).
     ///
     /// # Errors
     /// [`ClaimError::Taken`] while another handle holds the producer side;
     /// [`ClaimError::Corrupt`] if the published records are impossible (the claim is released).
-    pub fn claim_producer(&self, owner: NonZeroU32) -> Result<MessageProducer<'_, C>, ClaimError> {
+    pub fn claim_producer(
+        &self,
+        owner: NonZeroU32,
+    ) -> Result<MessageProducer<'_, C, L>, ClaimError> {
         self.control.claim(Side::Producer, 0, owner)?;
         MessageProducer::attach(self)
     }
@@ -264,7 +366,10 @@ impl<const C: usize> MessageRing<C> {
     /// # Errors
     /// [`ClaimError::Taken`] while another handle holds the consumer side;
     /// [`ClaimError::Corrupt`] for an impossible consumer index (the claim is released).
-    pub fn claim_consumer(&self, owner: NonZeroU32) -> Result<MessageConsumer<'_, C>, ClaimError> {
+    pub fn claim_consumer(
+        &self,
+        owner: NonZeroU32,
+    ) -> Result<MessageConsumer<'_, C, L>, ClaimError> {
         self.control.claim(Side::Consumer, 0, owner)?;
         MessageConsumer::attach(self)
     }
@@ -282,7 +387,7 @@ impl<const C: usize> MessageRing<C> {
         &self,
         dead_owner: NonZeroU32,
         owner: NonZeroU32,
-    ) -> Result<MessageProducer<'_, C>, ClaimError> {
+    ) -> Result<MessageProducer<'_, C, L>, ClaimError> {
         self.control
             .claim(Side::Producer, dead_owner.get(), owner)?;
         MessageProducer::attach(self)
@@ -301,7 +406,7 @@ impl<const C: usize> MessageRing<C> {
         &self,
         dead_owner: NonZeroU32,
         owner: NonZeroU32,
-    ) -> Result<MessageConsumer<'_, C>, ClaimError> {
+    ) -> Result<MessageConsumer<'_, C, L>, ClaimError> {
         self.control
             .claim(Side::Consumer, dead_owner.get(), owner)?;
         MessageConsumer::attach(self)
@@ -362,15 +467,16 @@ impl<const C: usize> MessageRing<C> {
         }
     }
 
-    /// Checks a published record header against the layout. Anything the other process wrote is
-    /// untrusted: an error here means it is buggy or hostile, never that we may read past `C`.
+    /// Checks a published record header at byte `offset` of lane `lane` against the layout.
+    /// Anything the other process wrote is untrusted: an error here means it is buggy or hostile,
+    /// never that we may read past the lane.
     #[inline(always)]
-    fn decode(&self, offset: u32, commit: u32) -> Result<Record, &'static str> {
+    fn decode(&self, lane: usize, offset: u32, commit: u32) -> Result<Record, &'static str> {
         if commit & FLAG_BITS & !(PUBLISHED | PADDING) != 0 || commit & PUBLISHED == 0 {
             return Err("record header has unknown flag bits");
         }
-        let len = self.read_len(offset);
-        let room = C as u32 - offset;
+        let len = self.read_len(Self::at(lane, offset));
+        let room = Self::LANE - offset;
         if commit & PADDING != 0 {
             if offset == 0 || len != room - HEADER {
                 return Err("padding record does not end at the end of the buffer");
@@ -407,122 +513,183 @@ impl<const C: usize> MessageRing<C> {
 }
 
 #[cfg(not(loom))]
-impl<const C: usize> Default for MessageRing<C> {
+impl<const C: usize, const L: usize> Default for MessageRing<C, L> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<const C: usize> fmt::Debug for MessageRing<C> {
+impl<const C: usize, const L: usize> fmt::Debug for MessageRing<C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let heads: [u32; L] = core::array::from_fn(|lane| self.heads[lane].load(Ordering::Relaxed));
         f.debug_struct("MessageRing")
             .field("capacity", &C)
-            .field("head", &self.head.load(Ordering::Relaxed))
+            .field("lanes", &L)
+            .field("heads", &heads)
             .finish_non_exhaustive()
     }
 }
 
+/// Finds the lane a round stands at from one bit per lane, the parity of the messages that went
+/// through it. Lanes before the next one have seen one message more than the lanes from it on, so
+/// the bits change at most once, and there; any other pattern is corruption.
+fn next_lane<const L: usize>(parities: &[u32; L]) -> Result<usize, &'static str> {
+    let mut next = 0;
+    for lane in 1..L {
+        if parities[lane] != parities[lane - 1] {
+            if next != 0 {
+                return Err("lanes' message counts are out of round-robin order");
+            }
+            next = lane;
+        }
+    }
+    Ok(next)
+}
+
 /// The sending side of a [`MessageRing`]; implements [`MessageSender`]. At most one per ring.
-pub struct MessageProducer<'a, const C: usize> {
-    ring: &'a MessageRing<C>,
-    /// Byte position of the next record; the commit word there is 0 (module docs).
-    tail: u32,
-    /// The consumer's `head` as last read; it only ever lags the real one.
-    cached_head: u32,
+pub struct MessageProducer<'a, const C: usize, const L: usize = 1> {
+    ring: &'a MessageRing<C, L>,
+    /// The lane the next message goes to (below `L`).
+    lane: usize,
+    /// Per lane: byte position of the next record; the commit word there is 0 (module docs).
+    tails: [u32; L],
+    /// Per lane: the consumer's position as last read; it only ever lags the real one.
+    cached_heads: [u32; L],
     _not_sync: PhantomData<core::cell::Cell<()>>,
 }
 
-impl<'a, const C: usize> MessageProducer<'a, C> {
-    /// Recovers the write position after the last published record.
-    fn attach(ring: &'a MessageRing<C>) -> Result<Self, ClaimError> {
-        let corrupt = |reason| {
+impl<'a, const C: usize, const L: usize> MessageProducer<'a, C, L> {
+    /// Recovers every lane's write position after its last published record, and the lane the
+    /// round stands at; releases the claim if the records are impossible.
+    fn attach(ring: &'a MessageRing<C, L>) -> Result<Self, ClaimError> {
+        Self::recover(ring).map_err(|reason| {
             ring.control.release(Side::Producer);
-            Err(ClaimError::Corrupt { reason })
-        };
-        let head = ring.head.load(Ordering::Acquire);
-        if !head.is_multiple_of(HEADER) {
-            return corrupt("consumer index is not 8-byte aligned");
-        }
-        let mut tail = head;
-        loop {
-            let offset = tail & MessageRing::<C>::MASK;
-            let commit = ring.commit_word(offset).load(Ordering::Acquire);
-            if commit == 0 {
-                break;
+            ClaimError::Corrupt { reason }
+        })
+    }
+
+    fn recover(ring: &'a MessageRing<C, L>) -> Result<Self, &'static str> {
+        let mut tails = [0; L];
+        let mut cached_heads = [0; L];
+        let mut parities = [0; L];
+        for lane in 0..L {
+            let word = ring.load_head(lane)?;
+            let head = MessageRing::<C, L>::head_position(word);
+            let mut tail = head;
+            let mut messages = 0u32;
+            loop {
+                let offset = MessageRing::<C, L>::offset_in_lane(tail);
+                let commit = ring
+                    .commit_word(MessageRing::<C, L>::at(lane, offset))
+                    .load(Ordering::Acquire);
+                if commit == 0 {
+                    break;
+                }
+                match ring.decode(lane, offset, commit)? {
+                    Record::Padding { size } => tail = tail.wrapping_add(size),
+                    Record::Message { size, .. } => {
+                        tail = tail.wrapping_add(size);
+                        messages += 1;
+                    }
+                }
+                if tail.wrapping_sub(head) > MessageRing::<C, L>::LANE - HEADER {
+                    return Err("published records overrun the buffer");
+                }
             }
-            let size = match ring.decode(offset, commit) {
-                Ok(Record::Padding { size } | Record::Message { size, .. }) => size,
-                Err(reason) => return corrupt(reason),
-            };
-            tail = tail.wrapping_add(size);
-            if tail.wrapping_sub(head) > C as u32 - HEADER {
-                return corrupt("published records overrun the buffer");
-            }
+            tails[lane] = tail;
+            cached_heads[lane] = head;
+            // Messages pushed to the lane: those popped (parity in the index) plus those queued.
+            parities[lane] = (word ^ messages) & 1;
         }
         Ok(Self {
             ring,
-            tail,
-            cached_head: head,
+            lane: next_lane(&parities)?,
+            tails,
+            cached_heads,
             _not_sync: PhantomData,
         })
     }
 
-    /// Whether the producer may own every byte before position `end`, reloading the consumer's
-    /// index only if the cached one says no.
+    /// The lane the next message goes to, masked so the compiler sees every index in bounds.
     #[inline(always)]
-    fn fits(&mut self, end: u32) -> Result<bool, SendError> {
-        if end.wrapping_sub(self.cached_head) <= C as u32 {
-            return Ok(true);
-        }
-        let head = self.reload_head()?;
-        Ok(end.wrapping_sub(head) <= C as u32)
+    fn lane(&self) -> usize {
+        self.lane & L.wrapping_sub(1)
     }
 
-    /// Reads the consumer's index (Acquire: the records it released are free to reuse), checks
-    /// it against our own position, and caches it.
-    fn reload_head(&mut self) -> Result<u32, SendError> {
-        let head = self.ring.head.load(Ordering::Acquire);
-        if !head.is_multiple_of(HEADER) || self.tail.wrapping_sub(head) > C as u32 {
-            return Err(SendError::Corrupt {
-                reason: "consumer published an impossible index",
-            });
+    /// Whether the producer may own every byte of `lane` before position `end`, reloading the
+    /// consumer's index only if the cached one says no.
+    #[inline(always)]
+    fn fits(&mut self, lane: usize, end: u32) -> Result<bool, SendError> {
+        if end.wrapping_sub(self.cached_heads[lane]) <= MessageRing::<C, L>::LANE {
+            return Ok(true);
         }
-        self.cached_head = head;
+        let head = self.reload_head(lane)?;
+        Ok(end.wrapping_sub(head) <= MessageRing::<C, L>::LANE)
+    }
+
+    /// Reads a lane's consumer index (Acquire: the records it released are free to reuse), checks
+    /// it against our own position there, and caches it.
+    fn reload_head(&mut self, lane: usize) -> Result<u32, SendError> {
+        let corrupt = SendError::Corrupt {
+            reason: "consumer published an impossible index",
+        };
+        let word = self.ring.load_head(lane).map_err(|_| corrupt)?;
+        let head = MessageRing::<C, L>::head_position(word);
+        if self.tails[lane].wrapping_sub(head) > MessageRing::<C, L>::LANE {
+            return Err(corrupt);
+        }
+        self.cached_heads[lane] = head;
         Ok(head)
     }
 
-    /// Fills the rest of the buffer with a padding record so the next record starts at offset 0.
-    fn pad_to_end(&mut self, offset: u32) {
+    /// Fills the rest of a lane with a padding record so its next record starts at offset 0.
+    fn pad_to_end(&mut self, lane: usize, offset: u32) {
         let ring = self.ring;
-        let size = C as u32 - offset;
-        ring.track_write(offset, HEADER);
-        ring.write_len(offset, size - HEADER);
-        ring.commit_word(0).store(0, Ordering::Relaxed);
-        ring.commit_word(offset)
+        let size = MessageRing::<C, L>::LANE - offset;
+        let at = MessageRing::<C, L>::at(lane, offset);
+        ring.track_write(at, HEADER);
+        ring.write_len(at, size - HEADER);
+        ring.commit_word(MessageRing::<C, L>::at(lane, 0))
+            .store(0, Ordering::Relaxed);
+        ring.commit_word(at)
             .store(PUBLISHED | PADDING, Ordering::Release);
-        self.tail = self.tail.wrapping_add(size);
+        self.tails[lane] = self.tails[lane].wrapping_add(size);
     }
 
-    /// The wrapping byte position the next record will be written at. Positions only grow (mod
-    /// 2³²) and survive a take-over, so layers above can use them for exactly-once bookkeeping:
-    /// a message pushed at position `p` is popped once the consumer's
-    /// [`position`](MessageConsumer::position) has moved past `p`.
+    /// The wrapping byte position the next record will be written at: the sum of the lanes'
+    /// positions (with one lane, simply its position). Positions only grow (mod 2³²) and survive
+    /// a take-over, so layers above can use them for exactly-once bookkeeping: a message pushed
+    /// at position `p` is popped once the consumer's [`position`](MessageConsumer::position) has
+    /// moved past `p`. Cost: a sum over the lanes' local positions.
     pub const fn position(&self) -> u32 {
-        self.tail
+        let mut sum = 0u32;
+        let mut lane = 0;
+        while lane < L {
+            sum = sum.wrapping_add(self.tails[lane]);
+            lane += 1;
+        }
+        sum
     }
 
-    /// Bytes of records queued and not yet popped, as of the consumer's index when this producer
-    /// last read it (an upper bound of the true depth). Cost: a subtraction; no shared memory is
-    /// touched, so it is cheap enough to sample on every push.
+    /// Bytes of records queued and not yet popped, as of the consumer's indices when this
+    /// producer last read them (an upper bound of the true depth). Cost: a subtraction per lane;
+    /// no shared memory is touched, so it is cheap enough to sample on every push.
     pub fn queued_bytes_cached(&self) -> u32 {
-        self.tail.wrapping_sub(self.cached_head).min(C as u32)
+        let mut queued = 0u32;
+        for lane in 0..L {
+            let in_lane = self.tails[lane].wrapping_sub(self.cached_heads[lane]);
+            queued += in_lane.min(MessageRing::<C, L>::LANE);
+        }
+        queued
     }
 
-    /// Bytes of records queued and not yet popped, as of the consumer's latest index. Cost: one
-    /// Acquire load of the consumer's index line.
+    /// Bytes of records queued and not yet popped, as of the consumer's latest indices. Cost: one
+    /// Acquire load of the consumer's index line per lane.
     pub fn queued_bytes(&mut self) -> u32 {
-        // An impossible index leaves the cached one in place: the answer stays within bounds.
-        let _ = self.reload_head();
+        for lane in 0..L {
+            // An impossible index leaves the cached one in place: the answer stays within bounds.
+            let _ = self.reload_head(lane);
+        }
         self.queued_bytes_cached()
     }
 
@@ -539,93 +706,100 @@ impl<'a, const C: usize> MessageProducer<'a, C> {
     /// # Errors
     /// [`SendError::Corrupt`] if the consumer published an impossible index.
     pub fn has_room(&mut self, len: u32) -> Result<bool, SendError> {
-        if len > MessageRing::<C>::MAX_PAYLOAD {
+        if len > MessageRing::<C, L>::MAX_PAYLOAD {
             return Ok(false);
         }
+        let lane = self.lane();
+        let tail = self.tails[lane];
         let size = record_size(len);
-        let offset = self.tail & MessageRing::<C>::MASK;
+        let offset = MessageRing::<C, L>::offset_in_lane(tail);
         // A record that does not fit before the end needs the padding to the end as well.
-        let skip = if offset + size > C as u32 {
-            C as u32 - offset
+        let skip = if offset + size > MessageRing::<C, L>::LANE {
+            MessageRing::<C, L>::LANE - offset
         } else {
             0
         };
-        self.fits(self.tail.wrapping_add(skip + size + HEADER))
+        self.fits(lane, tail.wrapping_add(skip + size + HEADER))
     }
 }
 
-impl<'a, const C: usize> MessageSender for MessageProducer<'a, C> {
+impl<'a, const C: usize, const L: usize> MessageSender for MessageProducer<'a, C, L> {
     type Slot<'s>
-        = MessageSlot<'s, 'a, C>
+        = MessageSlot<'s, 'a, C, L>
     where
         Self: 's;
 
-    /// Reserves a record. Cost: arithmetic on local indices; the consumer's index is read only
-    /// when the cached one says there is no room. Wrapping past the buffer's end publishes a
-    /// padding record (invisible to the receiver) even if the message itself then reports `Full`.
+    /// Reserves a record in the next lane. Cost: arithmetic on local indices; the consumer's
+    /// index is read only when the cached one says there is no room. Wrapping past the lane's
+    /// end publishes a padding record (invisible to the receiver) even if the message itself then
+    /// reports `Full`.
     #[inline]
-    fn alloc(&mut self, len: u32, tag: u16) -> Result<MessageSlot<'_, 'a, C>, SendError> {
-        if len > MessageRing::<C>::MAX_PAYLOAD {
+    fn alloc(&mut self, len: u32, tag: u16) -> Result<MessageSlot<'_, 'a, C, L>, SendError> {
+        if len > MessageRing::<C, L>::MAX_PAYLOAD {
             return Err(SendError::TooLarge {
                 len: u64::from(len),
-                max: MessageRing::<C>::MAX_PAYLOAD,
+                max: MessageRing::<C, L>::MAX_PAYLOAD,
             });
         }
+        let lane = self.lane();
         let size = record_size(len);
-        let mut offset = self.tail & MessageRing::<C>::MASK;
-        if offset + size > C as u32 {
-            let lap_start = self.tail.wrapping_add(C as u32 - offset);
-            if !self.fits(lap_start.wrapping_add(HEADER))? {
+        let mut offset = MessageRing::<C, L>::offset_in_lane(self.tails[lane]);
+        if offset + size > MessageRing::<C, L>::LANE {
+            let lap_start = self.tails[lane].wrapping_add(MessageRing::<C, L>::LANE - offset);
+            if !self.fits(lane, lap_start.wrapping_add(HEADER))? {
                 return Err(SendError::Full);
             }
-            self.pad_to_end(offset);
+            self.pad_to_end(lane, offset);
             offset = 0;
         }
-        if !self.fits(self.tail.wrapping_add(size + HEADER))? {
+        if !self.fits(lane, self.tails[lane].wrapping_add(size + HEADER))? {
             return Err(SendError::Full);
         }
-        self.ring.track_write(offset, size);
+        let at = MessageRing::<C, L>::at(lane, offset);
+        self.ring.track_write(at, size);
         Ok(MessageSlot {
             producer: self,
-            offset,
+            offset: at,
             len,
             tag,
         })
     }
 
     fn max_payload(&self) -> u32 {
-        MessageRing::<C>::MAX_PAYLOAD
+        MessageRing::<C, L>::MAX_PAYLOAD
     }
 }
 
-impl<const C: usize> Drop for MessageProducer<'_, C> {
+impl<const C: usize, const L: usize> Drop for MessageProducer<'_, C, L> {
     fn drop(&mut self) {
         self.ring.control.release(Side::Producer);
     }
 }
 
-impl<const C: usize> fmt::Debug for MessageProducer<'_, C> {
+impl<const C: usize, const L: usize> fmt::Debug for MessageProducer<'_, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MessageProducer")
-            .field("tail", &self.tail)
-            .field("cached_head", &self.cached_head)
+            .field("lane", &self.lane)
+            .field("tails", &self.tails)
+            .field("cached_heads", &self.cached_heads)
             .finish_non_exhaustive()
     }
 }
 
 /// A reserved message of a [`MessageProducer`]: fill [`payload_mut`](SendSlot::payload_mut), then
 /// [`push`](SendSlot::push). Dropping it publishes nothing.
-pub struct MessageSlot<'s, 'a, const C: usize> {
-    producer: &'s mut MessageProducer<'a, C>,
+pub struct MessageSlot<'s, 'a, const C: usize, const L: usize = 1> {
+    producer: &'s mut MessageProducer<'a, C, L>,
+    /// Where the record starts in the buffer.
     offset: u32,
     len: u32,
     tag: u16,
 }
 
-impl<const C: usize> SendSlot for MessageSlot<'_, '_, C> {
+impl<const C: usize, const L: usize> SendSlot for MessageSlot<'_, '_, C, L> {
     #[inline(always)]
     fn payload_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `alloc` checked that the record lies inside the buffer and in the region the
+        // SAFETY: `alloc` checked that the record lies inside its lane and in the part of it the
         // consumer has released; the record is unpublished and we hold the only producer
         // exclusively, so nobody else accesses these bytes until `push`. Bytes are always
         // initialised (the buffer is zeroed at creation).
@@ -644,26 +818,29 @@ impl<const C: usize> SendSlot for MessageSlot<'_, '_, C> {
         self.tag
     }
 
-    /// Publishes the message. Cost: two plain stores and one Release store.
+    /// Publishes the message; the next one goes to the next lane. Cost: two plain stores and one
+    /// Release store.
     #[inline]
     fn push(self) {
         let producer = self.producer;
         let ring = producer.ring;
+        let lane = producer.lane();
         let size = record_size(self.len);
         ring.write_len(self.offset, self.len);
-        let next = producer.tail.wrapping_add(size);
-        // Keep the invariant: the commit word at the next write position reads 0 before this
-        // record becomes visible (`alloc` reserved those 8 bytes).
-        ring.commit_word(next & MessageRing::<C>::MASK)
-            .store(0, Ordering::Relaxed);
+        let next = producer.tails[lane].wrapping_add(size);
+        // Keep the invariant: the commit word at the lane's next write position reads 0 before
+        // this record becomes visible (`alloc` reserved those 8 bytes).
+        let successor = MessageRing::<C, L>::at(lane, MessageRing::<C, L>::offset_in_lane(next));
+        ring.commit_word(successor).store(0, Ordering::Relaxed);
         ring.track_write(self.offset, size);
         ring.commit_word(self.offset)
             .store(PUBLISHED | (u32::from(self.tag) << 16), Ordering::Release);
-        producer.tail = next;
+        producer.tails[lane] = next;
+        producer.lane = (lane + 1) & L.wrapping_sub(1);
     }
 }
 
-impl<const C: usize> fmt::Debug for MessageSlot<'_, '_, C> {
+impl<const C: usize, const L: usize> fmt::Debug for MessageSlot<'_, '_, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MessageSlot")
             .field("len", &self.len)
@@ -673,54 +850,80 @@ impl<const C: usize> fmt::Debug for MessageSlot<'_, '_, C> {
 }
 
 /// The receiving side of a [`MessageRing`]; implements [`MessageReceiver`]. At most one per ring.
-pub struct MessageConsumer<'a, const C: usize> {
-    ring: &'a MessageRing<C>,
-    /// Byte position of the next record; mirrors `ring.head`, which only we write.
-    head: u32,
-    /// The validated record at `head`, once `front` has seen it.
+pub struct MessageConsumer<'a, const C: usize, const L: usize = 1> {
+    ring: &'a MessageRing<C, L>,
+    /// The lane the next message comes from (below `L`).
+    lane: usize,
+    /// Per lane: the index word (position, and pop parity with several lanes); mirrors
+    /// `ring.heads`, which only we write.
+    heads: [u32; L],
+    /// The validated record at the lane's head, once `front` has seen it.
     front: Option<(u16, u32)>,
     _not_sync: PhantomData<core::cell::Cell<()>>,
 }
 
-impl<'a, const C: usize> MessageConsumer<'a, C> {
-    fn attach(ring: &'a MessageRing<C>) -> Result<Self, ClaimError> {
-        let head = ring.head.load(Ordering::Acquire);
-        if !head.is_multiple_of(HEADER) {
+impl<'a, const C: usize, const L: usize> MessageConsumer<'a, C, L> {
+    /// Reads every lane's index and finds the lane the round stands at; releases the claim if
+    /// they are impossible.
+    fn attach(ring: &'a MessageRing<C, L>) -> Result<Self, ClaimError> {
+        let recover = || -> Result<Self, &'static str> {
+            let mut heads = [0; L];
+            let mut parities = [0; L];
+            for lane in 0..L {
+                heads[lane] = ring.load_head(lane)?;
+                parities[lane] = heads[lane] & MessageRing::<C, L>::POP_PARITY;
+            }
+            Ok(Self {
+                ring,
+                lane: next_lane(&parities)?,
+                heads,
+                front: None,
+                _not_sync: PhantomData,
+            })
+        };
+        recover().map_err(|reason| {
             ring.control.release(Side::Consumer);
-            return Err(ClaimError::Corrupt {
-                reason: "consumer index is not 8-byte aligned",
-            });
-        }
-        Ok(Self {
-            ring,
-            head,
-            front: None,
-            _not_sync: PhantomData,
+            ClaimError::Corrupt { reason }
         })
     }
 
-    /// Finds and validates the record at `head`, skipping padding.
+    /// The lane the next message comes from, masked so the compiler sees every index in bounds.
+    #[inline(always)]
+    fn lane(&self) -> usize {
+        self.lane & L.wrapping_sub(1)
+    }
+
+    /// Where the record at the current lane's head starts in the buffer.
+    #[inline(always)]
+    fn head_offset(&self, lane: usize) -> u32 {
+        let position = MessageRing::<C, L>::head_position(self.heads[lane]);
+        MessageRing::<C, L>::at(lane, MessageRing::<C, L>::offset_in_lane(position))
+    }
+
+    /// Finds and validates the record at the current lane's head, skipping padding.
     #[inline]
     fn load_front(&mut self) -> Result<(u16, u32), RecvError> {
         if let Some(front) = self.front {
             return Ok(front);
         }
         let ring = self.ring;
+        let lane = self.lane();
         loop {
-            let offset = self.head & MessageRing::<C>::MASK;
-            let commit = ring.commit_word(offset).load(Ordering::Acquire);
+            let at = self.head_offset(lane);
+            let commit = ring.commit_word(at).load(Ordering::Acquire);
             if commit == 0 {
                 return Err(RecvError::Empty);
             }
-            match ring.decode(offset, commit) {
+            let offset = at - MessageRing::<C, L>::at(lane, 0);
+            match ring.decode(lane, offset, commit) {
                 Err(reason) => return Err(RecvError::Corrupt { reason }),
                 Ok(Record::Padding { size }) => {
-                    ring.track_read(offset, HEADER);
-                    self.head = self.head.wrapping_add(size);
-                    ring.head.store(self.head, Ordering::Release);
+                    ring.track_read(at, HEADER);
+                    self.heads[lane] = self.heads[lane].wrapping_add(size);
+                    ring.heads[lane].store(self.heads[lane], Ordering::Release);
                 }
                 Ok(Record::Message { tag, len, size }) => {
-                    ring.track_read(offset, size);
+                    ring.track_read(at, size);
                     self.front = Some((tag, len));
                     return Ok((tag, len));
                 }
@@ -728,11 +931,17 @@ impl<'a, const C: usize> MessageConsumer<'a, C> {
         }
     }
 
-    /// The wrapping byte position of the next record to read (the oldest unpopped message, or
-    /// the padding before it). Every pop moves it past the popped record; see
-    /// [`MessageProducer::position`].
+    /// The wrapping byte position of the next record to read: the sum of the lanes' positions
+    /// (with one lane, simply its position). Every pop moves it past the popped record; see
+    /// [`MessageProducer::position`]. Cost: a sum over the lanes' local positions.
     pub const fn position(&self) -> u32 {
-        self.head
+        let mut sum = 0u32;
+        let mut lane = 0;
+        while lane < L {
+            sum = sum.wrapping_add(MessageRing::<C, L>::head_position(self.heads[lane]));
+            lane += 1;
+        }
+        sum
     }
 
     /// `true` if there is no message to read right now.
@@ -746,49 +955,49 @@ impl<'a, const C: usize> MessageConsumer<'a, C> {
     }
 }
 
-impl<const C: usize> MessageReceiver for MessageConsumer<'_, C> {
+impl<const C: usize, const L: usize> MessageReceiver for MessageConsumer<'_, C, L> {
     /// Cost: one Acquire load of the commit word (the record's own cache line) and header checks;
     /// repeated calls before `pop` reuse the validated header.
     #[inline]
     fn front(&mut self) -> Result<Message<'_>, RecvError> {
         let (tag, len) = self.load_front()?;
-        let offset = self.head & MessageRing::<C>::MASK;
-        // SAFETY: `decode` checked the record lies inside the buffer; the producer published it
-        // (Acquire on its commit word) and cannot reuse it before `pop` moves `head`, which needs
-        // `&mut self` and so ends this borrow first.
+        let at = self.head_offset(self.lane());
+        // SAFETY: `decode` checked the record lies inside its lane; the producer published it
+        // (Acquire on its commit word) and cannot reuse it before `pop` moves the lane's head,
+        // which needs `&mut self` and so ends this borrow first.
         let payload = unsafe {
-            core::slice::from_raw_parts(
-                self.ring.base().add((offset + HEADER) as usize),
-                len as usize,
-            )
+            core::slice::from_raw_parts(self.ring.base().add((at + HEADER) as usize), len as usize)
         };
         Ok(Message::new(tag, payload))
     }
 
-    /// Cost: one Release store of the consumer's own index.
+    /// Cost: one Release store of the lane's index, on the consumer's own line.
     #[inline]
     fn pop(&mut self) -> Result<(), RecvError> {
         let (_, len) = self.load_front()?;
+        let lane = self.lane();
         let size = record_size(len);
-        self.ring
-            .track_read(self.head & MessageRing::<C>::MASK, size);
-        self.head = self.head.wrapping_add(size);
+        self.ring.track_read(self.head_offset(lane), size);
+        let next = self.heads[lane].wrapping_add(size) ^ MessageRing::<C, L>::POP_PARITY;
+        self.heads[lane] = next;
+        self.lane = (lane + 1) & L.wrapping_sub(1);
         self.front = None;
-        self.ring.head.store(self.head, Ordering::Release);
+        self.ring.heads[lane].store(next, Ordering::Release);
         Ok(())
     }
 }
 
-impl<const C: usize> Drop for MessageConsumer<'_, C> {
+impl<const C: usize, const L: usize> Drop for MessageConsumer<'_, C, L> {
     fn drop(&mut self) {
         self.ring.control.release(Side::Consumer);
     }
 }
 
-impl<const C: usize> fmt::Debug for MessageConsumer<'_, C> {
+impl<const C: usize, const L: usize> fmt::Debug for MessageConsumer<'_, C, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MessageConsumer")
-            .field("head", &self.head)
+            .field("lane", &self.lane)
+            .field("heads", &self.heads)
             .finish_non_exhaustive()
     }
 }

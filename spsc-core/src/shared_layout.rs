@@ -45,9 +45,17 @@ mod locked {
 
     // The message ring: header line, consumer index line, then the byte buffer.
     const_assert_eq!(align_of::<MessageRing<64>>(), 128);
-    const_assert_eq!(offset_of!(MessageRing<64>, head), 128);
+    const_assert_eq!(offset_of!(MessageRing<64>, heads), 128);
     const_assert_eq!(offset_of!(MessageRing<64>, buf), 256);
     const_assert_eq!(size_of::<MessageRing<4096>>(), 256 + 4096);
     const_assert_eq!(size_of::<MessageRing<64>>(), 256 + 128);
     const_assert_eq!(MessageRing::<4096>::MAX_PAYLOAD, 2048 - 8);
+    // Lanes: the spread is the lane count; the indices share the index line, so the layout is
+    // otherwise that of one lane; the largest message is set by a lane.
+    const_assert_eq!(MessageRing::<4096, 16>::LAYOUT.block_spread, 16);
+    const_assert_eq!(offset_of!(MessageRing<4096, 16>, heads), 128);
+    const_assert_eq!(offset_of!(MessageRing<4096, 16>, buf), 256);
+    const_assert_eq!(size_of::<MessageRing<4096, 16>>(), 256 + 4096);
+    const_assert_eq!(MessageRing::<4096, 16>::MAX_PAYLOAD, 128 - 8);
+    const_assert_eq!(MessageRing::<65536, 16>::MAX_PAYLOAD, 2048 - 8);
 }

@@ -49,20 +49,20 @@ impl Region {
     }
 }
 
-/// Offset of the consumer's `head` word: the second 128-byte line, after the control block
-/// (part of the shared-memory format, locked by `src/shared_layout.rs`).
+/// Offset of the consumer's index words (one per lane, `u32`): the second 128-byte line, after
+/// the control block (part of the shared-memory format, locked by `src/shared_layout.rs`).
 const HEAD_OFFSET: usize = 128;
 /// Commit-word bits of the record format (`src/message_ring.rs`, module docs).
 const PUBLISHED: u32 = 1;
 const PADDING: u32 = 2;
 
 /// Writes raw bytes of a ring being prepared in `region`, before any handle views it.
-struct RawRing<const C: usize> {
+struct RawRing<const C: usize, const L: usize = 1> {
     base: NonNull<u8>,
     len: usize,
 }
 
-impl<const C: usize> RawRing<C> {
+impl<const C: usize, const L: usize> RawRing<C, L> {
     /// Initialises an empty ring in `region` and keeps only its address: no reference to the
     /// ring exists until [`attach`](Self::attach).
     fn init(region: &mut Region) -> Self {
@@ -70,34 +70,40 @@ impl<const C: usize> RawRing<C> {
         let base = region.base();
         // SAFETY: `region` is valid, exclusively borrowed memory of `len` bytes; the returned
         // reference is dropped at once.
-        unsafe { MessageRing::<C>::init_in_place(base, len) }.expect("region fits the ring");
+        unsafe { MessageRing::<C, L>::init_in_place(base, len) }.expect("region fits the ring");
         Self { base, len }
     }
 
     fn write_u32(&mut self, offset: usize, value: u32) {
-        assert!(offset.is_multiple_of(4) && offset + 4 <= mem::size_of::<MessageRing<C>>());
+        assert!(offset.is_multiple_of(4) && offset + 4 <= mem::size_of::<MessageRing<C, L>>());
         // SAFETY: in bounds of the ring (checked above) and 4-aligned in a 128-aligned region;
         // no handle or reference views the ring while it is prepared.
         unsafe { self.base.as_ptr().add(offset).cast::<u32>().write(value) }
     }
 
-    /// Sets the consumer's index (and so the position every handle starts from).
+    /// Sets the consumer's index of lane 0 (and so the position every handle starts from).
     fn set_head(&mut self, head: u32) {
-        self.write_u32(HEAD_OFFSET, head);
+        self.set_lane_head(0, head);
+    }
+
+    /// Sets a lane's consumer index word (position, and pop parity in bit 0 with lanes).
+    fn set_lane_head(&mut self, lane: usize, word: u32) {
+        assert!(lane < L);
+        self.write_u32(HEAD_OFFSET + 4 * lane, word);
     }
 
     /// Writes a record header at buffer offset `at`.
     fn header(&mut self, at: u32, commit: u32, len: u32) {
-        let data = MessageRing::<C>::LAYOUT.data_offset as usize + at as usize;
+        let data = MessageRing::<C, L>::LAYOUT.data_offset as usize + at as usize;
         self.write_u32(data, commit);
         self.write_u32(data + 4, len);
     }
 
     /// Views the prepared ring; the region stays borrowed by the caller for its lifetime.
-    fn attach<'r>(&self) -> Result<&'r MessageRing<C>, AttachError> {
+    fn attach<'r>(&self) -> Result<&'r MessageRing<C, L>, AttachError> {
         // SAFETY: the region outlives the reference (the callers keep it alive for the test) and
         // is accessed only through the ring from now on.
-        unsafe { MessageRing::<C>::attach(self.base, self.len) }
+        unsafe { MessageRing::<C, L>::attach(self.base, self.len) }
     }
 }
 
@@ -430,6 +436,163 @@ fn a_misaligned_consumer_index_is_refused() {
     assert_eq!(ring.holders(), (0, 0), "failed claims are released");
 }
 
+/// With lanes, consecutive messages sit in consecutive lanes (never on one cache line), each
+/// lane packs its own records, and order is kept.
+#[test]
+fn lanes_put_consecutive_messages_in_consecutive_lanes() {
+    const C: usize = 4096;
+    const L: usize = 16;
+    const LANE: usize = C / L;
+    let mut ring = Box::new(MessageRing::<C, L>::new());
+    let base = ring.as_ref() as *const MessageRing<C, L> as usize
+        + MessageRing::<C, L>::LAYOUT.data_offset as usize;
+    let (mut tx, mut rx) = ring.split();
+    let mut places = Vec::new();
+    for seq in 0..2 * L as u32 {
+        let mut slot = tx.alloc(64, seq as u16).unwrap();
+        let payload = slot.payload_mut();
+        places.push(payload.as_ptr() as usize - base);
+        payload.copy_from_slice(&pattern(seq, 64));
+        slot.push();
+    }
+    for (seq, &place) in places.iter().enumerate() {
+        // Record = 8-byte header + 64; the payload follows the header.
+        let record = place - 8;
+        assert_eq!(
+            record / LANE,
+            seq % L,
+            "message {seq} in lane {}",
+            record / LANE
+        );
+        assert_eq!(
+            record % LANE,
+            (seq / L) * 72,
+            "message {seq} packed in its lane"
+        );
+        if seq > 0 {
+            assert_ne!(
+                place / 64,
+                places[seq - 1] / 64,
+                "messages {seq} and before share a line"
+            );
+        }
+    }
+    for seq in 0..2 * L as u32 {
+        assert_eq!(
+            rx.recv_with(|m| (m.tag(), m.payload().to_vec())),
+            Ok((seq as u16, pattern(seq, 64)))
+        );
+    }
+    assert_eq!(tx.position(), rx.position());
+    assert_eq!(tx.position(), 2 * L as u32 * 72);
+}
+
+/// Handles that die mid-round are replaced by take-overs that continue in the right lanes: the
+/// consumer from its pop parities, the producer from those plus the messages still queued.
+#[test]
+fn take_overs_continue_the_round_of_lanes() {
+    let ring = MessageRing::<1024, 4>::new();
+    let mut tx = ring.claim_producer(owner(1)).unwrap();
+    let mut rx = ring.claim_consumer(owner(2)).unwrap();
+    let mut next_sent = 0u32;
+    let mut next_received = 0u32;
+    for round in 0..40u32 {
+        // Sends 0–3 and receives 0–3 messages per round, so both sides stop in every lane.
+        for _ in 0..round % 4 {
+            let len = (next_sent * 13) % 40;
+            tx.send(next_sent as u16, &pattern(next_sent, len)).unwrap();
+            next_sent += 1;
+        }
+        for _ in 0..(round * 7) % 4 {
+            if next_received == next_sent {
+                break;
+            }
+            let len = (next_received * 13) % 40;
+            assert_eq!(
+                rx.recv_with(|m| (m.tag(), m.payload().to_vec())),
+                Ok((next_received as u16, pattern(next_received, len)))
+            );
+            next_received += 1;
+        }
+        let producer_id = tx.position() | 1;
+        mem::forget(tx);
+        // SAFETY: the forgotten producer (owner 1 or a previous round's id) is never used again.
+        tx = unsafe { ring.take_over_producer(owner(ring.holders().0), owner(producer_id)) }
+            .unwrap();
+        if round % 3 == 0 {
+            drop(rx);
+            rx = ring.claim_consumer(owner(2)).unwrap();
+        }
+    }
+    while next_received < next_sent {
+        let len = (next_received * 13) % 40;
+        assert_eq!(
+            rx.recv_with(|m| (m.tag(), m.payload().to_vec())),
+            Ok((next_received as u16, pattern(next_received, len)))
+        );
+        next_received += 1;
+    }
+    assert_eq!(rx.front().unwrap_err(), RecvError::Empty);
+}
+
+/// Pop parities that change more than once cannot come from a round of lanes: both sides refuse
+/// them. A lane index that is not a position plus a parity bit is refused on attach.
+#[test]
+fn lane_indices_out_of_round_robin_order_are_refused() {
+    for parities in [[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]] {
+        let mut region = Region::for_ring::<1024>();
+        let mut raw = RawRing::<1024, 4>::init(&mut region);
+        for (lane, parity) in parities.into_iter().enumerate() {
+            raw.set_lane_head(lane, (64 * lane as u32) | parity);
+        }
+        let ring = raw.attach().unwrap();
+        for error in [
+            ring.claim_consumer(owner(2)).map(drop).unwrap_err(),
+            ring.claim_producer(owner(1)).map(drop).unwrap_err(),
+        ] {
+            assert!(
+                matches!(error, ClaimError::Corrupt { reason } if reason.contains("round-robin")),
+                "{parities:?}: {error:?}"
+            );
+        }
+        assert_eq!(ring.holders(), (0, 0), "failed claims are released");
+    }
+    // A parity pattern that changes once names the next lane: [1, 1, 0, 0] means lanes 0 and 1
+    // have each seen one message more, so the next message comes from (and goes to) lane 2.
+    let mut region = Region::for_ring::<1024>();
+    let mut raw = RawRing::<1024, 4>::init(&mut region);
+    raw.set_lane_head(0, 8 | 1);
+    raw.set_lane_head(1, 16 | 1);
+    let ring = raw.attach().unwrap();
+    let mut tx = ring.claim_producer(owner(1)).unwrap();
+    tx.send(5, b"lane two").unwrap();
+    let mut slot = tx.alloc(0, 6).unwrap();
+    let at = slot.payload_mut().as_ptr() as usize;
+    slot.push();
+    let data = ring as *const MessageRing<1024, 4> as usize
+        + MessageRing::<1024, 4>::LAYOUT.data_offset as usize;
+    assert_eq!(
+        (at - data - 8) / 256,
+        3,
+        "the message after lane 2's goes to lane 3"
+    );
+    let mut rx = ring.claim_consumer(owner(2)).unwrap();
+    assert_eq!(
+        rx.recv_with(|m| m.payload().to_vec()),
+        Ok(b"lane two".to_vec())
+    );
+    assert_eq!(rx.recv_with(|m| m.tag()), Ok(6));
+    for word in [4, 2, 6] {
+        let mut region = Region::for_ring::<1024>();
+        let mut raw = RawRing::<1024, 4>::init(&mut region);
+        raw.set_lane_head(3, word);
+        assert!(
+            matches!(raw.attach(), Err(AttachError::Corrupt { .. })),
+            "lane index {word}"
+        );
+    }
+}
+
 /// A consumer index the peer publishes while the producer runs: the producer must refuse to
 /// believe it rather than overwrite unread records or count negative room.
 #[test]
@@ -513,62 +676,80 @@ enum Record {
 }
 
 /// Where every byte goes, as the module docs of `message_ring.rs` specify: 8-byte headers,
-/// payloads rounded up to 8, a padding record instead of wrapping, and 8 bytes reserved past the
-/// newest record for the zeroed commit word.
-struct Model<const C: usize> {
-    head: u32,
-    tail: u32,
-    records: VecDeque<Record>,
+/// payloads rounded up to 8, a padding record instead of wrapping past a lane's end, 8 bytes
+/// reserved past the newest record of a lane for the zeroed commit word, and message `k` in lane
+/// `k % L`.
+struct Model<const C: usize, const L: usize> {
+    heads: [u32; L],
+    tails: [u32; L],
+    lanes: [VecDeque<Record>; L],
+    /// The lanes the next message goes to and comes from.
+    producer_lane: usize,
+    consumer_lane: usize,
 }
 
-impl<const C: usize> Model<C> {
+impl<const C: usize, const L: usize> Model<C, L> {
+    const LANE: u32 = (C / L) as u32;
+
+    fn new(starts: [u32; L]) -> Self {
+        Self {
+            heads: starts,
+            tails: starts,
+            lanes: std::array::from_fn(|_| VecDeque::new()),
+            producer_lane: 0,
+            consumer_lane: 0,
+        }
+    }
+
     fn record_size(len: u32) -> u32 {
         8 + len.div_ceil(8) * 8
     }
 
-    fn room_for(&self, end: u32) -> bool {
-        end.wrapping_sub(self.head) <= C as u32
+    fn room_for(&self, lane: usize, end: u32) -> bool {
+        end.wrapping_sub(self.heads[lane]) <= Self::LANE
     }
 
     /// The outcome `alloc` must have; publishes the padding record `alloc` publishes.
     fn alloc(&mut self, len: u32) -> Result<(), SendError> {
-        let max = MessageRing::<C>::MAX_PAYLOAD;
+        let max = MessageRing::<C, L>::MAX_PAYLOAD;
         if len > max {
             return Err(SendError::TooLarge {
                 len: u64::from(len),
                 max,
             });
         }
+        let lane = self.producer_lane;
         let size = Self::record_size(len);
-        let offset = self.tail % C as u32;
-        if offset + size > C as u32 {
-            let pad = C as u32 - offset;
-            if !self.room_for(self.tail.wrapping_add(pad + 8)) {
+        let offset = self.tails[lane] % Self::LANE;
+        if offset + size > Self::LANE {
+            let pad = Self::LANE - offset;
+            if !self.room_for(lane, self.tails[lane].wrapping_add(pad + 8)) {
                 return Err(SendError::Full);
             }
-            self.records.push_back(Record::Padding(pad));
-            self.tail = self.tail.wrapping_add(pad);
+            self.lanes[lane].push_back(Record::Padding(pad));
+            self.tails[lane] = self.tails[lane].wrapping_add(pad);
         }
-        if !self.room_for(self.tail.wrapping_add(size + 8)) {
+        if !self.room_for(lane, self.tails[lane].wrapping_add(size + 8)) {
             return Err(SendError::Full);
         }
         Ok(())
     }
 
     fn push(&mut self, tag: u16, payload: Vec<u8>) {
-        self.tail = self
-            .tail
-            .wrapping_add(Self::record_size(payload.len() as u32));
-        self.records.push_back(Record::Message(tag, payload));
+        let lane = self.producer_lane;
+        self.tails[lane] = self.tails[lane].wrapping_add(Self::record_size(payload.len() as u32));
+        self.lanes[lane].push_back(Record::Message(tag, payload));
+        self.producer_lane = (lane + 1) % L;
     }
 
-    /// What the consumer does on `front`: skips padding, returns the oldest message.
+    /// What the consumer does on `front`: skips padding in its lane, returns the oldest message.
     fn front(&mut self) -> Option<(u16, &[u8])> {
-        while let Some(Record::Padding(size)) = self.records.front() {
-            self.head = self.head.wrapping_add(*size);
-            self.records.pop_front();
+        let lane = self.consumer_lane;
+        while let Some(Record::Padding(size)) = self.lanes[lane].front() {
+            self.heads[lane] = self.heads[lane].wrapping_add(*size);
+            self.lanes[lane].pop_front();
         }
-        match self.records.front() {
+        match self.lanes[lane].front() {
             Some(Record::Message(tag, payload)) => Some((*tag, payload)),
             _ => None,
         }
@@ -578,35 +759,43 @@ impl<const C: usize> Model<C> {
         if self.front().is_none() {
             return false;
         }
-        if let Some(Record::Message(_, payload)) = self.records.pop_front() {
-            self.head = self
-                .head
-                .wrapping_add(Self::record_size(payload.len() as u32));
+        let lane = self.consumer_lane;
+        if let Some(Record::Message(_, payload)) = self.lanes[lane].pop_front() {
+            self.heads[lane] =
+                self.heads[lane].wrapping_add(Self::record_size(payload.len() as u32));
         }
+        self.consumer_lane = (lane + 1) % L;
         true
     }
 
     fn has_messages(&self) -> bool {
-        self.records
+        self.lanes
             .iter()
+            .flatten()
             .any(|record| matches!(record, Record::Message(..)))
+    }
+
+    fn queued(&self) -> u32 {
+        (0..L)
+            .map(|lane| self.tails[lane].wrapping_sub(self.heads[lane]))
+            .sum()
     }
 }
 
-fn run_model<const C: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError> {
-    let start = start & !7;
+/// Runs `ops` on a ring whose lanes start at positions near `start` (each lane a little further
+/// on, so their paddings fall at different times), checking every outcome against the model.
+fn run_model<const C: usize, const L: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError> {
+    let starts: [u32; L] = std::array::from_fn(|lane| start.wrapping_add(40 * lane as u32) & !7);
     let mut region = Region::for_ring::<C>();
-    let mut raw = RawRing::<C>::init(&mut region);
-    raw.set_head(start);
+    let mut raw = RawRing::<C, L>::init(&mut region);
+    for (lane, &position) in starts.iter().enumerate() {
+        raw.set_lane_head(lane, position);
+    }
     let ring = raw.attach().unwrap();
     let mut ids = 10..;
     let mut tx = ring.claim_producer(owner(ids.next().unwrap())).unwrap();
     let mut rx = ring.claim_consumer(owner(ids.next().unwrap())).unwrap();
-    let mut model = Model::<C> {
-        head: start,
-        tail: start,
-        records: VecDeque::new(),
-    };
+    let mut model = Model::<C, L>::new(starts);
     let mut seq = 0u32;
     for op in ops {
         match *op {
@@ -651,7 +840,7 @@ fn run_model<const C: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError
                         );
                         prop_assert_eq!(
                             matches!(error, SendError::TooLarge { .. }),
-                            len > MessageRing::<C>::MAX_PAYLOAD
+                            len > MessageRing::<C, L>::MAX_PAYLOAD
                         );
                     }
                 }
@@ -692,8 +881,9 @@ fn run_model<const C: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError
             }
         }
         let queued = tx.queued_bytes();
-        prop_assert_eq!(queued, model.tail.wrapping_sub(model.head));
-        prop_assert!(queued <= C as u32 - 8);
+        prop_assert_eq!(queued, model.queued());
+        prop_assert!(queued <= C as u32 - 8 * L as u32);
+        prop_assert_eq!(tx.position().wrapping_sub(rx.position()), queued);
     }
     while let Some((tag, bytes)) = model.front().map(|(tag, bytes)| (tag, bytes.to_vec())) {
         prop_assert_eq!(
@@ -723,7 +913,7 @@ proptest! {
         start in start_position(),
         ops in prop::collection::vec(op(MessageRing::<128>::MAX_PAYLOAD), ops_len()),
     ) {
-        run_model::<128>(start, &ops)?;
+        run_model::<128, 1>(start, &ops)?;
     }
 
     #[test]
@@ -731,6 +921,22 @@ proptest! {
         start in start_position(),
         ops in prop::collection::vec(op(MessageRing::<1024>::MAX_PAYLOAD), ops_len()),
     ) {
-        run_model::<1024>(start, &ops)?;
+        run_model::<1024, 1>(start, &ops)?;
+    }
+
+    #[test]
+    fn matches_the_model_1024_in_4_lanes(
+        start in start_position(),
+        ops in prop::collection::vec(op(MessageRing::<1024, 4>::MAX_PAYLOAD), ops_len()),
+    ) {
+        run_model::<1024, 4>(start, &ops)?;
+    }
+
+    #[test]
+    fn matches_the_model_1024_in_16_lanes(
+        start in start_position(),
+        ops in prop::collection::vec(op(MessageRing::<1024, 16>::MAX_PAYLOAD), ops_len()),
+    ) {
+        run_model::<1024, 16>(start, &ops)?;
     }
 }

@@ -368,8 +368,10 @@ impl<T: Payload> Channel<T> for ArrayQueue<T> {
 pub type Ours<T> = Ring<T, CAP>;
 /// The reference heapless queue type.
 pub type Heapless<T> = heapless::spsc::Queue<T, CAP>;
-/// The message ring used throughout.
-pub type MsgRing = MessageRing<MSG_CAP>;
+/// The message ring used throughout, with `L` lanes (1 unless named).
+pub type MsgRing<const L: usize = 1> = MessageRing<MSG_CAP, L>;
+/// Lanes of the low-latency message ring configuration the benches show next to the default.
+pub const LANES: usize = 16;
 
 // ---------------------------------------------------------------------------------------------
 // Timing of individual round trips
@@ -551,17 +553,17 @@ pub fn read_payload(payload: &[u8]) -> u64 {
     u64::from_le_bytes(first)
 }
 
-/// Ping-pong through two [`MsgRing`]s with `len`-byte payloads (a multiple of 8, at least 8).
-/// The echo thread copies the payload from A's front into a slot allocated on B, pushes it, then
-/// pops A.
-pub fn ping_pong_message<M: RoundTripTimer>(
+/// Ping-pong through two [`MsgRing`]s of `L` lanes with `len`-byte payloads (a multiple of 8, at
+/// least 8). The echo thread copies the payload from A's front into a slot allocated on B,
+/// pushes it, then pops A.
+pub fn ping_pong_message<const L: usize, M: RoundTripTimer>(
     len: u32,
     warmup: u64,
     n: u64,
     timer: M,
 ) -> (Duration, M) {
-    let mut a: Box<MsgRing> = Box::new(MessageRing::new());
-    let mut b: Box<MsgRing> = Box::new(MessageRing::new());
+    let mut a: Box<MsgRing<L>> = Box::new(MessageRing::new());
+    let mut b: Box<MsgRing<L>> = Box::new(MessageRing::new());
     let (mut a_tx, mut a_rx) = a.split();
     let (mut b_tx, mut b_rx) = b.split();
     let group = timer.group();
@@ -726,11 +728,11 @@ pub fn stream<T: Payload, C: Channel<T>>(n: u64, budget: Duration, batch: bool) 
     (items, end.saturating_duration_since(begin))
 }
 
-/// One-way streaming of up to `n` messages of `len` bytes (a multiple of 8) through a [`MsgRing`]:
-/// alloc + fill + push on one side, front + read + pop on the other; bounded by `budget` as
-/// [`stream`] is.
-pub fn stream_message(len: u32, n: u64, budget: Duration) -> (u64, Duration) {
-    let mut ring: Box<MsgRing> = Box::new(MessageRing::new());
+/// One-way streaming of up to `n` messages of `len` bytes (a multiple of 8) through a [`MsgRing`]
+/// of `L` lanes: alloc + fill + push on one side, front + read + pop on the other; bounded by
+/// `budget` as [`stream`] is.
+pub fn stream_message<const L: usize>(len: u32, n: u64, budget: Duration) -> (u64, Duration) {
+    let mut ring: Box<MsgRing<L>> = Box::new(MessageRing::new());
     let (mut tx, mut rx) = ring.split();
     let barrier = Barrier::new(2);
     let budget = Budget::new(n, budget);
