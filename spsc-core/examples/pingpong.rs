@@ -1,6 +1,7 @@
 //! Two threads ping-pong a message through a pair of rings and print round-trip percentiles:
-//! our `Ring<u64, _>`, our `MessageRing` with 64-byte messages, and a raw two-atomic exchange
-//! (the hardware floor: one cache line moving each way, nothing else).
+//! our `Ring<u64, _>`, our `MessageRing` with 64-byte messages (one lane, and 16 lanes when the
+//! payload fits a lane), and a raw two-atomic exchange (the hardware floor: one cache line moving
+//! each way, nothing else).
 //!
 //! ```text
 //! cargo run --release -p spsc-core --example pingpong -- [round_trips] [payload_bytes]
@@ -125,19 +126,25 @@ fn ring_u64(round_trips: usize) -> (Samples, Duration) {
     result
 }
 
-fn message_ring(round_trips: usize, payload: u32) -> (Samples, Duration) {
-    static THERE: MessageRing<{ 1 << 16 }> = MessageRing::new();
-    static BACK: MessageRing<{ 1 << 16 }> = MessageRing::new();
+/// Capacity of each message ring.
+const MESSAGE_RING_BYTES: usize = 1 << 16;
+
+fn message_ring<const L: usize>(round_trips: usize, payload: u32) -> (Samples, Duration) {
+    // Leaked: the echo thread needs the rings for `'static`, and they live until exit anyway.
+    let there_ring: &'static MessageRing<MESSAGE_RING_BYTES, L> =
+        Box::leak(Box::new(MessageRing::new()));
+    let back_ring: &'static MessageRing<MESSAGE_RING_BYTES, L> =
+        Box::leak(Box::new(MessageRing::new()));
     const STOP: u16 = 1;
     let owner = std::num::NonZeroU32::MIN;
     let (mut there, mut back) = (
-        THERE.claim_producer(owner).unwrap(),
-        BACK.claim_consumer(owner).unwrap(),
+        there_ring.claim_producer(owner).unwrap(),
+        back_ring.claim_consumer(owner).unwrap(),
     );
     let echo = thread::spawn(move || {
         let (mut rx, mut tx) = (
-            THERE.claim_consumer(owner).unwrap(),
-            BACK.claim_producer(owner).unwrap(),
+            there_ring.claim_consumer(owner).unwrap(),
+            back_ring.claim_producer(owner).unwrap(),
         );
         loop {
             let Ok(message) = rx.front() else {
@@ -191,9 +198,9 @@ fn main() {
         .map_or(64, |a| a.parse().expect("payload_bytes: a number"));
     assert!(round_trips >= 10, "round_trips must be at least 10");
     assert!(
-        payload <= MessageRing::<{ 1 << 16 }>::MAX_PAYLOAD,
+        payload <= MessageRing::<MESSAGE_RING_BYTES>::MAX_PAYLOAD,
         "payload_bytes must be at most {}",
-        MessageRing::<{ 1 << 16 }>::MAX_PAYLOAD
+        MessageRing::<MESSAGE_RING_BYTES>::MAX_PAYLOAD
     );
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     println!("in-process ping-pong: {round_trips} round trips, {cpus} CPUs available");
@@ -205,6 +212,14 @@ fn main() {
     let floor_p50 = Some(floor_samples.quantile(0.5));
     let (samples, elapsed) = ring_u64(round_trips);
     samples.print("Ring<u64>", floor_p50, elapsed);
-    let (samples, elapsed) = message_ring(round_trips, payload);
+    let (samples, elapsed) = message_ring::<1>(round_trips, payload);
     samples.print(&format!("MessageRing {payload} B"), floor_p50, elapsed);
+    if payload <= MessageRing::<MESSAGE_RING_BYTES, 16>::MAX_PAYLOAD {
+        let (samples, elapsed) = message_ring::<16>(round_trips, payload);
+        samples.print(
+            &format!("MessageRing {payload} B, 16 lanes"),
+            floor_p50,
+            elapsed,
+        );
+    }
 }
