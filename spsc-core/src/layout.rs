@@ -52,7 +52,8 @@ pub struct RingLayout {
     /// in a ring of more than 16 of them), or 1. With `s` regions of `c / s` blocks
     /// each (`c` blocks in all), block `b` sits at place `(b % s) · (c / s) + b / s`, so
     /// consecutive blocks are never neighbours in memory; 1 means blocks in order. See
-    /// [`block_offset`](Self::block_offset).
+    /// [`block_offset`](Self::block_offset). For a `MessageRing`: its lanes `L` (message `k` in
+    /// lane `k % L`, each lane `capacity / L` bytes), 1 for one byte ring.
     pub block_spread: u32,
     /// Offset of the first block or buffer byte from the start of the ring.
     pub data_offset: u32,

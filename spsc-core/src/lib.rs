@@ -2,8 +2,10 @@
 //! allocation-free, laid out so that a ring can live in memory shared by two processes.
 //!
 //! - [`Ring<T, N>`](Ring): `N` elements of type `T`; single and batch push/pop.
-//! - [`MessageRing<C>`](MessageRing): variable-length messages in a `C`-byte buffer, written and
-//!   read in place (*alloc, write, push*; *front, read, pop*).
+//! - [`MessageRing<C, L>`](MessageRing): variable-length messages in a `C`-byte buffer, written
+//!   and read in place (*alloc, write, push*; *front, read, pop*), optionally spread round `L`
+//!   lanes so that consecutive messages never share a cache line (lower latency, smaller largest
+//!   message).
 //! - [`MessageSender`] / [`MessageReceiver`]: the message API that every transport of this
 //!   workspace implements, so generic code runs on any of them. The `conformance` feature
 //!   exposes the test suite every implementation must pass (`conformance_suite!`).

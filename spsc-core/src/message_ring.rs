@@ -657,10 +657,14 @@ impl<'a, const C: usize, const L: usize> MessageProducer<'a, C, L> {
     }
 
     /// The wrapping byte position the next record will be written at: the sum of the lanes'
-    /// positions (with one lane, simply its position). Positions only grow (mod 2³²) and survive
-    /// a take-over, so layers above can use them for exactly-once bookkeeping: a message pushed
-    /// at position `p` is popped once the consumer's [`position`](MessageConsumer::position) has
-    /// moved past `p`. Cost: a sum over the lanes' local positions.
+    /// positions (with one lane, simply its position), that is every byte of records and padding
+    /// written so far. Positions only grow (mod 2³²) and survive a take-over, so layers above can
+    /// use them for exactly-once bookkeeping: read just after a `push`, the position marks the end
+    /// of that message, and the message has been popped exactly when the consumer's
+    /// [`position`](MessageConsumer::position) has reached it. (Read before `alloc`, it can fall
+    /// short of the message's start by the padding `alloc` may insert at the end of a lane, and
+    /// the consumer's position passes it when it skips that padding, before the pop.) Cost: a sum
+    /// over the lanes' local positions.
     pub const fn position(&self) -> u32 {
         let mut sum = 0u32;
         let mut lane = 0;
