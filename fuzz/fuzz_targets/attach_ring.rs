@@ -13,13 +13,13 @@ use std::num::NonZeroU32;
 use std::ptr::NonNull;
 
 use libfuzzer_sys::fuzz_target;
-use spsc_core::{AttachError, ClaimError, Ring, RING_MAGIC};
+use spsc_core::{AttachError, ClaimError, Ring, RingLayout, RING_MAGIC};
 
 type R = Ring<u64, 8>;
 const SIZE: usize = std::mem::size_of::<R>();
 const MAX_OPS: usize = 256;
 /// Bytes of the header that describe the ring: magic and `RingLayout`, before the owner words.
-const DESCRIPTION: usize = 4 + 32;
+const DESCRIPTION: usize = 4 + std::mem::size_of::<RingLayout>();
 
 /// A zeroed, 128-aligned heap region of exactly `SIZE` bytes.
 struct Region(NonNull<u8>);

@@ -10,9 +10,10 @@
 //! checks the data received: values, order, payload bytes, and drop counts.
 //!
 //! Size: the models use the smallest capacities that still wrap (a `Ring` of 2 slots, a
-//! `MessageRing` of 64 bytes), two threads (three in one), and a handful of operations. The
-//! small models are explored exhaustively, the larger ones with a preemption bound
-//! ([`BOUNDED`], whose comment says why it suffices); `LOOM_MAX_PREEMPTIONS` overrides both.
+//! `MessageRing` of 64 bytes, or of 128 in two lanes of 64), two threads (three in one), and a
+//! handful of operations. The small models are explored exhaustively, the larger ones with a
+//! preemption bound ([`BOUNDED`], whose comment says why it suffices); `LOOM_MAX_PREEMPTIONS`
+//! overrides both.
 #![cfg(loom)]
 // These tests leak or drop `Drain`s on purpose: leaking one must stay harmless whatever its
 // implementation (today it has no `Drop`, which these lints point out).
@@ -41,7 +42,8 @@ const EXHAUSTIVE: Option<usize> = None;
 /// write-then-publish window and one inside the consumer's read-then-release window, once per
 /// lap at most, which 4 covers for the two laps these models run. For every schedule loom still
 /// explores every value each load may return under the memory model, which is what exposes a
-/// missing ordering. With 4 the file runs in well under a minute on two cores (5 doubles it).
+/// missing ordering. With 4 the whole file runs in about two and a half minutes on two
+/// cores.
 const BOUNDED: Option<usize> = Some(4);
 
 /// Runs `f` under loom with `preemption_bound` (`LOOM_MAX_PREEMPTIONS` overrides it) and prints
@@ -481,10 +483,10 @@ fn ring_partial_drain_then_drop() {
     });
 }
 
-/// FAILS (soundness bug in `Ring`, see the report): a `Drain` leaked with `mem::forget` (safe
-/// code) after yielding an element never publishes the consumer index, so the element it moved
-/// out is still "unconsumed" for `Ring::drop` (and for the next consumer handle), which drops
-/// it a second time. With `Box` elements that is a double free.
+/// A `Drain` leaked with `mem::forget` (safe code) after yielding an element: the element it
+/// moved out must not count as unconsumed for `Ring::drop` or the next consumer handle, or it is
+/// dropped twice (with `Box` elements, a double free). This model found that bug (commit
+/// `aefeb7a`); `Drain` now publishes the consumer index as it yields.
 #[test]
 fn ring_leaked_drain_then_drop() {
     static DROPS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
@@ -543,7 +545,11 @@ fn payload(message: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn send_spin<const C: usize>(tx: &mut MessageProducer<'_, C>, tag: u16, bytes: &[u8]) {
+fn send_spin<const C: usize, const L: usize>(
+    tx: &mut MessageProducer<'_, C, L>,
+    tag: u16,
+    bytes: &[u8],
+) {
     loop {
         match tx.send(tag, bytes) {
             Ok(()) => return,
@@ -553,7 +559,7 @@ fn send_spin<const C: usize>(tx: &mut MessageProducer<'_, C>, tag: u16, bytes: &
     }
 }
 
-fn recv_spin<const C: usize>(rx: &mut MessageConsumer<'_, C>) -> (u16, Vec<u8>) {
+fn recv_spin<const C: usize, const L: usize>(rx: &mut MessageConsumer<'_, C, L>) -> (u16, Vec<u8>) {
     loop {
         match rx.recv_with(|message| (message.tag(), message.payload().to_vec())) {
             Ok(received) => return received,
@@ -563,7 +569,9 @@ fn recv_spin<const C: usize>(rx: &mut MessageConsumer<'_, C>) -> (u16, Vec<u8>) 
     }
 }
 
-fn front_spin<const C: usize>(rx: &mut MessageConsumer<'_, C>) -> (u16, Vec<u8>) {
+fn front_spin<const C: usize, const L: usize>(
+    rx: &mut MessageConsumer<'_, C, L>,
+) -> (u16, Vec<u8>) {
     loop {
         match rx.front() {
             Ok(message) => return (message.tag(), message.payload().to_vec()),
@@ -719,6 +727,101 @@ fn message_ring_consumer_reclaim() {
         );
         rx.pop().unwrap();
         assert_eq!(recv_spin(&mut rx), (3, payload(3, 24)));
+        producer.join().unwrap();
+        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. A message ring of two lanes.
+
+/// C = 128 in two lanes of 64 bytes (MAX_PAYLOAD = 24); message `i` goes to lane `i % 2`.
+/// Lane 0 takes records of 32 and 32 bytes at 0 and 32, ending exactly at the lane's end, then
+/// 16 bytes at 0 of its second lap; lane 1 takes 24 and 32 bytes at 0 and 24, a padding record
+/// at 56, then 24 bytes at 0. Each lane must wait for the consumer to release room in that lane
+/// (not the other), and the second laps put record starts where the first laps' commit words and
+/// payload bytes were: a consumer reading a lane ahead of its producer sees a stale header unless
+/// the successor's (or the padding's) commit word was zeroed in the right lane. (The padding in
+/// lane 0 is the next model's.) After the join the consumer stands at lane 0, offset 16 of its
+/// second lap, where the first lap's payload bytes still are.
+#[test]
+fn message_ring_lanes_wrap_in_order() {
+    model(BOUNDED, || {
+        const LENS: [usize; 6] = [24, 16, 24, 24, 8, 16];
+        let ring = Arc::new(MessageRing::<128, 2>::new());
+        assert_eq!(MessageRing::<128, 2>::MAX_PAYLOAD, 24);
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            for (i, len) in LENS.into_iter().enumerate() {
+                send_spin(&mut tx, 100 + i as u16, &payload(i as u8, len));
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        for (i, len) in LENS.into_iter().enumerate() {
+            assert_eq!(recv_spin(&mut rx), (100 + i as u16, payload(i as u8, len)));
+        }
+        producer.join().unwrap();
+        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+    });
+}
+
+/// Handles of a two-lane ring re-attached mid-stream: each must recover the lane of the next
+/// message from the consumer's index words (the pop parities) and, for a producer, the messages
+/// still queued in each lane, which the concurrent consumer splits between popped and queued in
+/// every way. The two sides re-attach at different messages (a side that lost its lane would
+/// otherwise agree with the other by chance): the producer is dropped and re-claimed after one
+/// message and leaked and taken over after three, both times with lane 1 next; the consumer is
+/// leaked and taken over after two, and dropped after five, with lane 1 next and the sixth read
+/// but not popped (delivered again, immediately). Before that the consumer has skipped a
+/// padding record in lane 0, which must not count as a message.
+#[test]
+fn message_ring_lanes_reattach_mid_stream() {
+    model(BOUNDED, || {
+        /// Message `i`'s tag and payload. Lane 0 holds records of 32 and 24 bytes at 0 and 32,
+        /// padding at 56, then 24 bytes at 0; lane 1 holds 32 and 32 bytes, then 16 at 0.
+        fn message(i: usize) -> (u16, Vec<u8>) {
+            const LENS: [usize; 6] = [24, 24, 16, 24, 16, 8];
+            (100 + i as u16, payload(i as u8, LENS[i]))
+        }
+        fn send(tx: &mut MessageProducer<'_, 128, 2>, i: usize) {
+            let (tag, bytes) = message(i);
+            send_spin(tx, tag, &bytes);
+        }
+        let ring = Arc::new(MessageRing::<128, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let ring = &*producer_ring;
+            let mut tx = ring.claim_producer(owner(1)).unwrap();
+            send(&mut tx, 0);
+            drop(tx);
+            let mut tx = ring.claim_producer(owner(2)).unwrap();
+            send(&mut tx, 1);
+            send(&mut tx, 2);
+            core::mem::forget(tx);
+            // SAFETY: the handle of owner 2 was forgotten above and is never used again.
+            let mut tx = unsafe { ring.take_over_producer(owner(2), owner(3)) }.unwrap();
+            for i in 3..6 {
+                send(&mut tx, i);
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(9)).unwrap();
+        assert_eq!(recv_spin(&mut rx), message(0));
+        assert_eq!(recv_spin(&mut rx), message(1));
+        core::mem::forget(rx);
+        // SAFETY: the handle of owner 9 was forgotten above and is never used again.
+        let mut rx = unsafe { ring.take_over_consumer(owner(9), owner(10)) }.unwrap();
+        for i in 2..5 {
+            assert_eq!(recv_spin(&mut rx), message(i));
+        }
+        assert_eq!(front_spin(&mut rx), message(5));
+        drop(rx);
+        let mut rx = ring.claim_consumer(owner(11)).unwrap();
+        let again = rx
+            .front()
+            .map(|message| (message.tag(), message.payload().to_vec()));
+        assert_eq!(again, Ok(message(5)), "unpopped message delivered again");
+        rx.pop().unwrap();
         producer.join().unwrap();
         assert!(matches!(rx.front(), Err(RecvError::Empty)));
     });
