@@ -592,23 +592,26 @@ fn front_spin<const C: usize, const L: usize>(
 /// must arrive as written.
 #[test]
 fn message_ring_wraps_with_padding() {
-    model(BOUNDED, || {
-        const LENS: [usize; 4] = [16, 24, 16, 24];
-        let ring = Arc::new(MessageRing::<64>::new());
-        let producer_ring = ring.clone();
-        let producer = thread::spawn(move || {
-            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
-            for (i, len) in LENS.into_iter().enumerate() {
-                send_spin(&mut tx, 100 + i as u16, &payload(i as u8, len));
-            }
-        });
-        let mut rx = ring.claim_consumer(owner(2)).unwrap();
-        for (i, len) in LENS.into_iter().enumerate() {
-            assert_eq!(recv_spin(&mut rx), (100 + i as u16, payload(i as u8, len)));
+    model(BOUNDED, || stream_messages::<64, 1>(&[16, 24, 16, 24]));
+}
+
+/// One model's body: a producer thread sends messages of `lens` bytes (tags 100, 101, …) while
+/// the consumer receives them; every tag and byte must arrive in order, and nothing after.
+fn stream_messages<const C: usize, const L: usize>(lens: &'static [usize]) {
+    let ring = Arc::new(MessageRing::<C, L>::new());
+    let producer_ring = ring.clone();
+    let producer = thread::spawn(move || {
+        let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+        for (i, &len) in lens.iter().enumerate() {
+            send_spin(&mut tx, 100 + i as u16, &payload(i as u8, len));
         }
-        producer.join().unwrap();
-        assert!(matches!(rx.front(), Err(RecvError::Empty)));
     });
+    let mut rx = ring.claim_consumer(owner(2)).unwrap();
+    for (i, &len) in lens.iter().enumerate() {
+        assert_eq!(recv_spin(&mut rx), (100 + i as u16, payload(i as u8, len)));
+    }
+    producer.join().unwrap();
+    assert!(matches!(rx.front(), Err(RecvError::Empty)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -746,23 +749,9 @@ fn message_ring_consumer_reclaim() {
 /// second lap, where the first lap's payload bytes still are.
 #[test]
 fn message_ring_lanes_wrap_in_order() {
+    assert_eq!(MessageRing::<128, 2>::MAX_PAYLOAD, 24);
     model(BOUNDED, || {
-        const LENS: [usize; 6] = [24, 16, 24, 24, 8, 16];
-        let ring = Arc::new(MessageRing::<128, 2>::new());
-        assert_eq!(MessageRing::<128, 2>::MAX_PAYLOAD, 24);
-        let producer_ring = ring.clone();
-        let producer = thread::spawn(move || {
-            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
-            for (i, len) in LENS.into_iter().enumerate() {
-                send_spin(&mut tx, 100 + i as u16, &payload(i as u8, len));
-            }
-        });
-        let mut rx = ring.claim_consumer(owner(2)).unwrap();
-        for (i, len) in LENS.into_iter().enumerate() {
-            assert_eq!(recv_spin(&mut rx), (100 + i as u16, payload(i as u8, len)));
-        }
-        producer.join().unwrap();
-        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+        stream_messages::<128, 2>(&[24, 16, 24, 24, 8, 16]);
     });
 }
 

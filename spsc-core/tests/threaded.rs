@@ -10,6 +10,7 @@
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use spsc_core::{
     ClaimError, MessageReceiver, MessageRing, MessageSender, RecvError, Ring, SendError, SendSlot,
@@ -168,13 +169,14 @@ fn ring_batch_ops() {
     assert_eq!(rx.pop(), None);
 }
 
-/// Length of message `seq`: mostly small, one in eight anything up to `max`.
+/// Length of message `seq`: mostly small (under 48 bytes, and never above `max`), one in eight
+/// anything up to `max`.
 fn message_len(seq: u64, max: u32) -> u32 {
     let h = mix(seq);
     let len = if h.is_multiple_of(8) {
         (h >> 8) % (u64::from(max) + 1)
     } else {
-        (h >> 8) % 48
+        (h >> 8) % (u64::from(max) + 1).min(48)
     };
     len as u32
 }
@@ -188,8 +190,13 @@ fn message_byte(seq: u64, i: usize) -> u8 {
     }
 }
 
+/// How long a side waits for the other before failing the test: a peer that panicked (in a
+/// scoped thread, joined only at the end) must fail the run, not hang it.
+const STALL: Duration = Duration::from_secs(60);
+
 fn send_message<S: MessageSender>(tx: &mut S, seq: u64) {
     let len = message_len(seq, tx.max_payload());
+    let since = Instant::now();
     loop {
         match tx.alloc(len, seq as u16) {
             Ok(mut slot) => {
@@ -199,13 +206,20 @@ fn send_message<S: MessageSender>(tx: &mut S, seq: u64) {
                 slot.push();
                 return;
             }
-            Err(SendError::Full) => wait(),
+            Err(SendError::Full) => {
+                assert!(
+                    since.elapsed() < STALL,
+                    "message {seq}: no room for {STALL:?}"
+                );
+                wait();
+            }
             Err(error) => panic!("message {seq}: {error}"),
         }
     }
 }
 
 fn receive_message<R: MessageReceiver>(rx: &mut R, seq: u64, max: u32) {
+    let since = Instant::now();
     loop {
         match rx.front() {
             Ok(message) => {
@@ -226,14 +240,20 @@ fn receive_message<R: MessageReceiver>(rx: &mut R, seq: u64, max: u32) {
                 rx.pop().unwrap();
                 return;
             }
-            Err(RecvError::Empty) => wait(),
+            Err(RecvError::Empty) => {
+                assert!(
+                    since.elapsed() < STALL,
+                    "message {seq}: nothing for {STALL:?}"
+                );
+                wait();
+            }
             Err(error) => panic!("message {seq}: {error}"),
         }
     }
 }
 
-fn message_stream<const C: usize>(total: u64) {
-    let ring = Box::new(MessageRing::<C>::new());
+fn message_stream<const C: usize, const L: usize>(total: u64) {
+    let ring = Box::new(MessageRing::<C, L>::new());
     let ring = &*ring;
     thread::scope(|scope| {
         scope.spawn(move || {
@@ -244,23 +264,43 @@ fn message_stream<const C: usize>(total: u64) {
         });
         let mut rx = ring.claim_consumer(owner(2)).unwrap();
         for seq in 0..total {
-            receive_message(&mut rx, seq, MessageRing::<C>::MAX_PAYLOAD);
+            receive_message(&mut rx, seq, MessageRing::<C, L>::MAX_PAYLOAD);
         }
         // The producer may still be running: only emptiness after it is done is checked below.
     });
-    let mut rx = ring.claim_consumer(owner(3)).unwrap();
+    assert_drained(ring);
+}
+
+/// Fresh handles of a ring both sides are done with find nothing queued, in any lane: the
+/// consumer's next lane is empty and the producer resumes at the consumer's position.
+fn assert_drained<const C: usize, const L: usize>(ring: &MessageRing<C, L>) {
+    let mut rx = ring.claim_consumer(owner(98)).unwrap();
     assert_eq!(rx.front().unwrap_err(), RecvError::Empty);
+    let tx = ring.claim_producer(owner(99)).unwrap();
+    assert_eq!(tx.position(), rx.position(), "a message left in some lane");
 }
 
 #[test]
 fn message_ring_random_sizes_4096() {
-    message_stream::<4096>(count(1_000_000, 300));
+    message_stream::<4096, 1>(count(1_000_000, 300));
+}
+
+#[test]
+fn message_ring_random_sizes_4096_in_16_lanes() {
+    // Lanes of 256 bytes: the largest message (120 bytes) pads often in its lane.
+    message_stream::<4096, 16>(count(1_000_000, 300));
 }
 
 #[test]
 fn message_ring_random_sizes_128() {
     // Tiny: nearly every message wraps or pads.
-    message_stream::<128>(count(300_000, 300));
+    message_stream::<128, 1>(count(300_000, 300));
+}
+
+#[test]
+fn message_ring_random_sizes_256_in_4_lanes() {
+    // The smallest lanes (64 bytes, largest message 24): nearly every message wraps or pads.
+    message_stream::<256, 4>(count(300_000, 300));
 }
 
 /// Claims `side` for thread `index` once the thread before has handed over: the previous
@@ -359,12 +399,12 @@ fn ring_sides_handed_between_threads_mid_stream() {
     assert_eq!(rx.pop(), None, "{total} elements, no more");
 }
 
-#[test]
-fn message_ring_sides_handed_between_threads_mid_stream() {
+/// Four producer and four consumer threads take their side in turn, each for `chunk` messages,
+/// while the other side runs: every claim recovers the position (and with lanes, the lane the
+/// round stands at) from what the previous holder left.
+fn message_sides_handed<const C: usize, const L: usize>(chunk: u64) {
     const THREADS: u32 = 4;
-    const C: usize = 1024;
-    let chunk = count(50_000, 40);
-    let ring = Box::new(MessageRing::<C>::new());
+    let ring = Box::new(MessageRing::<C, L>::new());
     let ring = &*ring;
     let producer_turn = AtomicU32::new(0);
     let consumer_turn = AtomicU32::new(0);
@@ -391,7 +431,7 @@ fn message_ring_sides_handed_between_threads_mid_stream() {
                 let mut rx = claim_in_turn(turn, index, |id| ring.claim_consumer(id));
                 let first = chunk * u64::from(index);
                 for seq in first..first + chunk {
-                    receive_message(&mut rx, seq, MessageRing::<C>::MAX_PAYLOAD);
+                    receive_message(&mut rx, seq, MessageRing::<C, L>::MAX_PAYLOAD);
                 }
                 turn.store(index + 1, Ordering::Release);
                 drop(rx);
@@ -399,6 +439,16 @@ fn message_ring_sides_handed_between_threads_mid_stream() {
         }
     });
     assert_eq!(ring.holders(), (0, 0));
-    let mut rx = ring.claim_consumer(owner(99)).unwrap();
-    assert_eq!(rx.front().unwrap_err(), RecvError::Empty);
+    assert_drained(ring);
+}
+
+#[test]
+fn message_ring_sides_handed_between_threads_mid_stream() {
+    message_sides_handed::<1024, 1>(count(50_000, 40));
+}
+
+#[test]
+fn message_ring_in_4_lanes_sides_handed_between_threads_mid_stream() {
+    // Chunks of 4k + 1 messages: each hand-over happens at another lane.
+    message_sides_handed::<2048, 4>(count(50_001, 41));
 }
