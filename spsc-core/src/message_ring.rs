@@ -897,11 +897,16 @@ impl<'a, const C: usize, const L: usize> MessageConsumer<'a, C, L> {
         self.lane & L.wrapping_sub(1)
     }
 
-    /// Where the record at the current lane's head starts in the buffer.
+    /// The offset in lane `lane` of the record at its head.
+    #[inline(always)]
+    fn head_offset_in_lane(&self, lane: usize) -> u32 {
+        MessageRing::<C, L>::offset_in_lane(MessageRing::<C, L>::head_position(self.heads[lane]))
+    }
+
+    /// Where the record at lane `lane`'s head starts in the buffer.
     #[inline(always)]
     fn head_offset(&self, lane: usize) -> u32 {
-        let position = MessageRing::<C, L>::head_position(self.heads[lane]);
-        MessageRing::<C, L>::at(lane, MessageRing::<C, L>::offset_in_lane(position))
+        MessageRing::<C, L>::at(lane, self.head_offset_in_lane(lane))
     }
 
     /// Finds and validates the record at the current lane's head, skipping padding.
@@ -913,12 +918,12 @@ impl<'a, const C: usize, const L: usize> MessageConsumer<'a, C, L> {
         let ring = self.ring;
         let lane = self.lane();
         loop {
-            let at = self.head_offset(lane);
+            let offset = self.head_offset_in_lane(lane);
+            let at = MessageRing::<C, L>::at(lane, offset);
             let commit = ring.commit_word(at).load(Ordering::Acquire);
             if commit == 0 {
                 return Err(RecvError::Empty);
             }
-            let offset = at - MessageRing::<C, L>::at(lane, 0);
             match ring.decode(lane, offset, commit) {
                 Err(reason) => return Err(RecvError::Corrupt { reason }),
                 Ok(Record::Padding { size }) => {
