@@ -29,8 +29,8 @@ use spsc_core::{
 };
 
 use crate::header::{
-    bump, Direction, DirectionStats, End, RecvCounters, RingPlacement, SegmentHeader, SendCounters,
-    HEADER_SIZE,
+    bump, Direction, DirectionStats, End, HeaderError, RecvCounters, RingPlacement, SegmentHeader,
+    SendCounters, HEADER_SIZE,
 };
 use crate::name::{NameError, SegmentName};
 use crate::pid::{current_pid, current_start_time, is_process_alive, is_process_alive_since};
@@ -259,6 +259,17 @@ impl<const C: usize> Channel<C> {
             Lookup::Create => Segment::create_ready(name, size, seg_options, expected, init)?,
             Lookup::Open => Segment::open_ready(name, seg_options, expected)?,
         };
+        // The header validated as self-consistent; a channel's creator also always puts the
+        // rings in the same places and sizes the file to fit them exactly. A header that
+        // describes another arrangement (slack, a gap, a moved ring) was not written by this
+        // format's creator: refuse it rather than guess what the extra bytes are for.
+        if placements != Self::PLACEMENTS || segment.len() != Self::SEGMENT_SIZE {
+            return Err(ChannelError::Segment(SegmentError::Header(
+                HeaderError::Impossible {
+                    reason: "rings are not laid out as a channel of this capacity lays them out",
+                },
+            )));
+        }
         Self::attach(segment, placements, end)
     }
 
@@ -288,7 +299,7 @@ impl<const C: usize> Channel<C> {
                 )
             };
             if result.is_err() {
-                return Err(SegmentError::Header(crate::HeaderError::Impossible {
+                return Err(SegmentError::Header(HeaderError::Impossible {
                     reason: "ring placement unusable",
                 }));
             }

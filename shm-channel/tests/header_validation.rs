@@ -364,6 +364,47 @@ fn impossible_offsets_and_sizes() {
     );
 }
 
+/// Headers that are consistent in themselves (every ring inside a file of the recorded size, no
+/// overlap) but describe an arrangement no channel creator writes: slack at the end, a gap
+/// before a moved ring, the rings swapped. Each used to be accepted (the fuzzer found the
+/// first); a channel's rings have one place, so each is refused.
+#[test]
+fn self_consistent_headers_of_another_arrangement() {
+    let size = Chan::SEGMENT_SIZE as u64;
+    let ring_size = read_u64(&segment().path, RING0_SIZE);
+    let (ring0, ring1) = (HEADER_SIZE as u64, HEADER_SIZE as u64 + ring_size);
+    let grown = size + 4096;
+    // (what, the file's length, the header words written as (offset, value))
+    type Case<'a> = (&'a str, u64, &'a [(u64, u64)]);
+    let cases: [Case; 3] = [
+        ("slack after the rings", grown, &[(TOTAL_SIZE, grown)]),
+        (
+            "a gap before ring 1",
+            grown,
+            &[(TOTAL_SIZE, grown), (RING1_OFFSET, ring1 + 4096)],
+        ),
+        (
+            "the rings swapped",
+            size,
+            &[(RING0_OFFSET, ring1), (RING1_OFFSET, ring0)],
+        ),
+    ];
+    for (what, file_len, patches) in cases {
+        let fixture = segment();
+        set_len(&fixture.path, file_len);
+        for &(offset, value) in patches {
+            write_at(&fixture.path, offset, &value.to_le_bytes());
+        }
+        assert_eq!(
+            header_error(&fixture),
+            HeaderError::Impossible {
+                reason: "rings are not laid out as a channel of this capacity lays them out"
+            },
+            "{what}"
+        );
+    }
+}
+
 #[test]
 fn corrupt_ring_inside_a_valid_header() {
     let fixture = segment();
