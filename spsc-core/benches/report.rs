@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     cpu_pair, ping_pong, ping_pong_floor, ping_pong_message, stream, stream_message, Channel,
-    Heapless, Ours, Payload, RoundTripTimer, Rtrb, BATCH, CAP, LANES, MSG_CAP, WARMUP_ROUND_TRIPS,
+    Heapless, Ours, OursDense, Payload, RoundTripTimer, Rtrb, BATCH, CAP, LANES, MSG_CAP,
+    WARMUP_ROUND_TRIPS,
 };
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
@@ -331,6 +332,7 @@ fn ping_scenario<T: Payload>(key: &'static str, n: u64, message_len: u32) -> Sce
         contenders: vec![
             floor_contender(),
             ping_contender::<T, Ours<T>>(),
+            ping_contender::<T, OursDense<T>>(),
             ping_contender::<T, Rtrb<T>>(),
             ping_contender::<T, Heapless<T>>(),
             ping_contender::<T, ArrayQueue<T>>(),
@@ -359,6 +361,7 @@ fn stream_scenario<T: Payload>(key: &'static str, n: u64, batch: bool) -> Scenar
         n,
         contenders: vec![
             stream_contender::<T, Ours<T>>(batch),
+            stream_contender::<T, OursDense<T>>(batch),
             stream_contender::<T, Rtrb<T>>(batch),
             stream_contender::<T, Heapless<T>>(batch),
             stream_contender::<T, ArrayQueue<T>>(batch),

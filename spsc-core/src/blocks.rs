@@ -117,6 +117,7 @@ impl<T, const N: usize> Geometry<T, N> {
 
     /// Where block `block` (`< COUNT`) sits in memory, in blocks from the first: a bijection of
     /// `0..COUNT` that puts consecutive blocks in consecutive regions (module docs).
+    #[cfg_attr(loom, allow(dead_code))] // loom's blocks are indexed, not placed
     #[inline(always)]
     pub(crate) const fn place(block: usize) -> usize {
         if Self::SPREAD == 1 {

@@ -21,6 +21,9 @@ pub enum RingKind {
     Fixed = 1,
     /// [`MessageRing`](crate::MessageRing): variable-length messages in a byte buffer.
     Message = 2,
+    /// [`DenseRing`](crate::DenseRing): `N` elements of one type as a plain array, published
+    /// by index.
+    Dense = 3,
 }
 
 /// The numbers that determine how a ring's bytes are laid out.

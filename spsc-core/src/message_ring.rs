@@ -512,7 +512,6 @@ impl<const C: usize, const L: usize> MessageRing<C, L> {
     }
 }
 
-#[cfg(not(loom))]
 impl<const C: usize, const L: usize> Default for MessageRing<C, L> {
     fn default() -> Self {
         Self::new()

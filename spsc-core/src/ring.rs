@@ -367,7 +367,6 @@ impl<T, const N: usize> Ring<T, N> {
     }
 }
 
-#[cfg(not(loom))]
 impl<T, const N: usize> Default for Ring<T, N> {
     fn default() -> Self {
         Self::new()

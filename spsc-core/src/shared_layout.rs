@@ -1,4 +1,4 @@
-//! Compile-time locks on the in-memory layout of both rings.
+//! Compile-time locks on the in-memory layout of the rings.
 //!
 //! Two processes built separately must agree on every offset; a change that moves a field fails
 //! the build here, and must come with a bump of [`RING_FORMAT_VERSION`](crate::RING_FORMAT_VERSION).
@@ -11,7 +11,7 @@ mod locked {
     use static_assertions::{const_assert, const_assert_eq};
 
     use crate::layout::{RingControl, RingLayout};
-    use crate::{MessageRing, Ring};
+    use crate::{DenseRing, MessageRing, Ring};
 
     const_assert_eq!(size_of::<RingLayout>(), 40);
     const_assert_eq!(size_of::<RingControl>(), 52);
@@ -58,4 +58,15 @@ mod locked {
     const_assert_eq!(size_of::<MessageRing<4096, 16>>(), 256 + 4096);
     const_assert_eq!(MessageRing::<4096, 16>::MAX_PAYLOAD, 128 - 8);
     const_assert_eq!(MessageRing::<65536, 16>::MAX_PAYLOAD, 2048 - 8);
+
+    // The dense ring: header line, consumer index line, producer index line, then exactly the
+    // array of elements (rounded up to the ring's alignment).
+    const_assert_eq!(align_of::<DenseRing<u64, 8>>(), 128);
+    const_assert_eq!(offset_of!(DenseRing<u64, 8>, head), 128);
+    const_assert_eq!(offset_of!(DenseRing<u64, 8>, tail), 256);
+    const_assert_eq!(offset_of!(DenseRing<u64, 8>, slots), 384);
+    const_assert_eq!(size_of::<DenseRing<[u8; 64], 1024>>(), 384 + 64 * 1024);
+    const_assert_eq!(size_of::<DenseRing<u64, 8>>(), 384 + 128);
+    const_assert_eq!(DenseRing::<[u8; 64], 1024>::LAYOUT.block_size, 64);
+    const_assert_eq!(DenseRing::<[u8; 64], 1024>::LAYOUT.data_offset, 384);
 }

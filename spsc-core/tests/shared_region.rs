@@ -1,4 +1,4 @@
-//! Readiness of both rings for shared memory: every way `init_in_place` and `attach` refuse a
+//! Readiness of the rings for shared memory: every way `init_in_place` and `attach` refuse a
 //! region, layout fingerprints, and the same bytes used through two mappings at different
 //! addresses by two threads (which shows the rings hold indices, not pointers).
 
@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::ptr::NonNull;
 
 use spsc_core::{
-    AttachError, MessageReceiver, MessageRing, MessageSender, RecvError, Ring, RingKind,
+    AttachError, DenseRing, MessageReceiver, MessageRing, MessageSender, RecvError, Ring, RingKind,
     RingLayout, SendError, SendSlot, RING_FORMAT_VERSION, RING_MAGIC,
 };
 
@@ -61,6 +61,18 @@ impl<T, const N: usize> InPlace for Ring<T, N> {
     unsafe fn attach<'a>(region: NonNull<u8>, len: usize) -> Result<&'a Self, AttachError> {
         // SAFETY: forwarded from the caller.
         unsafe { Ring::attach(region, len) }
+    }
+}
+
+impl<T, const N: usize> InPlace for DenseRing<T, N> {
+    const LAYOUT: RingLayout = DenseRing::<T, N>::LAYOUT;
+    unsafe fn init<'a>(region: NonNull<u8>, len: usize) -> Result<&'a Self, AttachError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { DenseRing::init_in_place(region, len) }
+    }
+    unsafe fn attach<'a>(region: NonNull<u8>, len: usize) -> Result<&'a Self, AttachError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { DenseRing::attach(region, len) }
     }
 }
 
@@ -143,6 +155,12 @@ fn unusable_regions_are_refused_by_ring() {
 }
 
 #[test]
+fn unusable_regions_are_refused_by_dense_ring() {
+    unusable_regions_are_refused::<DenseRing<u64, 8>>();
+    unusable_regions_are_refused::<DenseRing<[u8; 64], 16>>();
+}
+
+#[test]
 fn unusable_regions_are_refused_by_message_ring() {
     unusable_regions_are_refused::<MessageRing<256>>();
     unusable_regions_are_refused::<MessageRing<1024>>();
@@ -198,6 +216,11 @@ fn another_ring_type_is_a_layout_mismatch() {
     layout_mismatch::<MessageRing<256>, MessageRing<128>>();
     layout_mismatch::<MessageRing<256>, Ring<u64, 8>>();
     layout_mismatch::<MessageRing<256>, Ring<u8, 256>>();
+    // The two element rings of the same type and capacity differ in kind (and layout).
+    layout_mismatch::<Ring<u64, 8>, DenseRing<u64, 8>>();
+    layout_mismatch::<DenseRing<u64, 8>, Ring<u64, 8>>();
+    layout_mismatch::<DenseRing<u64, 8>, DenseRing<u64, 16>>();
+    layout_mismatch::<DenseRing<u64, 8>, MessageRing<128>>();
 }
 
 #[test]
@@ -281,6 +304,9 @@ fn fingerprints_tell_layouts_apart() {
         MessageRing::<64>::LAYOUT,
         MessageRing::<256>::LAYOUT,
         MessageRing::<512>::LAYOUT,
+        DenseRing::<u64, 8>::LAYOUT,
+        DenseRing::<u64, 16>::LAYOUT,
+        DenseRing::<u32, 8>::LAYOUT,
     ];
     // `i64` and `u64` (and `[u8; 8]` vs `u64` apart from alignment) have equal layouts: the
     // fingerprint describes bytes, not types.
@@ -488,6 +514,61 @@ mod two_mappings {
                 if !got_any {
                     thread::yield_now();
                 }
+            }
+            assert!(rx.pop().is_none());
+        });
+        assert_eq!(ring_a.holders(), (0, 0));
+    }
+
+    /// The dense ring through two mappings: batches in, read chunks (as slices) out.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot run memfd_create or mmap")]
+    fn dense_ring_through_two_mappings() {
+        type R = DenseRing<Item, 256>;
+        let mapping = DoubleMapping::new(mem::size_of::<R>().next_multiple_of(4096));
+        // SAFETY: the mapping is valid for `len` bytes and outlives both references; the bytes
+        // are accessed only through the ring's handles.
+        let ring_a = unsafe { R::init_in_place(mapping.a, mapping.len) }.unwrap();
+        // SAFETY: as above; the same bytes at the other address.
+        let ring_b = unsafe { R::attach(mapping.b, mapping.len) }.unwrap();
+        let tx = ring_a.claim_producer(owner(1)).unwrap();
+        assert!(ring_b.claim_producer(owner(2)).is_err());
+        let rx = ring_b.claim_consumer(owner(3)).unwrap();
+        assert_eq!(ring_a.holders(), (1, 3));
+        thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut tx = tx;
+                let mut seq = 0;
+                let mut batch = Vec::new();
+                while seq < COUNT {
+                    let end = (seq + 1 + seq % 41).min(COUNT);
+                    batch.clear();
+                    batch.extend((seq..end).map(|seq| Item {
+                        seq,
+                        check: check(seq),
+                    }));
+                    let pushed = tx.push_slice(&batch);
+                    if pushed == 0 {
+                        thread::yield_now();
+                    }
+                    seq += pushed as u64;
+                }
+            });
+            let mut rx = rx;
+            let mut expected = 0;
+            while expected < COUNT {
+                let chunk = rx.read_chunk(64);
+                if chunk.is_empty() {
+                    thread::yield_now();
+                    continue;
+                }
+                let (first, second) = chunk.as_slices();
+                for item in first.iter().chain(second) {
+                    assert_eq!(item.seq, expected, "lost, duplicated or reordered");
+                    assert_eq!(item.check, check(item.seq), "torn element {item:?}");
+                    expected += 1;
+                }
+                chunk.commit_all();
             }
             assert!(rx.pop().is_none());
         });

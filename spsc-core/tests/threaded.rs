@@ -1,4 +1,4 @@
-//! Two-thread stress tests of both rings: single and batch operations, messages of random sizes,
+//! Two-thread stress tests of the rings: single and batch operations, messages of random sizes,
 //! and sides handed from thread to thread mid-stream. Every consumer checks that nothing is lost,
 //! duplicated, reordered or torn. These are also the tests run under ThreadSanitizer and Miri
 //! (with shrunken counts).
@@ -13,7 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use spsc_core::{
-    ClaimError, MessageReceiver, MessageRing, MessageSender, RecvError, Ring, SendError, SendSlot,
+    ClaimError, DenseRing, MessageReceiver, MessageRing, MessageSender, RecvError, Ring, SendError,
+    SendSlot,
 };
 
 fn owner(id: u32) -> NonZeroU32 {
@@ -151,6 +152,112 @@ fn ring_batch_ops() {
                     drain.next().unwrap().verify(expected);
                     expected += 1;
                 }
+                take
+            } else {
+                let n = rx.pop_slice(&mut out[..max.min(50)]);
+                for item in &out[..n] {
+                    item.verify(expected);
+                    expected += 1;
+                }
+                n
+            };
+            if got == 0 {
+                wait();
+            }
+        }
+    });
+    let mut rx = ring.claim_consumer(owner(3)).unwrap();
+    assert_eq!(rx.pop(), None);
+}
+
+fn dense_single_ops<const N: usize>(total: u64) {
+    let ring = Box::new(DenseRing::<Item, N>::new());
+    let ring = &*ring;
+    thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut tx = ring.claim_producer(owner(1)).unwrap();
+            for seq in 0..total {
+                let mut item = Item::new(seq);
+                while let Err(full) = tx.push(item) {
+                    item = full.0;
+                    wait();
+                }
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let mut expected = 0;
+        while expected < total {
+            if expected.is_multiple_of(3) {
+                if let Some(item) = rx.peek() {
+                    item.verify(expected);
+                }
+            }
+            match rx.pop() {
+                Some(item) => {
+                    item.verify(expected);
+                    expected += 1;
+                }
+                None => wait(),
+            }
+        }
+    });
+    let mut rx = ring.claim_consumer(owner(3)).unwrap();
+    assert_eq!(rx.pop(), None, "nothing beyond what was sent");
+}
+
+#[test]
+fn dense_ring_single_ops_64() {
+    dense_single_ops::<64>(count(1_000_000, 300));
+}
+
+#[test]
+fn dense_ring_single_ops_1() {
+    dense_single_ops::<1>(count(100_000, 100));
+}
+
+/// Batches of random sizes both ways: slices and iterators in, slices and read chunks (partly
+/// committed, read as two slices) out.
+#[test]
+fn dense_ring_batch_ops() {
+    const N: usize = 128;
+    let total = count(1_000_000, 400);
+    let ring = Box::new(DenseRing::<Item, N>::new());
+    let ring = &*ring;
+    thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut tx = ring.claim_producer(owner(1)).unwrap();
+            let mut seq = 0;
+            let mut batch = Vec::new();
+            while seq < total {
+                let size = (mix(seq) % 70 + 1).min(total - seq);
+                batch.clear();
+                batch.extend((seq..seq + size).map(Item::new));
+                let pushed = if seq.is_multiple_of(2) {
+                    tx.push_slice(&batch)
+                } else {
+                    tx.push_iter(batch.iter().copied())
+                };
+                if pushed == 0 {
+                    wait();
+                }
+                seq += pushed as u64;
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let mut expected = 0;
+        let mut out = [Item::new(0); 50];
+        while expected < total {
+            let max = (mix(expected ^ 1) % 90 + 1) as usize;
+            let got = if expected.is_multiple_of(2) {
+                // Commit half of what the chunk holds; the rest is read again next time.
+                let chunk = rx.read_chunk(max);
+                let (first, second) = chunk.as_slices();
+                for (i, item) in first.iter().chain(second).enumerate() {
+                    item.verify(expected + i as u64);
+                }
+                let take = chunk.len().div_ceil(2);
+                chunk.commit(take);
+                expected += take as u64;
                 take
             } else {
                 let n = rx.pop_slice(&mut out[..max.min(50)]);
@@ -388,6 +495,71 @@ fn ring_sides_handed_between_threads_mid_stream() {
                             expected += 1;
                         }
                     }
+                }
+                turn.store(index + 1, Ordering::Release);
+                drop(rx);
+            });
+        }
+    });
+    assert_eq!(ring.holders(), (0, 0));
+    let mut rx = ring.claim_consumer(owner(99)).unwrap();
+    assert_eq!(rx.pop(), None, "{total} elements, no more");
+}
+
+#[test]
+fn dense_ring_sides_handed_between_threads_mid_stream() {
+    const THREADS: u32 = 4;
+    let chunk = count(100_000, 60);
+    let total = chunk * u64::from(THREADS);
+    let ring = Box::new(DenseRing::<Item, 32>::new());
+    let ring = &*ring;
+    let producer_turn = AtomicU32::new(0);
+    let consumer_turn = AtomicU32::new(0);
+    thread::scope(|scope| {
+        for index in 0..THREADS {
+            let turn = &producer_turn;
+            scope.spawn(move || {
+                let mut tx = claim_in_turn(turn, index, |id| ring.claim_producer(id));
+                let first = chunk * u64::from(index);
+                let mut seq = first;
+                while seq < first + chunk {
+                    let pushed = if seq.is_multiple_of(5) {
+                        tx.push(Item::new(seq)).map_or(0, |()| 1)
+                    } else {
+                        let end = (seq + 7).min(first + chunk);
+                        let batch: Vec<Item> = (seq..end).map(Item::new).collect();
+                        tx.push_slice(&batch)
+                    };
+                    if pushed == 0 {
+                        wait();
+                    }
+                    seq += pushed as u64;
+                }
+                turn.store(index + 1, Ordering::Release);
+                drop(tx);
+            });
+        }
+        for index in 0..THREADS {
+            let turn = &consumer_turn;
+            scope.spawn(move || {
+                let mut rx = claim_in_turn(turn, index, |id| ring.claim_consumer(id));
+                let first = chunk * u64::from(index);
+                let mut expected = first;
+                while expected < first + chunk {
+                    let max = (first + chunk - expected).min(9) as usize;
+                    let chunk_read = rx.read_chunk(max);
+                    if chunk_read.is_empty() {
+                        drop(chunk_read);
+                        wait();
+                        continue;
+                    }
+                    // Take part of what is ready; the rest goes to the next claim.
+                    let take = chunk_read.len().div_ceil(2);
+                    for i in 0..take {
+                        chunk_read.get(i).unwrap().verify(expected + i as u64);
+                    }
+                    chunk_read.commit(take);
+                    expected += take as u64;
                 }
                 turn.store(index + 1, Ordering::Release);
                 drop(rx);

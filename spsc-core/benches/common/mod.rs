@@ -11,7 +11,9 @@ use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
-use spsc_core::{CachePadded, MessageReceiver, MessageRing, MessageSender, Ring, SendSlot};
+use spsc_core::{
+    CachePadded, DenseRing, MessageReceiver, MessageRing, MessageSender, Ring, SendSlot,
+};
 
 /// Element capacity of every element ring (heapless holds one less: its `N` is `CAP`).
 pub const CAP: usize = 1024;
@@ -241,6 +243,44 @@ impl<T: Payload> Channel<T> for Ring<T, CAP> {
     }
 }
 
+// --- ours: spsc_core::DenseRing ---
+
+impl<T: Payload> Tx<T> for spsc_core::DenseProducer<'_, T, CAP> {
+    #[inline(always)]
+    fn try_push(&mut self, value: T) -> Result<(), T> {
+        self.push(value).map_err(|full| full.0)
+    }
+    #[inline(always)]
+    fn push_batch(&mut self, items: &[T]) -> usize {
+        self.push_slice(items)
+    }
+}
+
+impl<T: Payload> Rx<T> for spsc_core::DenseConsumer<'_, T, CAP> {
+    #[inline(always)]
+    fn try_pop(&mut self) -> Option<T> {
+        self.pop()
+    }
+    #[inline(always)]
+    fn pop_batch(&mut self, out: &mut [T]) -> usize {
+        self.pop_slice(out)
+    }
+}
+
+impl<T: Payload> Channel<T> for DenseRing<T, CAP> {
+    const NAME: &'static str = "spsc_core::DenseRing";
+    const NATIVE_BATCH: bool = true;
+    const REFERENCE: bool = false;
+    type Tx<'a> = spsc_core::DenseProducer<'a, T, CAP>;
+    type Rx<'a> = spsc_core::DenseConsumer<'a, T, CAP>;
+    fn create() -> Box<Self> {
+        Box::new(DenseRing::new())
+    }
+    fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
+        DenseRing::split(self)
+    }
+}
+
 // --- rtrb ---
 
 /// `rtrb::RingBuffer`, whose halves are created together and owned.
@@ -366,6 +406,8 @@ impl<T: Payload> Channel<T> for ArrayQueue<T> {
 
 /// The ring type of ours for element payloads.
 pub type Ours<T> = Ring<T, CAP>;
+/// Our dense (index-published) element ring at the common capacity.
+pub type OursDense<T> = DenseRing<T, CAP>;
 /// The reference heapless queue type.
 pub type Heapless<T> = heapless::spsc::Queue<T, CAP>;
 /// The message ring used throughout, with `L` lanes (1 unless named).
