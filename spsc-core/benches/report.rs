@@ -592,6 +592,24 @@ fn print_targets(summary: &Summary) {
             );
         }
     }
+    // The dense ring is the element ring for batches: the same targets, beside `Ring`'s.
+    let dense = "spsc_core::DenseRing";
+    for (key, label) in [("b8", "batch ops, 8 B"), ("b64", "batch ops, 64 B")] {
+        let name = format!("{key}/{dense}");
+        if let (Some(r), Some(rate)) = (summary.rate_ratio.get(&name), summary.rate.get(&name)) {
+            println!(
+                "- DenseRing streaming {label}: {:.1} Mitems/s = {r:.2}× the fastest reference \
+                 of each round (target ≥ 1.00×): {}",
+                rate / 1e6,
+                verdict(*r >= 1.0)
+            );
+        }
+    }
+    for (key, label) in [("pp8", "u64"), ("pp64", "[u8; 64]")] {
+        if let Some(r) = floor_ratio(&format!("{key}/{dense}")) {
+            println!("- DenseRing ping-pong {label} p50 = {r:.2}× floor (no target; for choosing)");
+        }
+    }
     for (lanes, name) in [
         ("one lane", message_ring_name::<1>(64)),
         ("16 lanes", message_ring_name::<LANES>(64)),

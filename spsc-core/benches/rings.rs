@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::{
     fill_payload, ping_pong, ping_pong_floor, ping_pong_message, read_payload, stream,
-    stream_message, Channel, Heapless, MsgRing, NoTimer, Ours, Payload, Rtrb, Rx, Tx, BATCH, LANES,
-    WARMUP_ROUND_TRIPS,
+    stream_message, Channel, Heapless, MsgRing, NoTimer, Ours, OursDense, Payload, Rtrb, Rx, Tx,
+    BATCH, LANES, WARMUP_ROUND_TRIPS,
 };
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
@@ -40,6 +40,7 @@ fn ping_pong_size<T: Payload>(c: &mut Criterion, message_len: Option<u32>) {
         b.iter_custom(|iters| ping_pong_floor(WARMUP_ROUND_TRIPS, iters, NoTimer).0)
     });
     ping_pong_one::<T, Ours<T>>(&mut group);
+    ping_pong_one::<T, OursDense<T>>(&mut group);
     ping_pong_one::<T, Rtrb<T>>(&mut group);
     ping_pong_one::<T, Heapless<T>>(&mut group);
     ping_pong_one::<T, ArrayQueue<T>>(&mut group);
@@ -92,6 +93,7 @@ fn stream_size<T: Payload>(c: &mut Criterion, batch: bool) {
     let mut group = c.benchmark_group(format!("stream_{kind}/{}", T::LABEL));
     group.throughput(Throughput::Elements(1));
     stream_one::<T, Ours<T>>(&mut group, batch);
+    stream_one::<T, OursDense<T>>(&mut group, batch);
     stream_one::<T, Rtrb<T>>(&mut group, batch);
     stream_one::<T, Heapless<T>>(&mut group, batch);
     stream_one::<T, ArrayQueue<T>>(&mut group, batch);
@@ -192,11 +194,13 @@ fn cpu_size<T: Payload>(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("batch_cpu/{}", T::LABEL));
     group.throughput(Throughput::Elements(BATCH as u64));
     batch_cpu_one::<T, Ours<T>>(&mut group);
+    batch_cpu_one::<T, OursDense<T>>(&mut group);
     batch_cpu_one::<T, Rtrb<T>>(&mut group);
     group.finish();
     let mut group = c.benchmark_group(format!("single_cpu/{}", T::LABEL));
     group.throughput(Throughput::Elements(BATCH as u64));
     single_cpu_one::<T, Ours<T>>(&mut group);
+    single_cpu_one::<T, OursDense<T>>(&mut group);
     single_cpu_one::<T, Rtrb<T>>(&mut group);
     if let Ok(len) = u32::try_from(core::mem::size_of::<T>()) {
         message_cpu(&mut group, len);

@@ -9,7 +9,7 @@ use crate::sync::{AtomicU32, Ordering};
 /// `b"SPSC"` read as a little-endian `u32`: the first word of every ring region.
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"SPSC");
 
-/// Version of the in-memory format of both rings. Bumped on any change a peer built from older
+/// Version of the in-memory format of the rings. Bumped on any change a peer built from older
 /// sources would misread; attaching across versions is refused.
 pub const RING_FORMAT_VERSION: u32 = 3;
 
@@ -38,25 +38,26 @@ pub struct RingLayout {
     pub version: u32,
     /// [`RingKind`] as its `u32` discriminant.
     pub kind: u32,
-    /// Slots (`Ring`) or payload bytes (`MessageRing`).
+    /// Slots (`Ring`, `DenseRing`) or payload bytes (`MessageRing`).
     pub capacity: u32,
-    /// Size of one element (`Ring`), or of one message header (`MessageRing`).
+    /// Size of one element (`Ring`, `DenseRing`), or of one message header (`MessageRing`).
     pub elem_size: u32,
-    /// Alignment of one element (`Ring`), or of every message (`MessageRing`).
+    /// Alignment of one element (`Ring`, `DenseRing`), or of every message (`MessageRing`).
     pub elem_align: u32,
     /// Elements per block (`Ring`; every block starts with its `u32` stamp, then the elements,
-    /// aligned for their type), or 1 (`MessageRing`).
+    /// aligned for their type), or 1 (`DenseRing`, whose elements have no stamp; `MessageRing`).
     pub block_len: u32,
     /// Bytes from one block's start to the next (`Ring`: 64 when several elements share a
     /// cache line, else the stamp and one element), or the message alignment unit
-    /// (`MessageRing`).
+    /// (`MessageRing`), or the element's size (`DenseRing`: a plain array).
     pub block_size: u32,
     /// Regions the blocks are spread over (`Ring` with one-element blocks of 64 bytes or more,
     /// in a ring of more than 16 of them), or 1. With `s` regions of `c / s` blocks
     /// each (`c` blocks in all), block `b` sits at place `(b % s) · (c / s) + b / s`, so
     /// consecutive blocks are never neighbours in memory; 1 means blocks in order. See
     /// [`block_offset`](Self::block_offset). For a `MessageRing`: its lanes `L` (message `k` in
-    /// lane `k % L`, each lane `capacity / L` bytes), 1 for one byte ring.
+    /// lane `k % L`, each lane `capacity / L` bytes), 1 for one byte ring. Always 1 for a
+    /// `DenseRing`.
     pub block_spread: u32,
     /// Offset of the first block or buffer byte from the start of the ring.
     pub data_offset: u32,
@@ -96,8 +97,8 @@ impl RingLayout {
     }
 
     /// Byte offset from the ring's start of block `block` of a `Ring` (its stamp; the elements
-    /// follow, aligned for their type): what a tool reading a ring's memory from outside needs.
-    /// Meaningless for a `MessageRing`. Cost: a few integer operations.
+    /// follow, aligned for their type), or of element `block` of a `DenseRing`: what a tool
+    /// reading a ring's memory from outside needs. Meaningless for a `MessageRing`. Cost: a few integer operations.
     ///
     /// ```
     /// let layout = spsc_core::Ring::<[u8; 64], 1024>::LAYOUT;
