@@ -451,7 +451,10 @@ impl<'a, T, const N: usize> DenseProducer<'a, T, N> {
         // first`, both inside the array, and `items` is a separate borrow.
         unsafe {
             self.ring.slots.copy_in(start, &items[..first]);
-            self.ring.slots.copy_in(0, &items[first..count]);
+            // Most batches do not wrap: skip the second (empty) `memcpy` call.
+            if first < count {
+                self.ring.slots.copy_in(0, &items[first..count]);
+            }
         }
         self.publish(tail.wrapping_add(count as u32));
         count
@@ -657,7 +660,9 @@ impl<'a, T, const N: usize> DenseConsumer<'a, T, N> {
         // leaves nothing to drop in the slots.
         unsafe {
             self.ring.slots.copy_out(start, &mut out[..first]);
-            self.ring.slots.copy_out(0, &mut out[first..count]);
+            if first < count {
+                self.ring.slots.copy_out(0, &mut out[first..count]);
+            }
         }
         self.release(head.wrapping_add(count as u32));
         count
