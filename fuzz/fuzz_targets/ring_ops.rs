@@ -1,11 +1,18 @@
-//! Arbitrary sequences of producer and consumer operations on a `Ring<_, 8>`, checked step by
-//! step against a `VecDeque` model: every result must match the model exactly.
+//! Arbitrary sequences of producer and consumer operations on a `Ring<_, 8>` and on a
+//! `DenseRing<_, 8>`, each checked step by step against a `VecDeque` model: every result must
+//! match the model exactly.
 //!
-//! Three element types run the same sequence: `u32` (one block holds the whole ring; it also
-//! exercises the `Copy`-only batch calls), `Wide` (three to a block, so batches span blocks),
-//! and `Counted`, whose live instances are counted so a leak or double drop (in the ring,
-//! in `drain`, or when the ring is dropped with elements left) is caught. The ring starts at an
-//! arbitrary position so the `u32` position counters wrap within a run.
+//! Both rings run the same sequence with three element types: `u32` (for `Ring`, one block holds
+//! the whole ring; it also exercises the `Copy`-only batch calls), `Wide` (three to a block in
+//! `Ring`, so batches span blocks), and `Counted`, whose live instances are counted so a leak or
+//! double drop (in the ring, in `drain` or `commit`, or when the ring is dropped with elements
+//! left) is caught. The ring starts at an arbitrary position so the `u32` position counters wrap
+//! within a run, and each handle's `position` is checked against the model's count.
+//!
+//! `DenseRing` has no `Drain`: `Drain` maps onto `read_chunk` + `commit` (`commit_all` when all
+//! of the chunk is taken), and `DrainForget` onto a commit followed by a leaked second chunk
+//! (which must remove nothing). Its read chunks are also checked as slices: `as_slices`,
+//! concatenated, must equal the model's front, split exactly at the ring's end.
 #![no_main]
 
 use std::cell::Cell;
@@ -14,7 +21,9 @@ use std::num::NonZeroU32;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use spsc_core::{ClaimError, Consumer, Full, Producer, Ring};
+use spsc_core::{
+    ClaimError, Consumer, DenseConsumer, DenseProducer, DenseRing, Full, Producer, Ring,
+};
 
 const N: usize = 8;
 
@@ -31,13 +40,15 @@ enum Op {
     PopSlice {
         len: u8,
     },
-    /// Drains up to `max`, consumes `take` of them, drops the iterator.
+    /// Drains up to `max`, consumes `take` of them, drops the iterator (`DenseRing`: reads a
+    /// chunk of up to `max` and commits `take` of them).
     Drain {
         max: u8,
         take: u8,
     },
     /// As `Drain`, then leaks the iterator (`mem::forget` is safe): what it yielded was moved
-    /// out and must never be read (delivered or dropped) again.
+    /// out and must never be read (delivered or dropped) again (`DenseRing`: as `Drain`, then
+    /// leaks a second chunk, which must remove nothing).
     DrainForget {
         max: u8,
         take: u8,
@@ -94,16 +105,16 @@ impl Drop for Counted {
     }
 }
 
-/// What the harness needs from an element type; `u32` uses the real batch calls.
+/// What the harness needs from an element type; `u32` and `Wide` use the real batch calls.
 trait Elem: Sized {
     fn make(value: u32) -> Self;
     fn value(&self) -> u32;
-    fn push_slice(producer: &mut Producer<'_, Self, N>, values: &[u32]) -> usize {
+    fn push_slice(producer: &mut impl Tx<Self>, values: &[u32]) -> usize {
         let mut iter = values.iter().map(|&v| Self::make(v));
         producer.push_iter(&mut iter)
     }
-    fn pop_slice(consumer: &mut Consumer<'_, Self, N>, len: usize) -> Vec<u32> {
-        consumer.drain(len).map(|v| v.value()).collect()
+    fn pop_slice(consumer: &mut impl Rx<Self>, len: usize) -> Vec<u32> {
+        consumer.take(len)
     }
     /// Live instances that must exist when the ring holds `queued` elements (`None`: not counted).
     fn expected_live(queued: usize) -> Option<isize>;
@@ -116,10 +127,10 @@ impl Elem for u32 {
     fn value(&self) -> u32 {
         *self
     }
-    fn push_slice(producer: &mut Producer<'_, Self, N>, values: &[u32]) -> usize {
+    fn push_slice(producer: &mut impl Tx<Self>, values: &[u32]) -> usize {
         producer.push_slice(values)
     }
-    fn pop_slice(consumer: &mut Consumer<'_, Self, N>, len: usize) -> Vec<u32> {
+    fn pop_slice(consumer: &mut impl Rx<Self>, len: usize) -> Vec<u32> {
         let mut out = vec![0xDEAD_BEEF; len];
         let n = consumer.pop_slice(&mut out);
         assert!(n <= len);
@@ -135,7 +146,8 @@ impl Elem for u32 {
     }
 }
 
-/// Three to a block (blocks of 3, 3 and 2): batches that start mid-block, span blocks and wrap.
+/// Three to a block in `Ring` (blocks of 3, 3 and 2): batches that start mid-block, span blocks
+/// and wrap.
 type Wide = [u32; 5];
 
 impl Elem for Wide {
@@ -146,11 +158,11 @@ impl Elem for Wide {
         assert_eq!(*self, Self::make(self[0]), "an element was torn");
         self[0]
     }
-    fn push_slice(producer: &mut Producer<'_, Self, N>, values: &[u32]) -> usize {
+    fn push_slice(producer: &mut impl Tx<Self>, values: &[u32]) -> usize {
         let wide: Vec<Wide> = values.iter().map(|&v| Self::make(v)).collect();
         producer.push_slice(&wide)
     }
-    fn pop_slice(consumer: &mut Consumer<'_, Self, N>, len: usize) -> Vec<u32> {
+    fn pop_slice(consumer: &mut impl Rx<Self>, len: usize) -> Vec<u32> {
         let mut out = vec![[0xDEAD_BEEF; 5]; len];
         let n = consumer.pop_slice(&mut out);
         assert!(n <= len);
@@ -177,37 +189,404 @@ impl Elem for Counted {
     }
 }
 
-/// Puts a fresh ring into the state "empty, consumer index `start`": every block's stamp is one
-/// past the last position of the previous lap (all consumed) that it held, as it would be after
-/// `start` pushes and pops.
-fn ring_at<T>(start: u32) -> *mut Ring<T, N> {
-    let ring = Box::into_raw(Box::new(Ring::<T, N>::new()));
-    let layout = Ring::<T, N>::LAYOUT;
-    let base = ring.cast::<u8>();
-    // SAFETY: no reference to the ring exists yet; the offsets come from the ring's own recorded
-    // layout (head at 128, each block's stamp at `block_offset`) and are in bounds of the
-    // allocation; all written words are atomics' u32 representation.
-    unsafe {
-        base.add(128).cast::<u32>().write(start);
-        // Oldest first, so each block keeps the stamp of its latest position.
-        for back in (1..=N as u32).rev() {
-            let position = start.wrapping_sub(back);
-            let block = (position as usize % N) / layout.block_len as usize;
-            let stamp = base.add(layout.block_offset(block as u32)).cast::<u32>();
-            stamp.write(position.wrapping_add(1));
-        }
-    }
-    ring
+/// A ring type under test, `Ring<T, N>` or `DenseRing<T, N>`: what the harness does with the ring
+/// itself.
+trait Harness: Sized {
+    type Elem: Elem;
+    type Tx<'a>: Tx<Self::Elem>
+    where
+        Self: 'a;
+    type Rx<'a>: Rx<Self::Elem>
+    where
+        Self: 'a;
+
+    /// A fresh ring on the heap in the state "empty, consumer index `start`", as it would be after
+    /// `start` pushes and pops.
+    fn at(start: u32) -> *mut Self;
+    fn claim_producer(&self, owner: NonZeroU32) -> Result<Self::Tx<'_>, ClaimError>;
+    fn claim_consumer(&self, owner: NonZeroU32) -> Result<Self::Rx<'_>, ClaimError>;
+    /// # Safety
+    /// As the ring's own `take_over_producer`: `dead` never touches the ring again.
+    unsafe fn take_over_producer(
+        &self,
+        dead: NonZeroU32,
+        owner: NonZeroU32,
+    ) -> Result<Self::Tx<'_>, ClaimError>;
+    /// # Safety
+    /// As the ring's own `take_over_consumer`: `dead` never touches the ring again.
+    unsafe fn take_over_consumer(
+        &self,
+        dead: NonZeroU32,
+        owner: NonZeroU32,
+    ) -> Result<Self::Rx<'_>, ClaimError>;
+    fn holders(&self) -> (u32, u32);
 }
 
-fn run<T: Elem>(input: &Input) {
-    let raw = ring_at::<T>(input.start);
+/// The producer calls the harness makes (the same on both rings' handles).
+trait Tx<T> {
+    fn push(&mut self, value: T) -> Result<(), Full<T>>;
+    fn push_slice(&mut self, items: &[T]) -> usize
+    where
+        T: Copy;
+    fn push_iter(&mut self, items: impl Iterator<Item = T>) -> usize;
+    fn free_len(&mut self) -> usize;
+    fn is_full(&mut self) -> bool;
+    fn capacity(&self) -> usize;
+    fn position(&self) -> u32;
+}
+
+/// The consumer calls the harness makes; the in-place reads, which differ between the rings, as
+/// whole operations checked against the model.
+trait Rx<T: Elem> {
+    fn pop(&mut self) -> Option<T>;
+    fn peek(&self) -> Option<&T>;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool;
+    fn position(&self) -> u32;
+    fn pop_slice(&mut self, out: &mut [T]) -> usize
+    where
+        T: Copy;
+    /// Moves up to `len` elements out in one batch (the path for element types that are not
+    /// `Copy`) and returns their values.
+    fn take(&mut self, len: usize) -> Vec<u32>;
+    /// [`Op::Drain`].
+    fn drain_op(&mut self, max: usize, take: usize, model: &mut VecDeque<u32>);
+    /// [`Op::DrainForget`].
+    fn drain_forget_op(&mut self, max: usize, take: usize, model: &mut VecDeque<u32>);
+    /// [`Op::ReadChunk`].
+    fn read_chunk_op(&mut self, max: usize, commit: usize, leak: bool, model: &mut VecDeque<u32>);
+}
+
+impl<T: Elem> Harness for Ring<T, N> {
+    type Elem = T;
+    type Tx<'a>
+        = Producer<'a, T, N>
+    where
+        Self: 'a;
+    type Rx<'a>
+        = Consumer<'a, T, N>
+    where
+        Self: 'a;
+
+    /// Every block's stamp is one past the last position of the previous lap (all consumed) that
+    /// it held.
+    fn at(start: u32) -> *mut Self {
+        let ring = Box::into_raw(Box::new(Ring::<T, N>::new()));
+        let layout = Ring::<T, N>::LAYOUT;
+        let base = ring.cast::<u8>();
+        // SAFETY: no reference to the ring exists yet; the offsets come from the ring's own
+        // recorded layout (head at 128, each block's stamp at `block_offset`) and are in bounds of
+        // the allocation; all written words are atomics' u32 representation.
+        unsafe {
+            base.add(128).cast::<u32>().write(start);
+            // Oldest first, so each block keeps the stamp of its latest position.
+            for back in (1..=N as u32).rev() {
+                let position = start.wrapping_sub(back);
+                let block = (position as usize % N) / layout.block_len as usize;
+                let stamp = base.add(layout.block_offset(block as u32)).cast::<u32>();
+                stamp.write(position.wrapping_add(1));
+            }
+        }
+        ring
+    }
+    fn claim_producer(&self, owner: NonZeroU32) -> Result<Self::Tx<'_>, ClaimError> {
+        Ring::claim_producer(self, owner)
+    }
+    fn claim_consumer(&self, owner: NonZeroU32) -> Result<Self::Rx<'_>, ClaimError> {
+        Ring::claim_consumer(self, owner)
+    }
+    unsafe fn take_over_producer(
+        &self,
+        dead: NonZeroU32,
+        owner: NonZeroU32,
+    ) -> Result<Self::Tx<'_>, ClaimError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { Ring::take_over_producer(self, dead, owner) }
+    }
+    unsafe fn take_over_consumer(
+        &self,
+        dead: NonZeroU32,
+        owner: NonZeroU32,
+    ) -> Result<Self::Rx<'_>, ClaimError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { Ring::take_over_consumer(self, dead, owner) }
+    }
+    fn holders(&self) -> (u32, u32) {
+        Ring::holders(self)
+    }
+}
+
+impl<T: Elem> Harness for DenseRing<T, N> {
+    type Elem = T;
+    type Tx<'a>
+        = DenseProducer<'a, T, N>
+    where
+        Self: 'a;
+    type Rx<'a>
+        = DenseConsumer<'a, T, N>
+    where
+        Self: 'a;
+
+    /// Both index words hold `start`.
+    fn at(start: u32) -> *mut Self {
+        let ring = Box::into_raw(Box::new(DenseRing::<T, N>::new()));
+        let base = ring.cast::<u8>();
+        // SAFETY: no reference to the ring exists yet; the consumer's index word is at 128 and
+        // the producer's at 256 (locked by the crate's layout assertions), in bounds of the
+        // allocation and aligned; both are atomics' u32 representation.
+        unsafe {
+            base.add(128).cast::<u32>().write(start);
+            base.add(256).cast::<u32>().write(start);
+        }
+        ring
+    }
+    fn claim_producer(&self, owner: NonZeroU32) -> Result<Self::Tx<'_>, ClaimError> {
+        DenseRing::claim_producer(self, owner)
+    }
+    fn claim_consumer(&self, owner: NonZeroU32) -> Result<Self::Rx<'_>, ClaimError> {
+        DenseRing::claim_consumer(self, owner)
+    }
+    unsafe fn take_over_producer(
+        &self,
+        dead: NonZeroU32,
+        owner: NonZeroU32,
+    ) -> Result<Self::Tx<'_>, ClaimError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { DenseRing::take_over_producer(self, dead, owner) }
+    }
+    unsafe fn take_over_consumer(
+        &self,
+        dead: NonZeroU32,
+        owner: NonZeroU32,
+    ) -> Result<Self::Rx<'_>, ClaimError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { DenseRing::take_over_consumer(self, dead, owner) }
+    }
+    fn holders(&self) -> (u32, u32) {
+        DenseRing::holders(self)
+    }
+}
+
+/// Both producers' calls have the same names and meaning: one body for both.
+macro_rules! impl_tx {
+    ($producer:ident) => {
+        impl<T> Tx<T> for $producer<'_, T, N> {
+            fn push(&mut self, value: T) -> Result<(), Full<T>> {
+                $producer::push(self, value)
+            }
+            fn push_slice(&mut self, items: &[T]) -> usize
+            where
+                T: Copy,
+            {
+                $producer::push_slice(self, items)
+            }
+            fn push_iter(&mut self, items: impl Iterator<Item = T>) -> usize {
+                $producer::push_iter(self, items)
+            }
+            fn free_len(&mut self) -> usize {
+                $producer::free_len(self)
+            }
+            fn is_full(&mut self) -> bool {
+                $producer::is_full(self)
+            }
+            fn capacity(&self) -> usize {
+                $producer::capacity(self)
+            }
+            fn position(&self) -> u32 {
+                $producer::position(self)
+            }
+        }
+    };
+}
+
+impl_tx!(Producer);
+impl_tx!(DenseProducer);
+
+impl<T: Elem> Rx<T> for Consumer<'_, T, N> {
+    fn pop(&mut self) -> Option<T> {
+        Consumer::pop(self)
+    }
+    fn peek(&self) -> Option<&T> {
+        Consumer::peek(self)
+    }
+    fn len(&self) -> usize {
+        Consumer::len(self)
+    }
+    fn is_empty(&self) -> bool {
+        Consumer::is_empty(self)
+    }
+    fn position(&self) -> u32 {
+        Consumer::position(self)
+    }
+    fn pop_slice(&mut self, out: &mut [T]) -> usize
+    where
+        T: Copy,
+    {
+        Consumer::pop_slice(self, out)
+    }
+    fn take(&mut self, len: usize) -> Vec<u32> {
+        self.drain(len).map(|v| v.value()).collect()
+    }
+    fn drain_op(&mut self, max: usize, take: usize, model: &mut VecDeque<u32>) {
+        let ready = max.min(model.len());
+        let mut drain = self.drain(max);
+        assert_eq!(drain.len(), ready, "drain length");
+        for _ in 0..take {
+            match drain.next() {
+                Some(v) => assert_eq!(Some(v.value()), model.pop_front(), "drain"),
+                None => break,
+            }
+        }
+        let left = drain.len();
+        assert!(drain.size_hint() == (left, Some(left)));
+        // `Drain` has no `Drop` (it publishes as it yields); the drop only ends the borrow.
+        #[allow(clippy::drop_non_drop)]
+        drop(drain);
+        // Unconsumed elements stay in the ring.
+        assert_eq!(self.len(), model.len(), "len after partial drain");
+    }
+    fn drain_forget_op(&mut self, max: usize, take: usize, model: &mut VecDeque<u32>) {
+        let mut drain = self.drain(max);
+        for _ in 0..take {
+            match drain.next() {
+                Some(v) => assert_eq!(Some(v.value()), model.pop_front(), "drain"),
+                None => break,
+            }
+        }
+        // Leaking must be as harmless as dropping: `Drain` publishes as it yields.
+        #[allow(clippy::forget_non_drop)]
+        std::mem::forget(drain);
+        assert_eq!(
+            self.peek().map(Elem::value),
+            model.front().copied(),
+            "consumer after a forgotten drain"
+        );
+    }
+    fn read_chunk_op(&mut self, max: usize, commit: usize, leak: bool, model: &mut VecDeque<u32>) {
+        let chunk = self.read_chunk(max);
+        assert_eq!(chunk.len(), max.min(model.len()), "chunk length");
+        for (i, v) in chunk.iter().enumerate() {
+            assert_eq!(Some(v.value()), model.get(i).copied(), "chunk element {i}");
+        }
+        assert!(chunk.get(chunk.len()).is_none(), "element past the end");
+        if leak {
+            // A leaked chunk must commit nothing.
+            #[allow(clippy::forget_non_drop)]
+            std::mem::forget(chunk);
+        } else {
+            let removed = commit.min(chunk.len());
+            chunk.commit(commit);
+            model.drain(..removed);
+        }
+        assert_eq!(self.len(), model.len(), "len after a read chunk");
+    }
+}
+
+impl<T: Elem> Rx<T> for DenseConsumer<'_, T, N> {
+    fn pop(&mut self) -> Option<T> {
+        DenseConsumer::pop(self)
+    }
+    fn peek(&self) -> Option<&T> {
+        DenseConsumer::peek(self)
+    }
+    fn len(&self) -> usize {
+        DenseConsumer::len(self)
+    }
+    fn is_empty(&self) -> bool {
+        DenseConsumer::is_empty(self)
+    }
+    fn position(&self) -> u32 {
+        DenseConsumer::position(self)
+    }
+    fn pop_slice(&mut self, out: &mut [T]) -> usize
+    where
+        T: Copy,
+    {
+        DenseConsumer::pop_slice(self, out)
+    }
+    fn take(&mut self, len: usize) -> Vec<u32> {
+        let chunk = self.read_chunk(len);
+        let values = (0..chunk.len())
+            .map(|i| chunk.get(i).expect("inside the chunk").value())
+            .collect();
+        chunk.commit_all();
+        values
+    }
+    fn drain_op(&mut self, max: usize, take: usize, model: &mut VecDeque<u32>) {
+        let chunk = dense_chunk(self, max, model);
+        let removed = take.min(chunk.len());
+        if removed == chunk.len() {
+            chunk.commit_all();
+        } else {
+            chunk.commit(take);
+        }
+        model.drain(..removed);
+        assert_eq!(self.len(), model.len(), "len after a commit");
+    }
+    fn drain_forget_op(&mut self, max: usize, take: usize, model: &mut VecDeque<u32>) {
+        let chunk = dense_chunk(self, max, model);
+        let removed = take.min(chunk.len());
+        chunk.commit(take);
+        model.drain(..removed);
+        // A leaked chunk must remove nothing (it has no `Drop`: commits are explicit).
+        #[allow(clippy::forget_non_drop)]
+        std::mem::forget(dense_chunk(self, max, model));
+        assert_eq!(
+            self.peek().map(Elem::value),
+            model.front().copied(),
+            "consumer after a leaked chunk"
+        );
+        assert_eq!(self.len(), model.len(), "len after a leaked chunk");
+    }
+    fn read_chunk_op(&mut self, max: usize, commit: usize, leak: bool, model: &mut VecDeque<u32>) {
+        let chunk = dense_chunk(self, max, model);
+        if leak {
+            // A leaked chunk must commit nothing.
+            #[allow(clippy::forget_non_drop)]
+            std::mem::forget(chunk);
+        } else {
+            let removed = commit.min(chunk.len());
+            chunk.commit(commit);
+            model.drain(..removed);
+        }
+        assert_eq!(self.len(), model.len(), "len after a read chunk");
+    }
+}
+
+/// `read_chunk(max)` on a dense ring, checked against the model: its length, each element by
+/// `get`, and `as_slices`, which must hold the model's front in order, split at the ring's end.
+fn dense_chunk<'c, 'a, T: Elem>(
+    consumer: &'c mut DenseConsumer<'a, T, N>,
+    max: usize,
+    model: &VecDeque<u32>,
+) -> spsc_core::DenseReadChunk<'c, 'a, T, N> {
+    let index = consumer.position() as usize % N;
+    let chunk = consumer.read_chunk(max);
+    let len = max.min(model.len());
+    assert_eq!(chunk.len(), len, "chunk length");
+    assert_eq!(chunk.is_empty(), len == 0);
+    for i in 0..len {
+        let got = chunk.get(i).map(Elem::value);
+        assert_eq!(got, model.get(i).copied(), "chunk element {i}");
+    }
+    assert!(chunk.get(len).is_none(), "element past the end");
+    let (first, second) = chunk.as_slices();
+    assert_eq!(first.len(), len.min(N - index), "split at the end");
+    let values: Vec<u32> = first.iter().chain(second).map(Elem::value).collect();
+    assert!(values.iter().eq(model.iter().take(len)), "as_slices");
+    chunk
+}
+
+fn run<R: Harness>(input: &Input) {
+    let raw = R::at(input.start);
     // SAFETY: `raw` is a live, initialised ring from `Box::into_raw`; freed only at the end,
     // after every handle borrowing it is gone.
-    let ring: &Ring<T, N> = unsafe { &*raw };
+    let ring: &R = unsafe { &*raw };
     let owner = input.owner;
     let other = NonZeroU32::new(owner.get().wrapping_add(1)).unwrap_or(NonZeroU32::MIN);
     let mut model: VecDeque<u32> = VecDeque::new();
+    // Elements popped so far: the consumer's position is `start + popped`.
+    let mut popped = 0u32;
     let mut next = 0u32;
     let mut fresh = || {
         next = next.wrapping_add(1);
@@ -219,10 +598,11 @@ fn run<T: Elem>(input: &Input) {
     assert_eq!(ring.holders(), (owner.get(), owner.get()));
 
     for op in &input.ops {
+        let queued = model.len();
         match op {
             Op::Push(v) => {
                 if let Some(tx) = tx.as_mut() {
-                    match tx.push(T::make(*v)) {
+                    match tx.push(R::Elem::make(*v)) {
                         Ok(()) => {
                             assert!(model.len() < N, "push succeeded on a full ring");
                             model.push_back(*v);
@@ -236,7 +616,7 @@ fn run<T: Elem>(input: &Input) {
             }
             Op::PushSlice(values) => {
                 if let Some(tx) = tx.as_mut() {
-                    let n = T::push_slice(tx, values);
+                    let n = R::Elem::push_slice(tx, values);
                     assert_eq!(n, values.len().min(N - model.len()), "push_slice count");
                     model.extend(&values[..n]);
                 }
@@ -244,7 +624,7 @@ fn run<T: Elem>(input: &Input) {
             Op::PushIter { count } => {
                 if let Some(tx) = tx.as_mut() {
                     let values: Vec<u32> = (0..*count).map(|_| fresh()).collect();
-                    let mut iter = values.iter().map(|&v| T::make(v));
+                    let mut iter = values.iter().map(|&v| R::Elem::make(v));
                     let n = tx.push_iter(&mut iter);
                     assert_eq!(n, values.len().min(N - model.len()), "push_iter count");
                     // Whatever did not fit is still in the iterator, in order.
@@ -266,7 +646,7 @@ fn run<T: Elem>(input: &Input) {
             }
             Op::PopSlice { len } => {
                 if let Some(rx) = rx.as_mut() {
-                    let got = T::pop_slice(rx, usize::from(*len));
+                    let got = R::Elem::pop_slice(rx, usize::from(*len));
                     let want: Vec<u32> =
                         model.drain(..usize::from(*len).min(model.len())).collect();
                     assert_eq!(got, want, "pop_slice");
@@ -274,64 +654,17 @@ fn run<T: Elem>(input: &Input) {
             }
             Op::Drain { max, take } => {
                 if let Some(rx) = rx.as_mut() {
-                    let ready = usize::from(*max).min(model.len());
-                    let mut drain = rx.drain(usize::from(*max));
-                    assert_eq!(drain.len(), ready, "drain length");
-                    for _ in 0..*take {
-                        match drain.next() {
-                            Some(v) => assert_eq!(Some(v.value()), model.pop_front(), "drain"),
-                            None => break,
-                        }
-                    }
-                    let left = drain.len();
-                    assert!(drain.size_hint() == (left, Some(left)));
-                    // `Drain` has no `Drop` (it publishes as it yields); the drop only ends the borrow.
-                    #[allow(clippy::drop_non_drop)]
-                    drop(drain);
-                    // Unconsumed elements stay in the ring.
-                    assert_eq!(rx.len(), model.len(), "len after partial drain");
+                    rx.drain_op(usize::from(*max), usize::from(*take), &mut model);
                 }
             }
             Op::DrainForget { max, take } => {
                 if let Some(rx) = rx.as_mut() {
-                    let mut drain = rx.drain(usize::from(*max));
-                    for _ in 0..*take {
-                        match drain.next() {
-                            Some(v) => assert_eq!(Some(v.value()), model.pop_front(), "drain"),
-                            None => break,
-                        }
-                    }
-                    // Leaking must be as harmless as dropping: `Drain` publishes as it yields.
-                    #[allow(clippy::forget_non_drop)]
-                    std::mem::forget(drain);
-                    assert_eq!(
-                        rx.peek().map(Elem::value),
-                        model.front().copied(),
-                        "consumer after a forgotten drain"
-                    );
+                    rx.drain_forget_op(usize::from(*max), usize::from(*take), &mut model);
                 }
             }
             Op::ReadChunk { max, commit, leak } => {
                 if let Some(rx) = rx.as_mut() {
-                    let chunk = rx.read_chunk(usize::from(*max));
-                    assert_eq!(
-                        chunk.len(),
-                        usize::from(*max).min(model.len()),
-                        "chunk length"
-                    );
-                    for (i, v) in chunk.iter().enumerate() {
-                        assert_eq!(Some(v.value()), model.get(i).copied(), "chunk element {i}");
-                    }
-                    if *leak {
-                        // A leaked chunk must commit nothing.
-                        #[allow(clippy::forget_non_drop)]
-                        std::mem::forget(chunk);
-                    } else {
-                        let removed = usize::from(*commit).min(chunk.len());
-                        chunk.commit(usize::from(*commit));
-                        model.drain(..removed);
-                    }
-                    assert_eq!(rx.len(), model.len(), "len after a read chunk");
+                    rx.read_chunk_op(usize::from(*max), usize::from(*commit), *leak, &mut model);
                 }
             }
             Op::Len => {
@@ -411,7 +744,17 @@ fn run<T: Elem>(input: &Input) {
                 }
             }
         }
-        if let Some(expected) = T::expected_live(model.len()) {
+        // Only consumer operations shrink the model, and only from the front.
+        popped = popped.wrapping_add(queued.saturating_sub(model.len()) as u32);
+        let head = input.start.wrapping_add(popped);
+        if let Some(rx) = rx.as_ref() {
+            assert_eq!(rx.position(), head, "consumer position after {op:?}");
+        }
+        if let Some(tx) = tx.as_ref() {
+            let tail = head.wrapping_add(model.len() as u32);
+            assert_eq!(tx.position(), tail, "producer position after {op:?}");
+        }
+        if let Some(expected) = R::Elem::expected_live(model.len()) {
             assert_eq!(
                 live(),
                 expected,
@@ -428,12 +771,13 @@ fn run<T: Elem>(input: &Input) {
     assert_eq!(rx.len(), model.len(), "len after re-claiming both sides");
     assert_eq!(tx.free_len(), N - model.len(), "free_len after re-claiming");
     assert_eq!(rx.peek().map(Elem::value), model.front().copied());
+    assert_eq!(rx.position(), input.start.wrapping_add(popped));
     drop((tx, rx));
 
     let before = live();
     // SAFETY: every handle borrowing the ring is gone; `raw` came from `Box::into_raw`.
     drop(unsafe { Box::from_raw(raw) });
-    if T::expected_live(0).is_some() {
+    if R::Elem::expected_live(0).is_some() {
         assert_eq!(
             before - live(),
             model.len() as isize,
@@ -445,7 +789,10 @@ fn run<T: Elem>(input: &Input) {
 
 fuzz_target!(|input: Input| {
     LIVE.with(|l| l.set(0));
-    run::<u32>(&input);
-    run::<Wide>(&input);
-    run::<Counted>(&input);
+    run::<Ring<u32, N>>(&input);
+    run::<Ring<Wide, N>>(&input);
+    run::<Ring<Counted, N>>(&input);
+    run::<DenseRing<u32, N>>(&input);
+    run::<DenseRing<Wide, N>>(&input);
+    run::<DenseRing<Counted, N>>(&input);
 });

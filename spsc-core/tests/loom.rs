@@ -1,17 +1,18 @@
-//! Loom models of both rings' concurrent protocols.
+//! Loom models of the rings' concurrent protocols (`Ring`, `DenseRing`, `MessageRing`).
 //!
 //! Run with
 //! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=/tmp/target-loom cargo test -p spsc-core --test loom --release`.
 //!
 //! Under `--cfg loom` the crate's atomics and cells are loom's (`src/sync.rs`): loom explores the
 //! interleavings of the threads below and the values every Relaxed/Acquire load may return, and
-//! reports any access to a `Ring` slot value, or to an 8-byte unit of a `MessageRing` record
-//! (header or payload), that is not ordered after the other side's last access. Every model also
-//! checks the data received: values, order, payload bytes, and drop counts.
+//! reports any access to a `Ring` or `DenseRing` slot value, or to an 8-byte unit of a
+//! `MessageRing` record (header or payload), that is not ordered after the other side's last
+//! access. Every model also checks the data received: values, order, payload bytes, and drop
+//! counts.
 //!
-//! Size: the models use the smallest capacities that still wrap (a `Ring` of 2 slots, a
-//! `MessageRing` of 64 bytes, or of 128 in two lanes of 64), two threads (three in one), and a
-//! handful of operations. The small models are explored exhaustively, the larger ones with a
+//! Size: the models use the smallest capacities that still wrap (a `Ring` or `DenseRing` of 2
+//! slots, a `MessageRing` of 64 bytes, or of 128 in two lanes of 64), two threads (three in
+//! one), and a handful of operations. The small models are explored exhaustively, the larger ones with a
 //! preemption bound ([`BOUNDED`], whose comment says why it suffices); `LOOM_MAX_PREEMPTIONS`
 //! overrides both.
 #![cfg(loom)]
@@ -25,8 +26,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use spsc_core::{
-    spin_hint, ClaimError, Consumer, Full, MessageConsumer, MessageProducer, MessageReceiver,
-    MessageRing, MessageSender, Producer, RecvError, Ring, SendError, SendSlot,
+    spin_hint, ClaimError, Consumer, DenseConsumer, DenseProducer, DenseReadChunk, DenseRing, Full,
+    MessageConsumer, MessageProducer, MessageReceiver, MessageRing, MessageSender, Producer,
+    RecvError, Ring, SendError, SendSlot,
 };
 
 /// Exploration without a preemption bound: every interleaving loom can distinguish. Used by the
@@ -75,7 +77,7 @@ fn owner(id: u32) -> NonZeroU32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers for the fixed ring.
+// Helpers for the fixed-element rings (`Ring` and `DenseRing`).
 
 fn claim_producer_spin<T, const N: usize>(ring: &Ring<T, N>, id: u32) -> Producer<'_, T, N> {
     loop {
@@ -87,7 +89,56 @@ fn claim_producer_spin<T, const N: usize>(ring: &Ring<T, N>, id: u32) -> Produce
     }
 }
 
-fn push_spin<T, const N: usize>(tx: &mut Producer<'_, T, N>, mut value: T) {
+/// The producer calls the spin helpers make: the same names and meaning on the handles of `Ring`
+/// and `DenseRing`, so one helper body serves both rings.
+trait Push<T> {
+    fn push(&mut self, value: T) -> Result<(), Full<T>>;
+    fn push_slice(&mut self, items: &[T]) -> usize
+    where
+        T: Copy;
+}
+
+/// The consumer calls the spin helpers make (see [`Push`]).
+trait Pop<T> {
+    fn pop(&mut self) -> Option<T>;
+    fn pop_slice(&mut self, out: &mut [T]) -> usize
+    where
+        T: Copy;
+}
+
+/// Implements [`Push`] and [`Pop`] for a ring's handles by forwarding to their own methods.
+macro_rules! forward_handles {
+    ($producer:ident, $consumer:ident) => {
+        impl<T, const N: usize> Push<T> for $producer<'_, T, N> {
+            fn push(&mut self, value: T) -> Result<(), Full<T>> {
+                $producer::push(self, value)
+            }
+            fn push_slice(&mut self, items: &[T]) -> usize
+            where
+                T: Copy,
+            {
+                $producer::push_slice(self, items)
+            }
+        }
+
+        impl<T, const N: usize> Pop<T> for $consumer<'_, T, N> {
+            fn pop(&mut self) -> Option<T> {
+                $consumer::pop(self)
+            }
+            fn pop_slice(&mut self, out: &mut [T]) -> usize
+            where
+                T: Copy,
+            {
+                $consumer::pop_slice(self, out)
+            }
+        }
+    };
+}
+
+forward_handles!(Producer, Consumer);
+forward_handles!(DenseProducer, DenseConsumer);
+
+fn push_spin<T>(tx: &mut impl Push<T>, mut value: T) {
     loop {
         match tx.push(value) {
             Ok(()) => return,
@@ -99,7 +150,7 @@ fn push_spin<T, const N: usize>(tx: &mut Producer<'_, T, N>, mut value: T) {
     }
 }
 
-fn pop_spin<T, const N: usize>(rx: &mut Consumer<'_, T, N>) -> T {
+fn pop_spin<T>(rx: &mut impl Pop<T>) -> T {
     loop {
         if let Some(value) = rx.pop() {
             return value;
@@ -109,7 +160,7 @@ fn pop_spin<T, const N: usize>(rx: &mut Consumer<'_, T, N>) -> T {
 }
 
 /// Pushes all of `items` with `push_slice`, spinning while the ring is full.
-fn push_slice_spin<T: Copy, const N: usize>(tx: &mut Producer<'_, T, N>, items: &[T]) {
+fn push_slice_spin<T: Copy>(tx: &mut impl Push<T>, items: &[T]) {
     let mut sent = 0;
     while sent < items.len() {
         let pushed = tx.push_slice(&items[sent..]);
@@ -122,8 +173,8 @@ fn push_slice_spin<T: Copy, const N: usize>(tx: &mut Producer<'_, T, N>, items: 
 
 /// Pops `count` elements with `pop_slice` in batches of up to `OUT`, spinning while the ring is
 /// empty, and returns `first(element)` of each.
-fn pop_slice_spin<T: Copy + Default, const N: usize, const OUT: usize>(
-    rx: &mut Consumer<'_, T, N>,
+fn pop_slice_spin<T: Copy + Default, const OUT: usize>(
+    rx: &mut impl Pop<T>,
     count: usize,
     first: impl Fn(&T) -> u32,
 ) -> Vec<u32> {
@@ -275,7 +326,7 @@ fn seven_through_batches<const W: usize, const OUT: usize>(
             produce(&producer_ring, &data);
         });
         let mut rx = ring.claim_consumer(owner(9)).unwrap();
-        let received = pop_slice_spin::<[u32; W], 4, OUT>(&mut rx, 7, |element| element[0]);
+        let received = pop_slice_spin::<[u32; W], OUT>(&mut rx, 7, |element| element[0]);
         assert_eq!(received, [1, 2, 3, 4, 5, 6, 7]);
         producer.join().unwrap();
         assert!(rx.pop().is_none());
@@ -813,5 +864,233 @@ fn message_ring_lanes_reattach_mid_stream() {
         rx.pop().unwrap();
         producer.join().unwrap();
         assert!(matches!(rx.front(), Err(RecvError::Empty)));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. The dense ring: single push/pop through wrap-around.
+//
+// `DenseRing` publishes by two indices instead of per-block stamps, so its models check the
+// other pairing: a slot value written before the Release store of `tail` that the consumer's
+// Acquire load (of its cache's refill) sees, and read before the Release store of `head` that
+// the producer's reload sees before it writes the slot again.
+
+/// Four values through two slots: the producer finds the ring full by its cached view of
+/// `head`, reloads it, and writes each slot again only after the consumer's read of the previous
+/// lap's value; the consumer refills its cached `tail` only when its view says empty.
+#[test]
+fn dense_push_pop_wraps_in_order() {
+    model(BOUNDED, || {
+        let ring = Arc::new(DenseRing::<u32, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            for value in 1..=4 {
+                push_spin(&mut tx, value);
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let received: Vec<u32> = (0..4).map(|_| pop_spin(&mut rx)).collect();
+        assert_eq!(received, [1, 2, 3, 4]);
+        producer.join().unwrap();
+        assert_eq!(rx.pop(), None, "nothing beyond what was pushed");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. The dense ring: batches across the ring's end.
+
+/// The ring is first moved to position 1 (one element through it, on this thread), so every
+/// batch of two starts at the last slot and wraps: the producer's first `push_slice`, offered to
+/// an empty ring, is split into two copies (slot 1, then slot 0) under one `tail` store, and so
+/// is its second whenever the consumer has emptied the ring; the consumer's `pop_slice` into a
+/// two-element buffer copies out across the end whenever two are ready. Four values must arrive
+/// once each, in order, and every copy must be ordered after the other side's release of its
+/// slots.
+#[test]
+fn dense_push_slice_vs_pop_slice_across_the_end() {
+    model(EXHAUSTIVE, || {
+        let ring = Arc::new(DenseRing::<u32, 2>::new());
+        {
+            let mut tx = ring.claim_producer(owner(1)).unwrap();
+            let mut rx = ring.claim_consumer(owner(2)).unwrap();
+            tx.push(0).unwrap();
+            assert_eq!(rx.pop(), Some(0));
+        }
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            assert_eq!(tx.position(), 1);
+            assert_eq!(
+                tx.push_slice(&[1, 2, 3]),
+                2,
+                "an empty ring takes two, wrapping"
+            );
+            push_slice_spin(&mut tx, &[3, 4]);
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let received = pop_slice_spin::<u32, 2>(&mut rx, 4, |&value| value);
+        assert_eq!(received, [1, 2, 3, 4]);
+        producer.join().unwrap();
+        assert_eq!(rx.pop(), None);
+        assert_eq!(rx.position(), 5);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. The dense ring: read chunks of owned elements, and a ring dropped with elements left.
+
+/// Four counted (non-`Copy`) elements through two slots with `push_iter`, which publishes what
+/// fits with one store (the first two together) and leaves the rest in the iterator. The
+/// consumer leaks a read chunk of the first two (which must remove nothing), commits one of them
+/// from a second chunk (a partial commit, dropping it in place), then waits for a chunk of two
+/// across the ring's end (the third element in the freed slot 0) and commits all of it. Every
+/// drop must happen before the slot is released (the producer refills it at once), and dropping
+/// the ring after the join must drop the fourth element, left in it: each exactly once.
+#[test]
+fn dense_push_iter_vs_read_chunk_then_drop() {
+    static DROPS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+    /// The ids of a chunk's elements, oldest first.
+    fn ids(chunk: &DenseReadChunk<'_, '_, Counted, 2>) -> Vec<usize> {
+        assert!(chunk.get(chunk.len()).is_none());
+        (0..chunk.len()).map(|i| chunk.get(i).unwrap().id).collect()
+    }
+    model(EXHAUSTIVE, || {
+        reset(&DROPS);
+        let ring = Arc::new(DenseRing::<Counted, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            let mut items = (0..4).map(|id| Counted { id, drops: &DROPS });
+            assert_eq!(tx.push_iter(&mut items), 2, "an empty ring takes two");
+            let mut sent = 2;
+            while sent < 4 {
+                sent += tx.push_iter(&mut items);
+                if sent < 4 {
+                    spin_hint();
+                }
+            }
+            assert!(items.next().is_none());
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let chunk = loop {
+            let chunk = rx.read_chunk(2);
+            if !chunk.is_empty() {
+                break chunk;
+            }
+            drop(chunk);
+            spin_hint();
+        };
+        assert_eq!(ids(&chunk), [0, 1], "published together");
+        core::mem::forget(chunk);
+        let chunk = rx.read_chunk(2);
+        assert_eq!(ids(&chunk), [0, 1], "a leaked chunk removes nothing");
+        chunk.commit(1);
+        assert_eq!(
+            drop_counts(&DROPS),
+            [1, 0, 0, 0],
+            "commit drops what it removes"
+        );
+        let chunk = loop {
+            let chunk = rx.read_chunk(2);
+            if chunk.len() == 2 {
+                break chunk;
+            }
+            assert_eq!(ids(&chunk), [1]);
+            drop(chunk);
+            spin_hint();
+        };
+        assert_eq!(ids(&chunk), [1, 2]);
+        chunk.commit_all();
+        assert_eq!(
+            drop_counts(&DROPS),
+            [1, 1, 1, 0],
+            "commit drops what it removes"
+        );
+        producer.join().unwrap();
+        assert_eq!(rx.len(), 1);
+        drop(rx);
+        drop(ring);
+        assert_eq!(
+            drop_counts(&DROPS),
+            [1, 1, 1, 1],
+            "each element dropped exactly once"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. The dense ring: handles re-attached mid-stream.
+
+/// A producer pushes, is dropped, and a new handle (claimed, then taken over from a leaked one)
+/// continues through wrap-around while the consumer pops concurrently. Each new handle starts
+/// from the shared indices alone (its predecessor's cached view is gone): it must resume exactly
+/// at the last published position (a gap would deliver a stale slot, a step back a duplicate),
+/// and its first view of `head` must be ordered after the consumer's reads of the slots it
+/// allows it to write.
+#[test]
+fn dense_producer_reclaim_and_take_over() {
+    model(BOUNDED, || {
+        let ring = Arc::new(DenseRing::<u32, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let ring = &*producer_ring;
+            let mut tx = ring.claim_producer(owner(1)).unwrap();
+            push_spin(&mut tx, 1);
+            push_spin(&mut tx, 2);
+            drop(tx);
+            let mut tx = ring.claim_producer(owner(2)).unwrap();
+            assert_eq!(tx.position(), 2);
+            push_spin(&mut tx, 3);
+            core::mem::forget(tx);
+            // SAFETY: the handle of owner 2 was forgotten above and is never used again.
+            let mut tx = unsafe { ring.take_over_producer(owner(2), owner(3)) }.unwrap();
+            assert_eq!(tx.position(), 3);
+            push_spin(&mut tx, 4);
+        });
+        let mut rx = ring.claim_consumer(owner(9)).unwrap();
+        let received: Vec<u32> = (0..4).map(|_| pop_spin(&mut rx)).collect();
+        assert_eq!(received, [1, 2, 3, 4]);
+        producer.join().unwrap();
+        assert_eq!(rx.pop(), None);
+    });
+}
+
+/// The consumer handle is dropped (and later leaked and taken over) mid-stream while the
+/// producer keeps pushing. An element it only peeked is delivered to the next handle, which
+/// must see it immediately; one it popped never is; and the new handle's first view of `tail`
+/// must be ordered after the producer's writes of the slots it allows it to read.
+#[test]
+fn dense_consumer_reclaim_and_take_over() {
+    model(EXHAUSTIVE, || {
+        let ring = Arc::new(DenseRing::<u32, 2>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            for value in 1..=3 {
+                push_spin(&mut tx, value);
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        assert_eq!(pop_spin(&mut rx), 1);
+        let peeked = loop {
+            if let Some(&value) = rx.peek() {
+                break value;
+            }
+            spin_hint();
+        };
+        assert_eq!(peeked, 2);
+        drop(rx);
+        let mut rx = ring.claim_consumer(owner(3)).unwrap();
+        assert_eq!(rx.position(), 1);
+        assert_eq!(rx.peek(), Some(&2), "peeked element delivered again");
+        assert_eq!(rx.pop(), Some(2));
+        core::mem::forget(rx);
+        // SAFETY: the handle of owner 3 was forgotten above and is never used again.
+        let mut rx = unsafe { ring.take_over_consumer(owner(3), owner(4)) }.unwrap();
+        assert_eq!(rx.position(), 2);
+        assert_eq!(pop_spin(&mut rx), 3);
+        producer.join().unwrap();
+        assert_eq!(rx.pop(), None);
     });
 }
