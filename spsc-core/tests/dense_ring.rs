@@ -9,85 +9,23 @@
 
 use std::collections::VecDeque;
 use std::mem;
-use std::num::NonZeroU32;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 use spsc_core::{AttachError, ClaimError, DenseRing, Full, Ring, RingKind};
 
-fn owner(id: u32) -> NonZeroU32 {
-    NonZeroU32::new(id).expect("owner ids in these tests are non-zero")
-}
-
-/// Iteration counts shrink under Miri, which runs every operation thousands of times slower.
-fn scaled(normal: usize, miri: usize) -> usize {
-    if cfg!(miri) {
-        miri
-    } else {
-        normal
-    }
-}
-
-/// An element that counts its drops in a per-test table: a double drop shows up as a count of 2.
-#[derive(Debug)]
-struct Tracked<'t> {
-    id: usize,
-    drops: &'t [AtomicUsize],
-}
-
-impl Drop for Tracked<'_> {
-    fn drop(&mut self) {
-        self.drops[self.id].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn drop_table(len: usize) -> Vec<AtomicUsize> {
-    (0..len).map(|_| AtomicUsize::new(0)).collect()
-}
-
-fn drop_counts(table: &[AtomicUsize]) -> Vec<usize> {
-    table.iter().map(|c| c.load(Ordering::Relaxed)).collect()
-}
-
-/// A 128-byte line: a `Vec` of them is memory aligned as the rings need.
-#[repr(C, align(128))]
-#[derive(Clone, Copy)]
-struct Line([u8; 128]);
-
-/// Caller-owned, zeroed, 128-aligned memory to initialise rings in.
-struct Region {
-    lines: Vec<Line>,
-}
-
-impl Region {
-    fn for_ring<T, const N: usize>() -> Self {
-        Self {
-            lines: vec![Line([0; 128]); mem::size_of::<DenseRing<T, N>>().div_ceil(128)],
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.lines.len() * 128
-    }
-
-    fn base(&mut self) -> NonNull<u8> {
-        NonNull::new(self.lines.as_mut_ptr().cast::<u8>()).expect("Vec pointers are non-null")
-    }
-
-    /// Writes `value` at byte `offset` (4-aligned, inside the region).
-    fn write_u32(&mut self, offset: usize, value: u32) {
-        assert!(offset + 4 <= self.len() && offset.is_multiple_of(4));
-        // SAFETY: in bounds and aligned (checked above); the region is exclusively borrowed.
-        unsafe { self.base().as_ptr().add(offset).cast::<u32>().write(value) };
-    }
-}
+mod common;
+use common::{drop_counts, drop_table, owner, scaled, Line, Region, Tracked};
 
 /// Offsets of the consumer's and producer's index words: the second and third 128-byte lines,
 /// after the control block. Part of the shared-memory format, locked at compile time by
 /// `src/shared_layout.rs`; these tests use them to start a ring at any position, or corrupt it.
 const HEAD_OFFSET: usize = 128;
 const TAIL_OFFSET: usize = 256;
+
+fn region_for<T, const N: usize>() -> Region {
+    Region::new(mem::size_of::<DenseRing<T, N>>())
+}
 
 /// An empty `DenseRing<T, N>` in `region` whose positions stand at `start`, as if `start`
 /// elements had been pushed and popped.
@@ -369,7 +307,7 @@ fn split_clears_claims_of_leaked_handles() {
 
 #[test]
 fn a_ring_in_caller_memory_works_like_an_owned_one() {
-    let mut region = Region::for_ring::<u64, 16>();
+    let mut region = region_for::<u64, 16>();
     let (len, base) = (region.len(), region.base());
     // SAFETY: the region is valid, exclusively borrowed memory of `len` bytes.
     let ring = unsafe { DenseRing::<u64, 16>::init_in_place(base, len) }.unwrap();
@@ -400,7 +338,7 @@ fn attach_verdict<T, const N: usize>(base: NonNull<u8>, len: usize) -> Result<()
 
 #[test]
 fn attach_refuses_what_is_not_this_ring() {
-    let mut region = Region::for_ring::<u64, 16>();
+    let mut region = region_for::<u64, 16>();
     let (len, base) = (region.len(), region.base());
     assert_eq!(
         attach_verdict::<u64, 16>(base, len),
@@ -448,7 +386,7 @@ fn attach_refuses_what_is_not_this_ring() {
 #[test]
 fn indices_more_than_the_capacity_apart_are_refused() {
     for (head, tail) in [(0, 17), (5, 4), (u32::MAX, 16), (100, 0)] {
-        let mut region = Region::for_ring::<u64, 16>();
+        let mut region = region_for::<u64, 16>();
         ring_at::<u64, 16>(&mut region, 0);
         region.write_u32(HEAD_OFFSET, head);
         region.write_u32(TAIL_OFFSET, tail);
@@ -463,7 +401,7 @@ fn indices_more_than_the_capacity_apart_are_refused() {
         assert_eq!(ring.holders(), (0, 0), "refused claims are released");
     }
     // Exactly `N` apart is a full ring, and fine.
-    let mut region = Region::for_ring::<u64, 16>();
+    let mut region = region_for::<u64, 16>();
     ring_at::<u64, 16>(&mut region, u32::MAX - 3);
     region.write_u32(TAIL_OFFSET, (u32::MAX - 3).wrapping_add(16));
     let (len, base) = (region.len(), region.base());
@@ -477,7 +415,7 @@ fn indices_more_than_the_capacity_apart_are_refused() {
 
 #[test]
 fn positions_wrap_past_u32_max() {
-    let mut region = Region::for_ring::<u64, 8>();
+    let mut region = region_for::<u64, 8>();
     let ring = ring_at::<u64, 8>(&mut region, u32::MAX - 5);
     let mut tx = ring.claim_producer(owner(1)).unwrap();
     let mut rx = ring.claim_consumer(owner(2)).unwrap();
@@ -563,7 +501,7 @@ fn config() -> ProptestConfig {
 /// (12-byte elements, so runs are not line multiples).
 fn run_model<const N: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError> {
     let make = |n: u32| [n, !n, n.wrapping_mul(3)];
-    let mut region = Region::for_ring::<[u32; 3], N>();
+    let mut region = region_for::<[u32; 3], N>();
     let ring = ring_at::<[u32; 3], N>(&mut region, start);
     let mut ids = 10..;
     let mut tx = ring.claim_producer(owner(ids.next().unwrap())).unwrap();

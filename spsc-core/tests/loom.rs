@@ -20,16 +20,17 @@
 // implementation (today it has no `Drop`, which these lints point out).
 #![allow(clippy::forget_non_drop, clippy::drop_non_drop)]
 
-use core::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use loom::sync::Arc;
 use loom::thread;
 use spsc_core::{
-    spin_hint, ClaimError, Consumer, DenseConsumer, DenseProducer, DenseReadChunk, DenseRing, Full,
-    MessageConsumer, MessageProducer, MessageReceiver, MessageRing, MessageSender, Producer,
-    RecvError, Ring, SendError, SendSlot,
+    spin_hint, ClaimError, DenseReadChunk, DenseRing, Full, MessageConsumer, MessageProducer,
+    MessageReceiver, MessageRing, MessageSender, Producer, RecvError, Ring, SendError, SendSlot,
 };
+
+mod common;
+use common::{owner, ElementConsumer, ElementProducer, ElementRing};
 
 /// Exploration without a preemption bound: every interleaving loom can distinguish. Used by the
 /// models small enough to finish within seconds.
@@ -72,10 +73,6 @@ where
     );
 }
 
-fn owner(id: u32) -> NonZeroU32 {
-    NonZeroU32::new(id).expect("owner ids are non-zero")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Helpers for the fixed-element rings (`Ring` and `DenseRing`).
 
@@ -89,56 +86,7 @@ fn claim_producer_spin<T, const N: usize>(ring: &Ring<T, N>, id: u32) -> Produce
     }
 }
 
-/// The producer calls the spin helpers make: the same names and meaning on the handles of `Ring`
-/// and `DenseRing`, so one helper body serves both rings.
-trait Push<T> {
-    fn push(&mut self, value: T) -> Result<(), Full<T>>;
-    fn push_slice(&mut self, items: &[T]) -> usize
-    where
-        T: Copy;
-}
-
-/// The consumer calls the spin helpers make (see [`Push`]).
-trait Pop<T> {
-    fn pop(&mut self) -> Option<T>;
-    fn pop_slice(&mut self, out: &mut [T]) -> usize
-    where
-        T: Copy;
-}
-
-/// Implements [`Push`] and [`Pop`] for a ring's handles by forwarding to their own methods.
-macro_rules! forward_handles {
-    ($producer:ident, $consumer:ident) => {
-        impl<T, const N: usize> Push<T> for $producer<'_, T, N> {
-            fn push(&mut self, value: T) -> Result<(), Full<T>> {
-                $producer::push(self, value)
-            }
-            fn push_slice(&mut self, items: &[T]) -> usize
-            where
-                T: Copy,
-            {
-                $producer::push_slice(self, items)
-            }
-        }
-
-        impl<T, const N: usize> Pop<T> for $consumer<'_, T, N> {
-            fn pop(&mut self) -> Option<T> {
-                $consumer::pop(self)
-            }
-            fn pop_slice(&mut self, out: &mut [T]) -> usize
-            where
-                T: Copy,
-            {
-                $consumer::pop_slice(self, out)
-            }
-        }
-    };
-}
-
-forward_handles!(Producer, Consumer);
-forward_handles!(DenseProducer, DenseConsumer);
-
-fn push_spin<T>(tx: &mut impl Push<T>, mut value: T) {
+fn push_spin<T>(tx: &mut impl ElementProducer<T>, mut value: T) {
     loop {
         match tx.push(value) {
             Ok(()) => return,
@@ -150,7 +98,7 @@ fn push_spin<T>(tx: &mut impl Push<T>, mut value: T) {
     }
 }
 
-fn pop_spin<T>(rx: &mut impl Pop<T>) -> T {
+fn pop_spin<T>(rx: &mut impl ElementConsumer<T>) -> T {
     loop {
         if let Some(value) = rx.pop() {
             return value;
@@ -160,7 +108,7 @@ fn pop_spin<T>(rx: &mut impl Pop<T>) -> T {
 }
 
 /// Pushes all of `items` with `push_slice`, spinning while the ring is full.
-fn push_slice_spin<T: Copy>(tx: &mut impl Push<T>, items: &[T]) {
+fn push_slice_spin<T: Copy>(tx: &mut impl ElementProducer<T>, items: &[T]) {
     let mut sent = 0;
     while sent < items.len() {
         let pushed = tx.push_slice(&items[sent..]);
@@ -174,7 +122,7 @@ fn push_slice_spin<T: Copy>(tx: &mut impl Push<T>, items: &[T]) {
 /// Pops `count` elements with `pop_slice` in batches of up to `OUT`, spinning while the ring is
 /// empty, and returns `first(element)` of each.
 fn pop_slice_spin<T: Copy + Default, const OUT: usize>(
-    rx: &mut impl Pop<T>,
+    rx: &mut impl ElementConsumer<T>,
     count: usize,
     first: impl Fn(&T) -> u32,
 ) -> Vec<u32> {
@@ -217,24 +165,37 @@ fn reset(drops: &[AtomicUsize; 4]) {
 // 1. Single push/pop through wrap-around.
 
 /// Four values through two slots: the producer must wait for the consumer to release each slot
-/// (`Full`, then a reload of `head`) and reuse it for the next lap's stamp.
+/// (`Full`, then a reload of the consumer's index) and write it again only after the consumer's
+/// read of the previous lap's value. One body for both element rings.
+fn push_pop_wraps_in_order<R: ElementRing<u32> + Send + 'static>() {
+    let ring = Arc::new(*R::boxed());
+    let producer_ring = ring.clone();
+    let producer = thread::spawn(move || {
+        let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+        for value in 1..=4 {
+            push_spin(&mut tx, value);
+        }
+    });
+    let mut rx = ring.claim_consumer(owner(2)).unwrap();
+    let received: Vec<u32> = (0..4).map(|_| pop_spin(&mut rx)).collect();
+    assert_eq!(received, [1, 2, 3, 4]);
+    producer.join().unwrap();
+    assert_eq!(rx.pop(), None, "nothing beyond what was pushed");
+}
+
+/// `Ring`: each slot's stamp carries the next lap's publication.
 #[test]
 fn ring_push_pop_wraps_in_order() {
-    model(EXHAUSTIVE, || {
-        let ring = Arc::new(Ring::<u32, 2>::new());
-        let producer_ring = ring.clone();
-        let producer = thread::spawn(move || {
-            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
-            for value in 1..=4 {
-                push_spin(&mut tx, value);
-            }
-        });
-        let mut rx = ring.claim_consumer(owner(2)).unwrap();
-        let received: Vec<u32> = (0..4).map(|_| pop_spin(&mut rx)).collect();
-        assert_eq!(received, [1, 2, 3, 4]);
-        producer.join().unwrap();
-        assert_eq!(rx.pop(), None, "nothing beyond what was pushed");
-    });
+    model(EXHAUSTIVE, push_pop_wraps_in_order::<Ring<u32, 2>>);
+}
+
+/// `DenseRing` publishes by two indices instead of per-block stamps, so the model checks the
+/// other pairing: a slot value written before the Release store of `tail` that the consumer's
+/// Acquire load (of its cache's refill) sees, and read before the Release store of `head` that
+/// the producer's reload sees before it writes the slot again. Bounded: exhaustive took 46 s.
+#[test]
+fn dense_push_pop_wraps_in_order() {
+    model(BOUNDED, push_pop_wraps_in_order::<DenseRing<u32, 2>>);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -404,67 +365,95 @@ fn ring_producer_handoff_between_threads() {
 }
 
 /// A producer pushes, is dropped, and a new handle (claimed, then taken over from a leaked one)
-/// continues through wrap-around while the consumer pops concurrently.
-#[test]
-fn ring_producer_reclaim_and_take_over() {
-    model(BOUNDED, || {
-        let ring = Arc::new(Ring::<u32, 2>::new());
-        let producer_ring = ring.clone();
-        let producer = thread::spawn(move || {
-            let ring = &*producer_ring;
-            let mut tx = ring.claim_producer(owner(1)).unwrap();
-            push_spin(&mut tx, 1);
-            push_spin(&mut tx, 2);
-            drop(tx);
-            let mut tx = ring.claim_producer(owner(2)).unwrap();
-            push_spin(&mut tx, 3);
-            core::mem::forget(tx);
-            // SAFETY: the handle of owner 2 was forgotten above and is never used again.
-            let mut tx = unsafe { ring.take_over_producer(owner(2), owner(3)) }.unwrap();
-            push_spin(&mut tx, 4);
-        });
-        let mut rx = ring.claim_consumer(owner(9)).unwrap();
-        let received: Vec<u32> = (0..4).map(|_| pop_spin(&mut rx)).collect();
-        assert_eq!(received, [1, 2, 3, 4]);
-        producer.join().unwrap();
-        assert_eq!(rx.pop(), None);
+/// continues through wrap-around while the consumer pops concurrently. Each new handle starts
+/// from the shared state alone (its predecessor's cached view is gone): it must resume exactly
+/// at the last published position (a gap would deliver a stale slot, a step back a duplicate),
+/// and its first view of the consumer's index must be ordered after the consumer's reads of the
+/// slots it allows it to write. One body for both element rings (of 2 slots).
+fn producer_reclaim_and_take_over<R: ElementRing<u32> + Send + 'static>() {
+    let ring = Arc::new(*R::boxed());
+    let producer_ring = ring.clone();
+    let producer = thread::spawn(move || {
+        let ring = &*producer_ring;
+        let mut tx = ring.claim_producer(owner(1)).unwrap();
+        push_spin(&mut tx, 1);
+        push_spin(&mut tx, 2);
+        drop(tx);
+        let mut tx = ring.claim_producer(owner(2)).unwrap();
+        assert_eq!(tx.position(), 2);
+        push_spin(&mut tx, 3);
+        core::mem::forget(tx);
+        // SAFETY: the handle of owner 2 was forgotten above and is never used again.
+        let mut tx = unsafe { ring.take_over_producer(owner(2), owner(3)) }.unwrap();
+        assert_eq!(tx.position(), 3);
+        push_spin(&mut tx, 4);
     });
+    let mut rx = ring.claim_consumer(owner(9)).unwrap();
+    let received: Vec<u32> = (0..4).map(|_| pop_spin(&mut rx)).collect();
+    assert_eq!(received, [1, 2, 3, 4]);
+    producer.join().unwrap();
+    assert_eq!(rx.pop(), None);
 }
 
-/// The consumer handle is dropped (and later leaked and taken over) mid-stream. An element it
-/// only peeked is delivered to the next handle, which must see it immediately: the claim
-/// synchronises with the release of the previous handle.
+#[test]
+fn ring_producer_reclaim_and_take_over() {
+    model(BOUNDED, producer_reclaim_and_take_over::<Ring<u32, 2>>);
+}
+
+#[test]
+fn dense_producer_reclaim_and_take_over() {
+    model(BOUNDED, producer_reclaim_and_take_over::<DenseRing<u32, 2>>);
+}
+
+/// The consumer handle is dropped (and later leaked and taken over) mid-stream while the
+/// producer keeps pushing. An element it only peeked is delivered to the next handle, which
+/// must see it immediately (the claim synchronises with the release of the previous handle);
+/// one it popped never is; and the new handle's first view of what is published must be ordered
+/// after the producer's writes of the slots it allows it to read. One body for both element
+/// rings (of 2 slots).
+fn consumer_reclaim_and_take_over<R: ElementRing<u32> + Send + 'static>() {
+    let ring = Arc::new(*R::boxed());
+    let producer_ring = ring.clone();
+    let producer = thread::spawn(move || {
+        let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+        for value in 1..=3 {
+            push_spin(&mut tx, value);
+        }
+    });
+    let mut rx = ring.claim_consumer(owner(2)).unwrap();
+    assert_eq!(pop_spin(&mut rx), 1);
+    let peeked = loop {
+        if let Some(&value) = rx.peek() {
+            break value;
+        }
+        spin_hint();
+    };
+    assert_eq!(peeked, 2);
+    drop(rx);
+    let mut rx = ring.claim_consumer(owner(3)).unwrap();
+    assert_eq!(rx.position(), 1);
+    assert_eq!(rx.peek(), Some(&2), "peeked element delivered again");
+    assert_eq!(rx.pop(), Some(2));
+    core::mem::forget(rx);
+    // SAFETY: the handle of owner 3 was forgotten above and is never used again.
+    let mut rx = unsafe { ring.take_over_consumer(owner(3), owner(4)) }.unwrap();
+    assert_eq!(rx.position(), 2);
+    assert_eq!(pop_spin(&mut rx), 3);
+    producer.join().unwrap();
+    assert_eq!(rx.pop(), None);
+}
+
 #[test]
 fn ring_consumer_reclaim_and_take_over() {
-    model(EXHAUSTIVE, || {
-        let ring = Arc::new(Ring::<u32, 2>::new());
-        let producer_ring = ring.clone();
-        let producer = thread::spawn(move || {
-            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
-            for value in 1..=3 {
-                push_spin(&mut tx, value);
-            }
-        });
-        let mut rx = ring.claim_consumer(owner(2)).unwrap();
-        assert_eq!(pop_spin(&mut rx), 1);
-        let peeked = loop {
-            if let Some(&value) = rx.peek() {
-                break value;
-            }
-            spin_hint();
-        };
-        assert_eq!(peeked, 2);
-        drop(rx);
-        let mut rx = ring.claim_consumer(owner(3)).unwrap();
-        assert_eq!(rx.peek(), Some(&2), "peeked element delivered again");
-        assert_eq!(rx.pop(), Some(2));
-        core::mem::forget(rx);
-        // SAFETY: the handle of owner 3 was forgotten above and is never used again.
-        let mut rx = unsafe { ring.take_over_consumer(owner(3), owner(4)) }.unwrap();
-        assert_eq!(pop_spin(&mut rx), 3);
-        producer.join().unwrap();
-        assert_eq!(rx.pop(), None);
-    });
+    model(EXHAUSTIVE, consumer_reclaim_and_take_over::<Ring<u32, 2>>);
+}
+
+#[test]
+fn dense_consumer_reclaim_and_take_over() {
+    model(
+        EXHAUSTIVE,
+        consumer_reclaim_and_take_over::<DenseRing<u32, 2>>,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -868,37 +857,7 @@ fn message_ring_lanes_reattach_mid_stream() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 9. The dense ring: single push/pop through wrap-around.
-//
-// `DenseRing` publishes by two indices instead of per-block stamps, so its models check the
-// other pairing: a slot value written before the Release store of `tail` that the consumer's
-// Acquire load (of its cache's refill) sees, and read before the Release store of `head` that
-// the producer's reload sees before it writes the slot again.
-
-/// Four values through two slots: the producer finds the ring full by its cached view of
-/// `head`, reloads it, and writes each slot again only after the consumer's read of the previous
-/// lap's value; the consumer refills its cached `tail` only when its view says empty.
-#[test]
-fn dense_push_pop_wraps_in_order() {
-    model(BOUNDED, || {
-        let ring = Arc::new(DenseRing::<u32, 2>::new());
-        let producer_ring = ring.clone();
-        let producer = thread::spawn(move || {
-            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
-            for value in 1..=4 {
-                push_spin(&mut tx, value);
-            }
-        });
-        let mut rx = ring.claim_consumer(owner(2)).unwrap();
-        let received: Vec<u32> = (0..4).map(|_| pop_spin(&mut rx)).collect();
-        assert_eq!(received, [1, 2, 3, 4]);
-        producer.join().unwrap();
-        assert_eq!(rx.pop(), None, "nothing beyond what was pushed");
-    });
-}
-
-// ---------------------------------------------------------------------------------------------
-// 10. The dense ring: batches across the ring's end.
+// 9. The dense ring: batches across the ring's end.
 
 /// The ring is first moved to position 1 (one element through it, on this thread), so every
 /// batch of two starts at the last slot and wraps: the producer's first `push_slice`, offered to
@@ -938,7 +897,7 @@ fn dense_push_slice_vs_pop_slice_across_the_end() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 11. The dense ring: read chunks of owned elements, and a ring dropped with elements left.
+// 10. The dense ring: read chunks of owned elements, and a ring dropped with elements left.
 
 /// Four counted (non-`Copy`) elements through two slots with `push_iter`, which publishes what
 /// fits with one store (the first two together) and leaves the rest in the iterator. The
@@ -1016,81 +975,5 @@ fn dense_push_iter_vs_read_chunk_then_drop() {
             [1, 1, 1, 1],
             "each element dropped exactly once"
         );
-    });
-}
-
-// ---------------------------------------------------------------------------------------------
-// 12. The dense ring: handles re-attached mid-stream.
-
-/// A producer pushes, is dropped, and a new handle (claimed, then taken over from a leaked one)
-/// continues through wrap-around while the consumer pops concurrently. Each new handle starts
-/// from the shared indices alone (its predecessor's cached view is gone): it must resume exactly
-/// at the last published position (a gap would deliver a stale slot, a step back a duplicate),
-/// and its first view of `head` must be ordered after the consumer's reads of the slots it
-/// allows it to write.
-#[test]
-fn dense_producer_reclaim_and_take_over() {
-    model(BOUNDED, || {
-        let ring = Arc::new(DenseRing::<u32, 2>::new());
-        let producer_ring = ring.clone();
-        let producer = thread::spawn(move || {
-            let ring = &*producer_ring;
-            let mut tx = ring.claim_producer(owner(1)).unwrap();
-            push_spin(&mut tx, 1);
-            push_spin(&mut tx, 2);
-            drop(tx);
-            let mut tx = ring.claim_producer(owner(2)).unwrap();
-            assert_eq!(tx.position(), 2);
-            push_spin(&mut tx, 3);
-            core::mem::forget(tx);
-            // SAFETY: the handle of owner 2 was forgotten above and is never used again.
-            let mut tx = unsafe { ring.take_over_producer(owner(2), owner(3)) }.unwrap();
-            assert_eq!(tx.position(), 3);
-            push_spin(&mut tx, 4);
-        });
-        let mut rx = ring.claim_consumer(owner(9)).unwrap();
-        let received: Vec<u32> = (0..4).map(|_| pop_spin(&mut rx)).collect();
-        assert_eq!(received, [1, 2, 3, 4]);
-        producer.join().unwrap();
-        assert_eq!(rx.pop(), None);
-    });
-}
-
-/// The consumer handle is dropped (and later leaked and taken over) mid-stream while the
-/// producer keeps pushing. An element it only peeked is delivered to the next handle, which
-/// must see it immediately; one it popped never is; and the new handle's first view of `tail`
-/// must be ordered after the producer's writes of the slots it allows it to read.
-#[test]
-fn dense_consumer_reclaim_and_take_over() {
-    model(EXHAUSTIVE, || {
-        let ring = Arc::new(DenseRing::<u32, 2>::new());
-        let producer_ring = ring.clone();
-        let producer = thread::spawn(move || {
-            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
-            for value in 1..=3 {
-                push_spin(&mut tx, value);
-            }
-        });
-        let mut rx = ring.claim_consumer(owner(2)).unwrap();
-        assert_eq!(pop_spin(&mut rx), 1);
-        let peeked = loop {
-            if let Some(&value) = rx.peek() {
-                break value;
-            }
-            spin_hint();
-        };
-        assert_eq!(peeked, 2);
-        drop(rx);
-        let mut rx = ring.claim_consumer(owner(3)).unwrap();
-        assert_eq!(rx.position(), 1);
-        assert_eq!(rx.peek(), Some(&2), "peeked element delivered again");
-        assert_eq!(rx.pop(), Some(2));
-        core::mem::forget(rx);
-        // SAFETY: the handle of owner 3 was forgotten above and is never used again.
-        let mut rx = unsafe { ring.take_over_consumer(owner(3), owner(4)) }.unwrap();
-        assert_eq!(rx.position(), 2);
-        assert_eq!(pop_spin(&mut rx), 3);
-        producer.join().unwrap();
-        assert_eq!(rx.pop(), None);
     });
 }

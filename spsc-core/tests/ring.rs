@@ -10,74 +10,13 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::mem;
-use std::num::NonZeroU32;
 use std::panic::{self, AssertUnwindSafe};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 use spsc_core::{ClaimError, Full, Ring};
 
-fn owner(id: u32) -> NonZeroU32 {
-    NonZeroU32::new(id).expect("owner ids in these tests are non-zero")
-}
-
-/// Iteration counts shrink under Miri, which runs every operation thousands of times slower.
-fn scaled(normal: usize, miri: usize) -> usize {
-    if cfg!(miri) {
-        miri
-    } else {
-        normal
-    }
-}
-
-/// An element that counts its drops in a per-test table: a double drop shows up as a count of 2
-/// rather than as undefined behaviour, so the check works for any bug.
-#[derive(Debug)]
-struct Tracked<'t> {
-    id: usize,
-    drops: &'t [AtomicUsize],
-}
-
-impl Drop for Tracked<'_> {
-    fn drop(&mut self) {
-        self.drops[self.id].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn drop_table(len: usize) -> Vec<AtomicUsize> {
-    (0..len).map(|_| AtomicUsize::new(0)).collect()
-}
-
-fn drop_counts(table: &[AtomicUsize]) -> Vec<usize> {
-    table.iter().map(|c| c.load(Ordering::Relaxed)).collect()
-}
-
-/// A 128-byte line: a `Vec` of them is memory aligned as the rings need.
-#[repr(C, align(128))]
-#[derive(Clone, Copy)]
-struct Line([u8; 128]);
-
-/// Caller-owned, zeroed, 128-aligned memory to initialise rings in.
-struct Region {
-    lines: Vec<Line>,
-}
-
-impl Region {
-    fn new(bytes: usize) -> Self {
-        Self {
-            lines: vec![Line([0; 128]); bytes.div_ceil(128)],
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.lines.len() * 128
-    }
-
-    fn base(&mut self) -> NonNull<u8> {
-        NonNull::new(self.lines.as_mut_ptr().cast::<u8>()).expect("Vec pointers are non-null")
-    }
-}
+mod common;
+use common::{drop_counts, drop_table, owner, scaled, Region, Tracked};
 
 /// Offset of the consumer's `head` word in both rings: the second 128-byte line, after the
 /// control block. The layout is part of the shared-memory format and locked at compile time by

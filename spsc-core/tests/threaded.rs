@@ -17,18 +17,8 @@ use spsc_core::{
     SendSlot,
 };
 
-fn owner(id: u32) -> NonZeroU32 {
-    NonZeroU32::new(id).expect("owner ids in these tests are non-zero")
-}
-
-/// Iteration counts shrink under Miri, which runs every operation thousands of times slower.
-fn count(normal: u64, miri: u64) -> u64 {
-    if cfg!(miri) {
-        miri
-    } else {
-        normal
-    }
-}
+mod common;
+use common::{owner, scaled, ElementConsumer, ElementProducer, ElementRing};
 
 /// A cheap mixing function: the check word of element `seq`, and the source of random sizes.
 fn mix(seq: u64) -> u64 {
@@ -68,8 +58,9 @@ impl Item {
     }
 }
 
-fn ring_single_ops<const N: usize>(total: u64) {
-    let ring = Box::new(Ring::<Item, N>::new());
+/// Single pushes and pops (and peeks) of `total` elements through `R`.
+fn single_ops<R: ElementRing<Item>>(total: u64) {
+    let ring = R::boxed();
     let ring = &*ring;
     thread::scope(|scope| {
         scope.spawn(move || {
@@ -105,123 +96,29 @@ fn ring_single_ops<const N: usize>(total: u64) {
 
 #[test]
 fn ring_single_ops_64() {
-    ring_single_ops::<64>(count(1_000_000, 300));
+    single_ops::<Ring<Item, 64>>(scaled(1_000_000, 300));
 }
 
 #[test]
 fn ring_single_ops_1() {
-    ring_single_ops::<1>(count(100_000, 100));
-}
-
-#[test]
-fn ring_batch_ops() {
-    const N: usize = 128;
-    let total = count(1_000_000, 400);
-    let ring = Box::new(Ring::<Item, N>::new());
-    let ring = &*ring;
-    thread::scope(|scope| {
-        scope.spawn(move || {
-            let mut tx = ring.claim_producer(owner(1)).unwrap();
-            let mut seq = 0;
-            let mut batch = Vec::new();
-            while seq < total {
-                let size = (mix(seq) % 70 + 1).min(total - seq);
-                batch.clear();
-                batch.extend((seq..seq + size).map(Item::new));
-                let pushed = if seq.is_multiple_of(2) {
-                    tx.push_slice(&batch)
-                } else {
-                    tx.push_iter(batch.iter().copied())
-                };
-                if pushed == 0 {
-                    wait();
-                }
-                seq += pushed as u64;
-            }
-        });
-        let mut rx = ring.claim_consumer(owner(2)).unwrap();
-        let mut expected = 0;
-        let mut out = [Item::new(0); 50];
-        while expected < total {
-            let max = (mix(expected ^ 1) % 90 + 1) as usize;
-            let got = if expected.is_multiple_of(2) {
-                // A drain that stops early publishes only what it yielded.
-                let mut drain = rx.drain(max);
-                let take = drain.len().div_ceil(2);
-                for _ in 0..take {
-                    drain.next().unwrap().verify(expected);
-                    expected += 1;
-                }
-                take
-            } else {
-                let n = rx.pop_slice(&mut out[..max.min(50)]);
-                for item in &out[..n] {
-                    item.verify(expected);
-                    expected += 1;
-                }
-                n
-            };
-            if got == 0 {
-                wait();
-            }
-        }
-    });
-    let mut rx = ring.claim_consumer(owner(3)).unwrap();
-    assert_eq!(rx.pop(), None);
-}
-
-fn dense_single_ops<const N: usize>(total: u64) {
-    let ring = Box::new(DenseRing::<Item, N>::new());
-    let ring = &*ring;
-    thread::scope(|scope| {
-        scope.spawn(move || {
-            let mut tx = ring.claim_producer(owner(1)).unwrap();
-            for seq in 0..total {
-                let mut item = Item::new(seq);
-                while let Err(full) = tx.push(item) {
-                    item = full.0;
-                    wait();
-                }
-            }
-        });
-        let mut rx = ring.claim_consumer(owner(2)).unwrap();
-        let mut expected = 0;
-        while expected < total {
-            if expected.is_multiple_of(3) {
-                if let Some(item) = rx.peek() {
-                    item.verify(expected);
-                }
-            }
-            match rx.pop() {
-                Some(item) => {
-                    item.verify(expected);
-                    expected += 1;
-                }
-                None => wait(),
-            }
-        }
-    });
-    let mut rx = ring.claim_consumer(owner(3)).unwrap();
-    assert_eq!(rx.pop(), None, "nothing beyond what was sent");
+    single_ops::<Ring<Item, 1>>(scaled(100_000, 100));
 }
 
 #[test]
 fn dense_ring_single_ops_64() {
-    dense_single_ops::<64>(count(1_000_000, 300));
+    single_ops::<DenseRing<Item, 64>>(scaled(1_000_000, 300));
 }
 
 #[test]
 fn dense_ring_single_ops_1() {
-    dense_single_ops::<1>(count(100_000, 100));
+    single_ops::<DenseRing<Item, 1>>(scaled(100_000, 100));
 }
 
-/// Batches of random sizes both ways: slices and iterators in, slices and read chunks (partly
-/// committed, read as two slices) out.
-#[test]
-fn dense_ring_batch_ops() {
-    const N: usize = 128;
-    let total = count(1_000_000, 400);
-    let ring = Box::new(DenseRing::<Item, N>::new());
+/// Batches of random sizes both ways: slices and iterators in; slices and in-place batch reads
+/// that remove only half of what they see (`ElementConsumer::take_half`) out.
+fn batch_ops<R: ElementRing<Item>>() {
+    let total = scaled(1_000_000, 400);
+    let ring = R::boxed();
     let ring = &*ring;
     thread::scope(|scope| {
         scope.spawn(move || {
@@ -249,16 +146,10 @@ fn dense_ring_batch_ops() {
         while expected < total {
             let max = (mix(expected ^ 1) % 90 + 1) as usize;
             let got = if expected.is_multiple_of(2) {
-                // Commit half of what the chunk holds; the rest is read again next time.
-                let chunk = rx.read_chunk(max);
-                let (first, second) = chunk.as_slices();
-                for (i, item) in first.iter().chain(second).enumerate() {
-                    item.verify(expected + i as u64);
-                }
-                let take = chunk.len().div_ceil(2);
-                chunk.commit(take);
-                expected += take as u64;
-                take
+                rx.take_half(max, |item| {
+                    item.verify(expected);
+                    expected += 1;
+                })
             } else {
                 let n = rx.pop_slice(&mut out[..max.min(50)]);
                 for item in &out[..n] {
@@ -274,6 +165,16 @@ fn dense_ring_batch_ops() {
     });
     let mut rx = ring.claim_consumer(owner(3)).unwrap();
     assert_eq!(rx.pop(), None);
+}
+
+#[test]
+fn ring_batch_ops() {
+    batch_ops::<Ring<Item, 128>>();
+}
+
+#[test]
+fn dense_ring_batch_ops() {
+    batch_ops::<DenseRing<Item, 128>>();
 }
 
 /// Length of message `seq`: mostly small (under 48 bytes, and never above `max`), one in eight
@@ -389,25 +290,25 @@ fn assert_drained<const C: usize, const L: usize>(ring: &MessageRing<C, L>) {
 
 #[test]
 fn message_ring_random_sizes_4096() {
-    message_stream::<4096, 1>(count(1_000_000, 300));
+    message_stream::<4096, 1>(scaled(1_000_000, 300));
 }
 
 #[test]
 fn message_ring_random_sizes_4096_in_16_lanes() {
     // Lanes of 256 bytes: the largest message (120 bytes) pads often in its lane.
-    message_stream::<4096, 16>(count(1_000_000, 300));
+    message_stream::<4096, 16>(scaled(1_000_000, 300));
 }
 
 #[test]
 fn message_ring_random_sizes_128() {
     // Tiny: nearly every message wraps or pads.
-    message_stream::<128, 1>(count(300_000, 300));
+    message_stream::<128, 1>(scaled(300_000, 300));
 }
 
 #[test]
 fn message_ring_random_sizes_256_in_4_lanes() {
     // The smallest lanes (64 bytes, largest message 24): nearly every message wraps or pads.
-    message_stream::<256, 4>(count(300_000, 300));
+    message_stream::<256, 4>(scaled(300_000, 300));
 }
 
 /// Claims `side` for thread `index` once the thread before has handed over: the previous
@@ -433,12 +334,14 @@ fn claim_in_turn<H>(
     }
 }
 
-#[test]
-fn ring_sides_handed_between_threads_mid_stream() {
+/// Four producer and four consumer threads take their side of `R` in turn, each for `chunk`
+/// elements, while the other side runs: every claim continues exactly where the previous holder
+/// stopped.
+fn sides_handed<R: ElementRing<Item>>() {
     const THREADS: u32 = 4;
-    let chunk = count(100_000, 60);
+    let chunk = scaled(100_000, 60);
     let total = chunk * u64::from(THREADS);
-    let ring = Box::new(Ring::<Item, 32>::new());
+    let ring = R::boxed();
     let ring = &*ring;
     let producer_turn = AtomicU32::new(0);
     let consumer_turn = AtomicU32::new(0);
@@ -473,27 +376,22 @@ fn ring_sides_handed_between_threads_mid_stream() {
                 let first = chunk * u64::from(index);
                 let mut expected = first;
                 while expected < first + chunk {
-                    if expected.is_multiple_of(2) {
-                        match rx.pop() {
-                            Some(item) => {
-                                item.verify(expected);
-                                expected += 1;
-                            }
-                            None => wait(),
-                        }
-                    } else {
-                        let max = (first + chunk - expected).min(9) as usize;
-                        let mut drain = rx.drain(max);
-                        if drain.len() == 0 {
-                            drop(drain);
-                            wait();
-                            continue;
-                        }
-                        // Take part of what is ready; the rest goes to the next claim.
-                        for _ in 0..drain.len().div_ceil(2) {
-                            drain.next().unwrap().verify(expected);
+                    let got = if expected.is_multiple_of(2) {
+                        rx.pop().map_or(0, |item| {
+                            item.verify(expected);
                             expected += 1;
-                        }
+                            1
+                        })
+                    } else {
+                        // Take part of what is ready; the rest goes to the next claim.
+                        let max = (first + chunk - expected).min(9) as usize;
+                        rx.take_half(max, |item| {
+                            item.verify(expected);
+                            expected += 1;
+                        })
+                    };
+                    if got == 0 {
+                        wait();
                     }
                 }
                 turn.store(index + 1, Ordering::Release);
@@ -507,68 +405,13 @@ fn ring_sides_handed_between_threads_mid_stream() {
 }
 
 #[test]
+fn ring_sides_handed_between_threads_mid_stream() {
+    sides_handed::<Ring<Item, 32>>();
+}
+
+#[test]
 fn dense_ring_sides_handed_between_threads_mid_stream() {
-    const THREADS: u32 = 4;
-    let chunk = count(100_000, 60);
-    let total = chunk * u64::from(THREADS);
-    let ring = Box::new(DenseRing::<Item, 32>::new());
-    let ring = &*ring;
-    let producer_turn = AtomicU32::new(0);
-    let consumer_turn = AtomicU32::new(0);
-    thread::scope(|scope| {
-        for index in 0..THREADS {
-            let turn = &producer_turn;
-            scope.spawn(move || {
-                let mut tx = claim_in_turn(turn, index, |id| ring.claim_producer(id));
-                let first = chunk * u64::from(index);
-                let mut seq = first;
-                while seq < first + chunk {
-                    let pushed = if seq.is_multiple_of(5) {
-                        tx.push(Item::new(seq)).map_or(0, |()| 1)
-                    } else {
-                        let end = (seq + 7).min(first + chunk);
-                        let batch: Vec<Item> = (seq..end).map(Item::new).collect();
-                        tx.push_slice(&batch)
-                    };
-                    if pushed == 0 {
-                        wait();
-                    }
-                    seq += pushed as u64;
-                }
-                turn.store(index + 1, Ordering::Release);
-                drop(tx);
-            });
-        }
-        for index in 0..THREADS {
-            let turn = &consumer_turn;
-            scope.spawn(move || {
-                let mut rx = claim_in_turn(turn, index, |id| ring.claim_consumer(id));
-                let first = chunk * u64::from(index);
-                let mut expected = first;
-                while expected < first + chunk {
-                    let max = (first + chunk - expected).min(9) as usize;
-                    let chunk_read = rx.read_chunk(max);
-                    if chunk_read.is_empty() {
-                        drop(chunk_read);
-                        wait();
-                        continue;
-                    }
-                    // Take part of what is ready; the rest goes to the next claim.
-                    let take = chunk_read.len().div_ceil(2);
-                    for i in 0..take {
-                        chunk_read.get(i).unwrap().verify(expected + i as u64);
-                    }
-                    chunk_read.commit(take);
-                    expected += take as u64;
-                }
-                turn.store(index + 1, Ordering::Release);
-                drop(rx);
-            });
-        }
-    });
-    assert_eq!(ring.holders(), (0, 0));
-    let mut rx = ring.claim_consumer(owner(99)).unwrap();
-    assert_eq!(rx.pop(), None, "{total} elements, no more");
+    sides_handed::<DenseRing<Item, 32>>();
 }
 
 /// Four producer and four consumer threads take their side in turn, each for `chunk` messages,
@@ -616,11 +459,11 @@ fn message_sides_handed<const C: usize, const L: usize>(chunk: u64) {
 
 #[test]
 fn message_ring_sides_handed_between_threads_mid_stream() {
-    message_sides_handed::<1024, 1>(count(50_000, 40));
+    message_sides_handed::<1024, 1>(scaled(50_000, 40));
 }
 
 #[test]
 fn message_ring_in_4_lanes_sides_handed_between_threads_mid_stream() {
     // Chunks of 4k + 1 messages: each hand-over happens at another lane.
-    message_sides_handed::<2048, 4>(count(50_001, 41));
+    message_sides_handed::<2048, 4>(scaled(50_001, 41));
 }

@@ -205,81 +205,56 @@ fn single_pop_loop<T>(out: &mut [T], mut pop: impl FnMut() -> Option<T>) -> usiz
     n
 }
 
-// --- ours: spsc_core::Ring ---
+// --- ours: spsc_core::Ring and spsc_core::DenseRing (the same calls) ---
 
-impl<T: Payload> Tx<T> for spsc_core::Producer<'_, T, CAP> {
-    #[inline(always)]
-    fn try_push(&mut self, value: T) -> Result<(), T> {
-        self.push(value).map_err(|full| full.0)
-    }
-    #[inline(always)]
-    fn push_batch(&mut self, items: &[T]) -> usize {
-        self.push_slice(items)
-    }
+/// Puts one of our element rings behind the driver traits by forwarding to its own methods.
+macro_rules! our_element_ring {
+    ($ring:ident, $producer:ident, $consumer:ident, $name:literal) => {
+        impl<T: Payload> Tx<T> for spsc_core::$producer<'_, T, CAP> {
+            #[inline(always)]
+            fn try_push(&mut self, value: T) -> Result<(), T> {
+                self.push(value).map_err(|full| full.0)
+            }
+            #[inline(always)]
+            fn push_batch(&mut self, items: &[T]) -> usize {
+                self.push_slice(items)
+            }
+        }
+
+        impl<T: Payload> Rx<T> for spsc_core::$consumer<'_, T, CAP> {
+            #[inline(always)]
+            fn try_pop(&mut self) -> Option<T> {
+                self.pop()
+            }
+            #[inline(always)]
+            fn pop_batch(&mut self, out: &mut [T]) -> usize {
+                self.pop_slice(out)
+            }
+        }
+
+        impl<T: Payload> Channel<T> for $ring<T, CAP> {
+            const NAME: &'static str = $name;
+            const NATIVE_BATCH: bool = true;
+            const REFERENCE: bool = false;
+            type Tx<'a> = spsc_core::$producer<'a, T, CAP>;
+            type Rx<'a> = spsc_core::$consumer<'a, T, CAP>;
+            fn create() -> Box<Self> {
+                Box::new($ring::new())
+            }
+            fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
+                $ring::split(self)
+            }
+        }
+    };
 }
 
-impl<T: Payload> Rx<T> for spsc_core::Consumer<'_, T, CAP> {
-    #[inline(always)]
-    fn try_pop(&mut self) -> Option<T> {
-        self.pop()
-    }
-    #[inline(always)]
-    fn pop_batch(&mut self, out: &mut [T]) -> usize {
-        self.pop_slice(out)
-    }
-}
-
-impl<T: Payload> Channel<T> for Ring<T, CAP> {
-    const NAME: &'static str = "spsc_core::Ring";
-    const NATIVE_BATCH: bool = true;
-    const REFERENCE: bool = false;
-    type Tx<'a> = spsc_core::Producer<'a, T, CAP>;
-    type Rx<'a> = spsc_core::Consumer<'a, T, CAP>;
-    fn create() -> Box<Self> {
-        Box::new(Ring::new())
-    }
-    fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
-        Ring::split(self)
-    }
-}
-
-// --- ours: spsc_core::DenseRing ---
-
-impl<T: Payload> Tx<T> for spsc_core::DenseProducer<'_, T, CAP> {
-    #[inline(always)]
-    fn try_push(&mut self, value: T) -> Result<(), T> {
-        self.push(value).map_err(|full| full.0)
-    }
-    #[inline(always)]
-    fn push_batch(&mut self, items: &[T]) -> usize {
-        self.push_slice(items)
-    }
-}
-
-impl<T: Payload> Rx<T> for spsc_core::DenseConsumer<'_, T, CAP> {
-    #[inline(always)]
-    fn try_pop(&mut self) -> Option<T> {
-        self.pop()
-    }
-    #[inline(always)]
-    fn pop_batch(&mut self, out: &mut [T]) -> usize {
-        self.pop_slice(out)
-    }
-}
-
-impl<T: Payload> Channel<T> for DenseRing<T, CAP> {
-    const NAME: &'static str = "spsc_core::DenseRing";
-    const NATIVE_BATCH: bool = true;
-    const REFERENCE: bool = false;
-    type Tx<'a> = spsc_core::DenseProducer<'a, T, CAP>;
-    type Rx<'a> = spsc_core::DenseConsumer<'a, T, CAP>;
-    fn create() -> Box<Self> {
-        Box::new(DenseRing::new())
-    }
-    fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
-        DenseRing::split(self)
-    }
-}
+our_element_ring!(Ring, Producer, Consumer, "spsc_core::Ring");
+our_element_ring!(
+    DenseRing,
+    DenseProducer,
+    DenseConsumer,
+    "spsc_core::DenseRing"
+);
 
 // --- rtrb ---
 
