@@ -53,7 +53,7 @@ use crate::sync::{AtomicU32, Ordering};
 /// Costs: a `push` or `pop` is a value copy and one Release store of the side's own index; the
 /// other side's index is read only when the cached view says full (or empty). A batch is at most
 /// two `memcpy`s and one index store. No allocation, no system call. Memory: the 384-byte header
-/// and indices, then exactly `N · size_of::<T>()` bytes.
+/// and indices, then exactly `N · size_of::<T>()` bytes (the whole rounded up to 128).
 ///
 /// ```
 /// use spsc_core::DenseRing;
@@ -465,22 +465,37 @@ impl<'a, T, const N: usize> DenseProducer<'a, T, N> {
     /// iterator. If the iterator panics, nothing it yielded is published (the values written
     /// are forgotten, not dropped).
     ///
-    /// Returns how many were pushed.
+    /// Returns how many were pushed. The same as `write_chunk(N).fill_from_iter(items)`.
     pub fn push_iter<I: IntoIterator<Item = T>>(&mut self, items: I) -> usize {
-        let free = self.free_for(N as u32);
-        let mut items = items.into_iter();
-        let mut count = 0;
-        while count < free {
-            let Some(value) = items.next() else { break };
-            let index = DenseRing::<T, N>::index(self.tail.wrapping_add(count));
-            // SAFETY: as in `push`: `count < free`, so the slot is released and unpublished.
-            unsafe { self.ring.slots.write(index, value) };
-            count += 1;
+        self.write_chunk(N).fill_from_iter(items)
+    }
+
+    /// Reserves up to `max` free slots, oldest first, to be written in place;
+    /// [`DenseWriteChunk::fill_from_iter`] or [`DenseWriteChunk::commit`] then publishes some or
+    /// all of them with one index store. Dropping (or leaking) the chunk publishes nothing. The
+    /// consumer's index is read only when the cached view has fewer than `max` free slots.
+    ///
+    /// ```
+    /// use std::mem::MaybeUninit;
+    ///
+    /// let mut ring = spsc_core::DenseRing::<u32, 4>::new();
+    /// let (mut tx, mut rx) = ring.split();
+    /// let mut chunk = tx.write_chunk(3);
+    /// let (first, second) = chunk.as_mut_slices();
+    /// for (i, slot) in first.iter_mut().chain(second).enumerate() {
+    ///     slot.write(10 + i as u32); // e.g. decode straight into the ring
+    /// }
+    /// // SAFETY: the loop above initialised all 3 slots of the chunk.
+    /// unsafe { chunk.commit(3) };
+    /// assert_eq!(rx.pop(), Some(10));
+    /// ```
+    pub fn write_chunk(&mut self, max: usize) -> DenseWriteChunk<'_, 'a, T, N> {
+        let max = u32::try_from(max).unwrap_or(u32::MAX).min(N as u32);
+        let len = self.free_for(max).min(max);
+        DenseWriteChunk {
+            producer: self,
+            len,
         }
-        if count > 0 {
-            self.publish(self.tail.wrapping_add(count));
-        }
-        count as usize
     }
 
     /// The wrapping position (element count mod 2³²) the next push writes.
@@ -712,6 +727,89 @@ impl<T, const N: usize> fmt::Debug for DenseConsumer<'_, T, N> {
     }
 }
 
+/// Free slots of a [`DenseProducer`], reserved to be written in place; see
+/// [`DenseProducer::write_chunk`]. Nothing is published until a `fill_from_iter` or `commit`.
+pub struct DenseWriteChunk<'p, 'a, T, const N: usize> {
+    producer: &'p mut DenseProducer<'a, T, N>,
+    /// Slots from the producer's position on that the consumer was seen to have released.
+    len: u32,
+}
+
+impl<T, const N: usize> DenseWriteChunk<'_, '_, T, N> {
+    /// How many slots the chunk holds.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// `true` if the chunk holds no slot (the ring was full).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The chunk's slots, oldest first, as the two runs they occupy (the second is empty unless
+    /// the chunk wraps round the ring's end). They may hold anything, values of an earlier lap
+    /// included (already moved out or dropped): write before [`commit`](Self::commit). Not in
+    /// loom builds, whose cells are not laid out as arrays.
+    #[cfg(not(loom))]
+    pub fn as_mut_slices(&mut self) -> (&mut [mem::MaybeUninit<T>], &mut [mem::MaybeUninit<T>]) {
+        let start = DenseRing::<T, N>::index(self.producer.tail);
+        let len = self.len as usize;
+        let first = len.min(N - start);
+        let slots = &self.producer.ring.slots;
+        // SAFETY: both runs lie inside the array and do not overlap (`len <= N`); the slots were
+        // released by the consumer and are unpublished, so only this producer, borrowed
+        // exclusively by the chunk, reaches them until `commit` publishes them.
+        unsafe {
+            (
+                slots.slice_mut(start, first),
+                slots.slice_mut(0, len - first),
+            )
+        }
+    }
+
+    /// Publishes the chunk's first `count` slots (all of them if `count` is larger) with one
+    /// Release store; the rest stay free.
+    ///
+    /// # Safety
+    /// Each of those slots must have been initialised with a `T` through
+    /// [`as_mut_slices`](Self::as_mut_slices): the consumer will read them as `T`s and drop them.
+    pub unsafe fn commit(self, count: usize) {
+        let count = u32::try_from(count).unwrap_or(u32::MAX).min(self.len);
+        if count > 0 {
+            let tail = self.producer.tail.wrapping_add(count);
+            self.producer.publish(tail);
+        }
+    }
+
+    /// Moves elements from `items` into the chunk's slots until they are all written or the
+    /// iterator ends, and publishes them with one index store. Elements beyond the chunk stay in
+    /// the iterator; if it panics, nothing it yielded is published (the values written are
+    /// forgotten, not dropped). Returns how many were written.
+    pub fn fill_from_iter<I: IntoIterator<Item = T>>(self, items: I) -> usize {
+        let mut items = items.into_iter();
+        let mut count = 0;
+        while count < self.len {
+            let Some(value) = items.next() else { break };
+            let index = DenseRing::<T, N>::index(self.producer.tail.wrapping_add(count));
+            // SAFETY: `count < len`, so the slot is one `write_chunk` saw released by the
+            // consumer (head read with Acquire) and it is unpublished: ours alone.
+            unsafe { self.producer.ring.slots.write(index, value) };
+            count += 1;
+        }
+        // SAFETY: the loop initialised exactly the first `count` slots of the chunk.
+        unsafe { self.commit(count as usize) };
+        count as usize
+    }
+}
+
+impl<T, const N: usize> fmt::Debug for DenseWriteChunk<'_, '_, T, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DenseWriteChunk")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Ready elements of a [`DenseConsumer`], borrowed in place; see
 /// [`DenseConsumer::read_chunk`].
 pub struct DenseReadChunk<'c, 'a, T, const N: usize> {
@@ -855,6 +953,18 @@ impl<T, const N: usize> Slots<T, N> {
         debug_assert!(start + len <= N);
         // SAFETY: a run of initialised, contiguous, aligned array elements, stable while the borrow lasts.
         unsafe { core::slice::from_raw_parts(self.ptr(start), len) }
+    }
+
+    /// # Safety
+    /// `start..start + len` must lie in the array, be free (released by the consumer,
+    /// unpublished) and reached by no one else while the slice lives.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)] // the slots are behind an `UnsafeCell`; exclusivity is the caller's
+    unsafe fn slice_mut(&self, start: usize, len: usize) -> &mut [mem::MaybeUninit<T>] {
+        debug_assert!(start + len <= N);
+        // SAFETY: a run of contiguous, aligned array elements; `MaybeUninit` accepts any bytes;
+        // exclusive while the borrow lasts, per the caller.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr(start).cast(), len) }
     }
 
     /// # Safety

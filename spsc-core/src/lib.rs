@@ -4,8 +4,8 @@
 //! - [`Ring<T, N>`](Ring): `N` elements of type `T`; single and batch push/pop. Each element
 //!   carries its own publication stamp, so a hand-off moves one cache line: the ring for latency.
 //! - [`DenseRing<T, N>`](DenseRing): the same operations over a plain array published by index
-//!   (rtrb's design): denser, so faster in batches, and read chunks are slices; a hand-off moves
-//!   two lines. The ring for streaming in batches.
+//!   (rtrb's design): denser, so faster in batches, and its chunks are slices (written and read
+//!   in place); a hand-off moves two lines. The ring for streaming in batches.
 //! - [`MessageRing<C, L>`](MessageRing): variable-length messages in a `C`-byte buffer, written
 //!   and read in place (*alloc, write, push*; *front, read, pop*), optionally spread round `L`
 //!   lanes so that consecutive messages never share a cache line (lower latency, smaller largest
@@ -53,7 +53,7 @@ mod shared_layout;
 mod sync;
 
 pub use api::{Message, MessageReceiver, MessageSender, RecvError, SendError, SendSlot};
-pub use dense_ring::{DenseConsumer, DenseProducer, DenseReadChunk, DenseRing};
+pub use dense_ring::{DenseConsumer, DenseProducer, DenseReadChunk, DenseRing, DenseWriteChunk};
 pub use layout::{AttachError, ClaimError, RingKind, RingLayout, RING_FORMAT_VERSION, RING_MAGIC};
 pub use message_ring::{MessageConsumer, MessageProducer, MessageRing, MessageSlot};
 pub use padded::CachePadded;

@@ -1,5 +1,5 @@
 //! Functional tests of the dense element ring `DenseRing<T, N>`: order, capacity, batch
-//! operations and read chunks across the ring's end, element drops, claims and corrupt indices,
+//! operations and read and write chunks across the ring's end, element drops, claims and corrupt indices,
 //! attaching in caller memory, positions that wrap past `u32::MAX`, and a property test against
 //! a `VecDeque` model. Single-threaded: `tests/threaded.rs` covers two threads.
 
@@ -178,6 +178,42 @@ fn read_chunks_are_two_slices_and_commit_what_they_are_told() {
     assert_eq!(chunk.as_slices(), (&[10][..], &[][..]));
     chunk.commit_all();
     assert!(rx.read_chunk(8).is_empty());
+}
+
+/// A write chunk offers exactly the free slots, as two runs split at the ring's end; committing
+/// part of it publishes exactly that part, and an uncommitted chunk publishes nothing.
+#[test]
+fn write_chunks_are_two_runs_and_publish_what_they_commit() {
+    let mut ring = DenseRing::<u32, 8>::new();
+    let (mut tx, mut rx) = ring.split();
+    assert_eq!(tx.push_slice(&[0, 1, 2, 3, 4, 5]), 6);
+    let mut out = [0; 5];
+    assert_eq!(rx.pop_slice(&mut out), 5);
+    // Free: positions 6..13, at indices 6, 7 and then 0..5.
+    let mut chunk = tx.write_chunk(100);
+    assert_eq!(chunk.len(), 7);
+    let (first, second) = chunk.as_mut_slices();
+    assert_eq!((first.len(), second.len()), (2, 5));
+    first[0].write(99);
+    drop(chunk);
+    assert_eq!(rx.len(), 1, "a dropped chunk publishes nothing");
+    let mut chunk = tx.write_chunk(4);
+    let (first, second) = chunk.as_mut_slices();
+    assert_eq!((first.len(), second.len()), (2, 2));
+    for (i, slot) in first.iter_mut().chain(second.iter_mut()).enumerate() {
+        slot.write(6 + i as u32);
+    }
+    // SAFETY: all four slots were written above; three are committed.
+    unsafe { chunk.commit(3) };
+    assert_eq!(tx.position(), 9);
+    assert_eq!(tx.write_chunk(8).fill_from_iter(9..11), 2);
+    assert!(tx.write_chunk(0).is_empty());
+    let mut out = [0; 8];
+    assert_eq!(rx.pop_slice(&mut out), 6);
+    assert_eq!(out[..6], [5, 6, 7, 8, 9, 10]);
+    // A full ring offers an empty chunk.
+    assert_eq!(tx.push_iter(0..100), 8);
+    assert!(tx.write_chunk(1).is_empty());
 }
 
 #[test]
@@ -459,6 +495,8 @@ enum Op {
     PopSlice(usize),
     /// A read chunk of at most `.0` elements, of which `.1` are committed.
     Chunk(usize, usize),
+    /// A write chunk of at most `.0` slots, of which `.1` are written and committed.
+    WriteChunk(usize, usize),
     ReclaimProducer,
     ReclaimConsumer,
 }
@@ -473,7 +511,8 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
         3 => Just(Op::Pop),
         1 => Just(Op::Peek),
         2 => len.clone().prop_map(Op::PopSlice),
-        2 => (len.clone(), len).prop_map(|(max, take)| Op::Chunk(max, take)),
+        2 => (len.clone(), len.clone()).prop_map(|(max, take)| Op::Chunk(max, take)),
+        2 => (len.clone(), len).prop_map(|(max, fill)| Op::WriteChunk(max, fill)),
         1 => Just(Op::ReclaimProducer),
         1 => Just(Op::ReclaimConsumer),
     ]
@@ -556,6 +595,20 @@ fn run_model<const N: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError
                 prop_assert_eq!(seen, expected);
                 chunk.commit(take);
                 model.drain(..take.min(ready));
+            }
+            Op::WriteChunk(max, fill) => {
+                let mut chunk = tx.write_chunk(max);
+                prop_assert_eq!(chunk.len(), max.min(free));
+                let written = fill.min(chunk.len());
+                let (first, second) = chunk.as_mut_slices();
+                prop_assert_eq!(first.len() + second.len(), max.min(free));
+                for slot in first.iter_mut().chain(second.iter_mut()).take(written) {
+                    slot.write(make(next));
+                    model.push_back(make(next));
+                    next += 1;
+                }
+                // SAFETY: the loop above initialised the first `written` slots.
+                unsafe { chunk.commit(written) };
             }
             Op::ReclaimProducer => {
                 let id = ids.next().unwrap();
