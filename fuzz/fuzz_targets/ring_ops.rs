@@ -12,7 +12,9 @@
 //! `DenseRing` has no `Drain`: `Drain` maps onto `read_chunk` + `commit` (`commit_all` when all
 //! of the chunk is taken), and `DrainForget` onto a commit followed by a leaked second chunk
 //! (which must remove nothing). Its read chunks are also checked as slices: `as_slices`,
-//! concatenated, must equal the model's front, split exactly at the ring's end.
+//! concatenated, must equal the model's front, split exactly at the ring's end. `PushInPlace`
+//! writes through a dense write chunk's two slices and commits what it wrote (`Ring`, which has
+//! no write chunks, pushes as many through `push_iter`).
 #![no_main]
 
 use std::cell::Cell;
@@ -33,6 +35,12 @@ enum Op {
     PushSlice(Vec<u32>),
     /// Offers `count` values; the ones that do not fit must stay in the iterator.
     PushIter {
+        count: u8,
+    },
+    /// Offers `count` values to be written in place into at most `max` slots (a write chunk of
+    /// the dense ring, `push_iter` of that many for `Ring`); the rest stay in the iterator.
+    PushInPlace {
+        max: u8,
         count: u8,
     },
     Pop,
@@ -222,8 +230,9 @@ trait Harness: Sized {
     fn holders(&self) -> (u32, u32);
 }
 
-/// The producer calls the harness makes (the same on both rings' handles).
-trait Tx<T> {
+/// The producer calls the harness makes (the same on both rings' handles, but for the in-place
+/// write of [`InPlace`]).
+trait Tx<T>: InPlace<T> {
     fn push(&mut self, value: T) -> Result<(), Full<T>>;
     fn push_slice(&mut self, items: &[T]) -> usize
     where
@@ -401,6 +410,36 @@ macro_rules! impl_tx {
 
 impl_tx!(Producer);
 impl_tx!(DenseProducer);
+
+impl<T> InPlace<T> for Producer<'_, T, N> {
+    /// `Ring` has no write chunks: the same number of elements through `push_iter`.
+    fn push_in_place(&mut self, max: usize, items: &mut dyn Iterator<Item = T>) -> usize {
+        Producer::push_iter(self, items.take(max))
+    }
+}
+
+impl<T> InPlace<T> for DenseProducer<'_, T, N> {
+    /// A write chunk of `max` slots, written through its two slices (stopping early when the
+    /// iterator ends) and committed for what was written.
+    fn push_in_place(&mut self, max: usize, items: &mut dyn Iterator<Item = T>) -> usize {
+        let mut chunk = self.write_chunk(max);
+        let (first, second) = chunk.as_mut_slices();
+        let mut written = 0;
+        for slot in first.iter_mut().chain(second.iter_mut()) {
+            let Some(value) = items.next() else { break };
+            slot.write(value);
+            written += 1;
+        }
+        // SAFETY: the loop initialised exactly the chunk's first `written` slots.
+        unsafe { chunk.commit(written) };
+        written
+    }
+}
+
+/// The in-place write, which differs between the rings: [`Op::PushInPlace`].
+trait InPlace<T> {
+    fn push_in_place(&mut self, max: usize, items: &mut dyn Iterator<Item = T>) -> usize;
+}
 
 impl<T: Elem> Rx<T> for Consumer<'_, T, N> {
     fn pop(&mut self) -> Option<T> {
@@ -630,6 +669,18 @@ fn run<R: Harness>(input: &Input) {
                     // Whatever did not fit is still in the iterator, in order.
                     let rest: Vec<u32> = iter.map(|v| v.value()).collect();
                     assert_eq!(rest, values[n..], "push_iter consumed unpushed items");
+                    model.extend(&values[..n]);
+                }
+            }
+            Op::PushInPlace { max, count } => {
+                if let Some(tx) = tx.as_mut() {
+                    let values: Vec<u32> = (0..*count).map(|_| fresh()).collect();
+                    let mut iter = values.iter().map(|&v| R::Elem::make(v));
+                    let n = tx.push_in_place(usize::from(*max), &mut iter);
+                    let expected = values.len().min(usize::from(*max)).min(N - model.len());
+                    assert_eq!(n, expected, "push_in_place count");
+                    let rest: Vec<u32> = iter.map(|v| v.value()).collect();
+                    assert_eq!(rest, values[n..], "push_in_place consumed unpushed items");
                     model.extend(&values[..n]);
                 }
             }
