@@ -40,10 +40,10 @@ use crate::sync::{AtomicU32, Ordering};
 ///
 /// Pick it over [`Ring`](crate::Ring) when throughput in batches matters more than the latency
 /// of one hand-off: its elements are packed with no per-line stamp, so a batch of `[u8; 64]`
-/// moves 64 bytes per element instead of a 68-byte block, and its read chunks are slices
-/// ([`DenseReadChunk::as_slices`]). A single hand-off moves two cache lines (the index and the
-/// element) where `Ring` moves one, so its ping-pong round trip is about that of `rtrb` (see the
-/// crate's README for figures).
+/// moves 64 bytes per element instead of a 68-byte block, and its chunks are slices both ways
+/// ([`DenseWriteChunk::as_mut_slices`], [`DenseReadChunk::as_slices`]). A single hand-off moves
+/// two cache lines (the index and the element) where `Ring` moves one, so its ping-pong round
+/// trip is about that of `rtrb` (see the crate's README for figures).
 ///
 /// `N` must be a non-zero power of two no larger than 2³¹; anything else fails to compile. The
 /// ring is `#[repr(C)]`, holds no pointers, and starts with a header ([`RingLayout`], kind
