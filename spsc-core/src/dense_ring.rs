@@ -296,11 +296,13 @@ impl<T, const N: usize> DenseRing<T, N> {
         (position & Self::MASK) as usize
     }
 
-    /// The shared indices as a claim finds them, checked: `(head, tail)` with `tail - head <= N`.
-    fn indices(&self) -> Result<(u32, u32), ClaimError> {
+    /// The shared indices as a fresh claim of `side` finds them, checked: `(head, tail)` with
+    /// `tail - head <= N`. On impossible indices the claim is released again.
+    fn claimed_indices(&self, side: Side) -> Result<(u32, u32), ClaimError> {
         let head = self.head.load(Ordering::Acquire);
         let tail = self.tail.load(Ordering::Acquire);
         if tail.wrapping_sub(head) > N as u32 {
+            self.control.release(side);
             return Err(ClaimError::Corrupt {
                 reason: "the producer's index is more than the capacity ahead of the consumer's",
             });
@@ -358,18 +360,13 @@ pub struct DenseProducer<'a, T, const N: usize> {
 impl<'a, T, const N: usize> DenseProducer<'a, T, N> {
     /// A handle at the shared tail; on corrupt indices the claim is released again.
     fn attach(ring: &'a DenseRing<T, N>) -> Result<Self, ClaimError> {
-        match ring.indices() {
-            Ok((head, tail)) => Ok(Self {
-                ring,
-                tail,
-                cached_head: head,
-                _not_sync: PhantomData,
-            }),
-            Err(error) => {
-                ring.control.release(Side::Producer);
-                Err(error)
-            }
-        }
+        let (head, tail) = ring.claimed_indices(Side::Producer)?;
+        Ok(Self {
+            ring,
+            tail,
+            cached_head: head,
+            _not_sync: PhantomData,
+        })
     }
 
     /// Free slots as far as the cached head knows.
@@ -548,18 +545,13 @@ pub struct DenseConsumer<'a, T, const N: usize> {
 impl<'a, T, const N: usize> DenseConsumer<'a, T, N> {
     /// A handle at the shared head; on corrupt indices the claim is released again.
     fn attach(ring: &'a DenseRing<T, N>) -> Result<Self, ClaimError> {
-        match ring.indices() {
-            Ok((head, tail)) => Ok(Self {
-                ring,
-                head,
-                cached_tail: tail,
-                _not_sync: PhantomData,
-            }),
-            Err(error) => {
-                ring.control.release(Side::Consumer);
-                Err(error)
-            }
-        }
+        let (head, tail) = ring.claimed_indices(Side::Consumer)?;
+        Ok(Self {
+            ring,
+            head,
+            cached_tail: tail,
+            _not_sync: PhantomData,
+        })
     }
 
     /// Ready elements as far as the cached tail knows.
