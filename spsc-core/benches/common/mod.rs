@@ -5,8 +5,10 @@
 // Each bench binary uses a different subset of this module.
 #![allow(dead_code)]
 
+use std::cell::UnsafeCell;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -376,6 +378,149 @@ impl<T: Payload> Channel<T> for ArrayQueue<T> {
     }
     fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
         (Crossbeam(self), Crossbeam(self))
+    }
+}
+
+// --- the batch streaming floor: a bare shared array and two indices ---
+
+/// The least a bounded SPSC queue built on ordinary (cached) stores does per batch, as the
+/// two-line ping-pong is the least a round trip does: the producer copies the items into a shared
+/// array (one `memcpy`, two at the array's end) and publishes one index with a Release store;
+/// the consumer copies them out and publishes its own index. Each side caches the other's index.
+/// No handles, no checks, no shared-memory header: what remains is the lines the bytes move
+/// through, so a queue level with it has nothing left to take out of a batch.
+///
+/// The slots start at a 128-byte boundary (as `DenseRing`'s do), so a 64-byte item fills
+/// exactly one cache line.
+#[repr(C, align(128))]
+pub struct CopyFloor<T> {
+    /// Items published by the producer (written only by it).
+    tail: CachePadded<AtomicUsize>,
+    /// Items released by the consumer (written only by it).
+    head: CachePadded<AtomicUsize>,
+    slots: [UnsafeCell<MaybeUninit<T>>; CAP],
+}
+
+// SAFETY: the producer writes only slots in `tail..head + CAP` (free: the consumer has released
+// them, Acquire on `head`) and the consumer reads only slots in `head..tail` (published: Release
+// on `tail`), so no slot is written and accessed at once; `T: Send` moves the items across.
+unsafe impl<T: Send> Sync for CopyFloor<T> {}
+
+/// The producer side of a [`CopyFloor`].
+pub struct CopyFloorTx<'a, T> {
+    floor: &'a CopyFloor<T>,
+    tail: usize,
+    head_seen: usize,
+}
+
+/// The consumer side of a [`CopyFloor`].
+pub struct CopyFloorRx<'a, T> {
+    floor: &'a CopyFloor<T>,
+    head: usize,
+    tail_seen: usize,
+}
+
+impl<T> CopyFloor<T> {
+    fn slot(&self, index: usize) -> *mut T {
+        self.slots[index].get().cast()
+    }
+}
+
+impl<T: Payload> Tx<T> for CopyFloorTx<'_, T> {
+    #[inline(always)]
+    fn try_push(&mut self, value: T) -> Result<(), T> {
+        match self.push_batch(&[value]) {
+            1 => Ok(()),
+            _ => Err(value),
+        }
+    }
+    #[inline(always)]
+    fn push_batch(&mut self, items: &[T]) -> usize {
+        let mut free = CAP - (self.tail - self.head_seen);
+        if free < items.len() {
+            self.head_seen = self.floor.head.load(Ordering::Acquire);
+            free = CAP - (self.tail - self.head_seen);
+        }
+        let count = free.min(items.len());
+        let start = self.tail % CAP;
+        let first = count.min(CAP - start);
+        // SAFETY: slots `tail..tail + count` are free (at most `free`, counted from the
+        // consumer's released index) and the runs `start..start + first` and `0..count - first`
+        // lie inside the array; `items` is a separate borrow.
+        unsafe {
+            std::ptr::copy_nonoverlapping(items.as_ptr(), self.floor.slot(start), first);
+            std::ptr::copy_nonoverlapping(
+                items[first..].as_ptr(),
+                self.floor.slot(0),
+                count - first,
+            );
+        }
+        self.tail += count;
+        self.floor.tail.store(self.tail, Ordering::Release);
+        count
+    }
+}
+
+impl<T: Payload> Rx<T> for CopyFloorRx<'_, T> {
+    #[inline(always)]
+    fn try_pop(&mut self) -> Option<T> {
+        let mut one = [T::from_seq(0)];
+        (self.pop_batch(&mut one) == 1).then_some(one[0])
+    }
+    #[inline(always)]
+    fn pop_batch(&mut self, out: &mut [T]) -> usize {
+        let mut ready = self.tail_seen - self.head;
+        if ready < out.len() {
+            self.tail_seen = self.floor.tail.load(Ordering::Acquire);
+            ready = self.tail_seen - self.head;
+        }
+        let count = ready.min(out.len());
+        let start = self.head % CAP;
+        let first = count.min(CAP - start);
+        // SAFETY: slots `head..head + count` are published (at most `ready`, counted from the
+        // producer's Release index) and not written until released below; the runs lie inside
+        // the array, and `out` is a separate exclusive borrow.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.floor.slot(start), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(
+                self.floor.slot(0),
+                out[first..].as_mut_ptr(),
+                count - first,
+            );
+        }
+        self.head += count;
+        self.floor.head.store(self.head, Ordering::Release);
+        count
+    }
+}
+
+impl<T: Payload> Channel<T> for CopyFloor<T> {
+    const NAME: &'static str = "floor (one copy and one index store per batch)";
+    const NATIVE_BATCH: bool = true;
+    const REFERENCE: bool = false;
+    type Tx<'a> = CopyFloorTx<'a, T>;
+    type Rx<'a> = CopyFloorRx<'a, T>;
+    fn create() -> Box<Self> {
+        Box::new(Self {
+            tail: CachePadded(AtomicUsize::new(0)),
+            head: CachePadded(AtomicUsize::new(0)),
+            slots: std::array::from_fn(|_| UnsafeCell::new(MaybeUninit::uninit())),
+        })
+    }
+    fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
+        let floor = &*self;
+        (
+            CopyFloorTx {
+                floor,
+                tail: 0,
+                head_seen: 0,
+            },
+            CopyFloorRx {
+                floor,
+                head: 0,
+                tail_seen: 0,
+            },
+        )
     }
 }
 
