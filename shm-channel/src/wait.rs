@@ -416,7 +416,6 @@ impl WaitCell {
     }
 }
 
-#[cfg(not(loom))]
 impl Default for WaitCell {
     fn default() -> Self {
         Self::new()

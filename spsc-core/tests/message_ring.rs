@@ -2,6 +2,9 @@
 //! exact model of the record layout (padding and the reserved commit word included), positions
 //! that wrap past `u32::MAX`, take-overs, and records that a buggy or hostile peer could leave in
 //! shared memory.
+// The loom build (`--cfg loom`) runs only `tests/loom.rs`: its rings exist only inside a
+// loom model, and have no `init_in_place`, `attach` or slice views.
+#![cfg(not(loom))]
 
 use std::collections::VecDeque;
 use std::mem;

@@ -1,6 +1,10 @@
 //! Readiness of the rings for shared memory: every way `init_in_place` and `attach` refuse a
 //! region, layout fingerprints, and the same bytes used through two mappings at different
 //! addresses by two threads (which shows the rings hold indices, not pointers).
+//!
+//! Not built under `--cfg loom`: loom's rings hold tracked cells, not plain bytes, so they have
+//! no `init_in_place` or `attach`.
+#![cfg(not(loom))]
 
 use std::mem;
 use std::num::NonZeroU32;
