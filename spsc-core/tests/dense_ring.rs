@@ -17,7 +17,9 @@ use proptest::prelude::*;
 use spsc_core::{AttachError, ClaimError, DenseRing, Full, Ring, RingKind};
 
 mod common;
-use common::{drop_counts, drop_table, owner, scaled, Line, Region, Tracked};
+use common::{
+    drop_counts, drop_table, owner, proptest_config, scaled, start_position, Line, Region, Tracked,
+};
 
 /// Offsets of the consumer's and producer's index words: the second and third 128-byte lines,
 /// after the control block. Part of the shared-memory format, locked at compile time by
@@ -520,24 +522,6 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Where positions start: at zero, near the `u32` wrap, anywhere.
-fn start() -> impl Strategy<Value = u32> {
-    prop_oneof![Just(0u32), u32::MAX - 40..=u32::MAX, any::<u32>()]
-}
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: if cfg!(miri) { 4 } else { 256 },
-        // Miri's isolation forbids the file access that regression files need.
-        failure_persistence: if cfg!(miri) {
-            None
-        } else {
-            ProptestConfig::default().failure_persistence
-        },
-        ..ProptestConfig::default()
-    }
-}
-
 /// Runs `ops` against `DenseRing<[u32; 3], N>` at positions from `start` and a `VecDeque` model
 /// (12-byte elements, so runs are not line multiples).
 fn run_model<const N: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError> {
@@ -639,11 +623,11 @@ fn run_model<const N: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(proptest_config())]
 
     #[test]
     fn matches_a_vecdeque_model(
-        start in start(),
+        start in start_position(),
         ops in prop::collection::vec(op(8), 0..if cfg!(miri) { 40 } else { 200 }),
     ) {
         run_model::<8>(start, &ops)?;
@@ -651,7 +635,7 @@ proptest! {
 
     #[test]
     fn matches_a_vecdeque_model_with_one_slot(
-        start in start(),
+        start in start_position(),
         ops in prop::collection::vec(op(1), 0..if cfg!(miri) { 40 } else { 100 }),
     ) {
         run_model::<1>(start, &ops)?;

@@ -6,50 +6,23 @@
 // loom model, and have no `init_in_place`, `attach` or slice views.
 #![cfg(not(loom))]
 
+mod common;
+
 use std::collections::VecDeque;
 use std::mem;
-use std::num::NonZeroU32;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use common::{owner, proptest_config, Region};
 use proptest::prelude::*;
 use spsc_core::{
     AttachError, ClaimError, MessageReceiver, MessageRing, MessageSender, RecvError, SendError,
     SendSlot,
 };
 
-fn owner(id: u32) -> NonZeroU32 {
-    NonZeroU32::new(id).expect("owner ids in these tests are non-zero")
-}
-
-/// A 128-byte line: a `Vec` of them is memory aligned as the rings need.
-#[repr(C, align(128))]
-#[derive(Clone, Copy)]
-struct Line([u8; 128]);
-
-/// Caller-owned, zeroed, 128-aligned memory to initialise rings in.
-struct Region {
-    lines: Vec<Line>,
-}
-
-impl Region {
-    fn new(bytes: usize) -> Self {
-        Self {
-            lines: vec![Line([0; 128]); bytes.div_ceil(128)],
-        }
-    }
-
-    fn for_ring<const C: usize>() -> Self {
-        Self::new(mem::size_of::<MessageRing<C>>())
-    }
-
-    fn len(&self) -> usize {
-        self.lines.len() * 128
-    }
-
-    fn base(&mut self) -> NonNull<u8> {
-        NonNull::new(self.lines.as_mut_ptr().cast::<u8>()).expect("Vec pointers are non-null")
-    }
+/// Memory for a one-lane `MessageRing<C>`.
+fn region_for<const C: usize>() -> Region {
+    Region::new(mem::size_of::<MessageRing<C>>())
 }
 
 /// Offset of the consumer's index words (one per lane, `u32`): the second 128-byte line, after
@@ -236,7 +209,7 @@ fn claims_are_exclusive_and_released_on_drop() {
 fn positions_wrap_past_u32_max() {
     for start in [u32::MAX - 7, u32::MAX - 127, u32::MAX - 1000 + 1] {
         let start = start & !7;
-        let mut region = Region::for_ring::<256>();
+        let mut region = region_for::<256>();
         let mut raw = RawRing::<256>::init(&mut region);
         raw.set_head(start);
         let ring = raw.attach().unwrap();
@@ -306,7 +279,7 @@ fn assert_rejected<const C: usize>(ring: &MessageRing<C>, what: &str) {
 }
 
 fn corrupt_at_start<const C: usize>(commit: u32, len: u32, what: &str) {
-    let mut region = Region::for_ring::<C>();
+    let mut region = region_for::<C>();
     let mut raw = RawRing::<C>::init(&mut region);
     raw.header(0, commit, len);
     let ring = raw
@@ -317,7 +290,7 @@ fn corrupt_at_start<const C: usize>(commit: u32, len: u32, what: &str) {
 
 /// The bad record sits after a valid one, so it is found by the producer's walk and after a pop.
 fn corrupt_after_a_message<const C: usize>(commit: u32, len: u32, at: u32, what: &str) {
-    let mut region = Region::for_ring::<C>();
+    let mut region = region_for::<C>();
     let mut raw = RawRing::<C>::init(&mut region);
     raw.header(0, PUBLISHED | (7 << 16), at - 8);
     raw.header(at, commit, len);
@@ -368,7 +341,7 @@ fn corrupt_records<const C: usize>() {
         corrupt_at_start::<C>(PUBLISHED, len, &format!("message len {len}"));
     }
     // A length within the largest payload that runs past the end of the buffer.
-    let mut region = Region::for_ring::<C>();
+    let mut region = region_for::<C>();
     let mut raw = RawRing::<C>::init(&mut region);
     raw.set_head(c - 16);
     raw.header(c - 16, PUBLISHED, 9);
@@ -391,7 +364,7 @@ fn corrupt_records_are_reported_1024() {
 /// Published records that claim more than the buffer holds: each valid on its own.
 #[test]
 fn records_that_overrun_the_buffer_are_reported_by_the_producer_walk() {
-    let mut region = Region::for_ring::<128>();
+    let mut region = region_for::<128>();
     let mut raw = RawRing::<128>::init(&mut region);
     // Records cover the whole buffer and loop back to the start: a producer walking them would
     // go round forever without the overrun check.
@@ -413,7 +386,7 @@ fn records_that_overrun_the_buffer_are_reported_by_the_producer_walk() {
 #[test]
 fn a_misaligned_consumer_index_is_refused() {
     for head in [4, 1, 7, u32::MAX] {
-        let mut region = Region::for_ring::<256>();
+        let mut region = region_for::<256>();
         let mut raw = RawRing::<256>::init(&mut region);
         raw.set_head(head);
         let error = raw.attach().unwrap_err();
@@ -424,7 +397,7 @@ fn a_misaligned_consumer_index_is_refused() {
         assert!(error.to_string().contains("corrupt"), "{error}");
     }
     // The same index written after attaching (by a peer, at runtime).
-    let mut region = Region::for_ring::<256>();
+    let mut region = region_for::<256>();
     let raw = RawRing::<256>::init(&mut region);
     let ring = raw.attach().unwrap();
     head_word(ring).store(12, Ordering::Release);
@@ -543,7 +516,7 @@ fn take_overs_continue_the_round_of_lanes() {
 #[test]
 fn lane_indices_out_of_round_robin_order_are_refused() {
     for parities in [[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]] {
-        let mut region = Region::for_ring::<1024>();
+        let mut region = region_for::<1024>();
         let mut raw = RawRing::<1024, 4>::init(&mut region);
         for (lane, parity) in parities.into_iter().enumerate() {
             raw.set_lane_head(lane, (64 * lane as u32) | parity);
@@ -562,7 +535,7 @@ fn lane_indices_out_of_round_robin_order_are_refused() {
     }
     // A parity pattern that changes once names the next lane: [1, 1, 0, 0] means lanes 0 and 1
     // have each seen one message more, so the next message comes from (and goes to) lane 2.
-    let mut region = Region::for_ring::<1024>();
+    let mut region = region_for::<1024>();
     let mut raw = RawRing::<1024, 4>::init(&mut region);
     raw.set_lane_head(0, 8 | 1);
     raw.set_lane_head(1, 16 | 1);
@@ -586,7 +559,7 @@ fn lane_indices_out_of_round_robin_order_are_refused() {
     );
     assert_eq!(rx.recv_with(|m| m.tag()), Ok(6));
     for word in [4, 2, 6] {
-        let mut region = Region::for_ring::<1024>();
+        let mut region = region_for::<1024>();
         let mut raw = RawRing::<1024, 4>::init(&mut region);
         raw.set_lane_head(3, word);
         assert!(
@@ -601,7 +574,7 @@ fn lane_indices_out_of_round_robin_order_are_refused() {
 #[test]
 fn an_impossible_consumer_index_at_runtime_is_a_send_error() {
     for bad_head in [4u32, 1000, 0u32.wrapping_sub(512)] {
-        let mut region = Region::for_ring::<128>();
+        let mut region = region_for::<128>();
         let raw = RawRing::<128>::init(&mut region);
         let ring = raw.attach().unwrap();
         let mut tx = ring.claim_producer(owner(1)).unwrap();
@@ -658,19 +631,6 @@ fn op(max: u32) -> impl Strategy<Value = Op> {
         1 => Just(Op::ReclaimProducer),
         1 => Just(Op::ReclaimConsumer),
     ]
-}
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: if cfg!(miri) { 4 } else { 256 },
-        // Miri's isolation forbids the file access that regression files need.
-        failure_persistence: if cfg!(miri) {
-            None
-        } else {
-            ProptestConfig::default().failure_persistence
-        },
-        ..ProptestConfig::default()
-    }
 }
 
 enum Record {
@@ -789,7 +749,7 @@ impl<const C: usize, const L: usize> Model<C, L> {
 /// on, so their paddings fall at different times), checking every outcome against the model.
 fn run_model<const C: usize, const L: usize>(start: u32, ops: &[Op]) -> Result<(), TestCaseError> {
     let starts: [u32; L] = std::array::from_fn(|lane| start.wrapping_add(40 * lane as u32) & !7);
-    let mut region = Region::for_ring::<C>();
+    let mut region = region_for::<C>();
     let mut raw = RawRing::<C, L>::init(&mut region);
     for (lane, &position) in starts.iter().enumerate() {
         raw.set_lane_head(lane, position);
@@ -909,7 +869,7 @@ fn ops_len() -> std::ops::Range<usize> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(proptest_config())]
 
     #[test]
     fn matches_the_model_128(

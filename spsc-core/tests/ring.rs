@@ -18,7 +18,9 @@ use proptest::prelude::*;
 use spsc_core::{ClaimError, Full, Ring};
 
 mod common;
-use common::{drop_counts, drop_table, owner, scaled, Region, Tracked};
+use common::{
+    drop_counts, drop_table, owner, proptest_config, scaled, start_position, Region, Tracked,
+};
 
 /// Offset of the consumer's `head` word in both rings: the second 128-byte line, after the
 /// control block. The layout is part of the shared-memory format and locked at compile time by
@@ -970,24 +972,6 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Where positions start: at zero, near the `u32` wrap, anywhere.
-fn start() -> impl Strategy<Value = u32> {
-    prop_oneof![Just(0u32), u32::MAX - 40..=u32::MAX, any::<u32>()]
-}
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: if cfg!(miri) { 4 } else { 256 },
-        // Miri's isolation forbids the file access that regression files need.
-        failure_persistence: if cfg!(miri) {
-            None
-        } else {
-            ProptestConfig::default().failure_persistence
-        },
-        ..ProptestConfig::default()
-    }
-}
-
 /// An element the model test can make from a counter and compare.
 trait ModelElem: Copy + PartialEq + fmt::Debug {
     fn make(n: u32) -> Self;
@@ -1108,12 +1092,12 @@ fn run_model<T: ModelElem, const MODEL_N: usize>(
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(proptest_config())]
 
     /// `u32`s, 8 of them: one block holds the whole ring.
     #[test]
     fn matches_a_vecdeque_model(
-        start in start(),
+        start in start_position(),
         ops in prop::collection::vec(op(8), 0..if cfg!(miri) { 40 } else { 200 }),
     ) {
         run_model::<u32, 8>(start, &ops)?;
@@ -1122,7 +1106,7 @@ proptest! {
     /// `u64`s, 16 of them: blocks of 7, 7 and 2.
     #[test]
     fn matches_a_vecdeque_model_with_a_short_last_block(
-        start in start(),
+        start in start_position(),
         ops in prop::collection::vec(op(16), 0..if cfg!(miri) { 40 } else { 200 }),
     ) {
         run_model::<u64, 16>(start, &ops)?;
@@ -1131,7 +1115,7 @@ proptest! {
     /// `u16`s, 64 of them: blocks of 30, 30 and 4.
     #[test]
     fn matches_a_vecdeque_model_with_long_blocks(
-        start in start(),
+        start in start_position(),
         ops in prop::collection::vec(op(64), 0..if cfg!(miri) { 40 } else { 200 }),
     ) {
         run_model::<u16, 64>(start, &ops)?;
@@ -1140,7 +1124,7 @@ proptest! {
     /// 64-byte elements, a block each.
     #[test]
     fn matches_a_vecdeque_model_with_a_block_per_element(
-        start in start(),
+        start in start_position(),
         ops in prop::collection::vec(op(8), 0..if cfg!(miri) { 40 } else { 200 }),
     ) {
         run_model::<[u32; 16], 8>(start, &ops)?;
@@ -1149,7 +1133,7 @@ proptest! {
     /// 64-byte elements, 64 of them: a block each, spread over 16 regions of 4.
     #[test]
     fn matches_a_vecdeque_model_with_spread_blocks(
-        start in start(),
+        start in start_position(),
         ops in prop::collection::vec(op(64), 0..if cfg!(miri) { 40 } else { 200 }),
     ) {
         prop_assert_eq!(Ring::<[u32; 16], 64>::LAYOUT.block_spread, 16);

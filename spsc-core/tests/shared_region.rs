@@ -6,43 +6,20 @@
 //! no `init_in_place` or `attach`.
 #![cfg(not(loom))]
 
+mod common;
+
 use std::mem;
-use std::num::NonZeroU32;
 use std::ptr::NonNull;
 
+use common::{owner, Region};
 use spsc_core::{
     AttachError, DenseRing, MessageReceiver, MessageRing, MessageSender, RecvError, Ring, RingKind,
     RingLayout, SendError, SendSlot, RING_FORMAT_VERSION, RING_MAGIC,
 };
 
-fn owner(id: u32) -> NonZeroU32 {
-    NonZeroU32::new(id).expect("owner ids in these tests are non-zero")
-}
-
-/// A 128-byte line: a `Vec` of them is memory aligned as the rings need.
-#[repr(C, align(128))]
-#[derive(Clone, Copy)]
-struct Line([u8; 128]);
-
-/// Caller-owned, zeroed, 128-aligned heap memory, large enough for every ring used here.
-struct Region {
-    lines: Vec<Line>,
-}
-
-impl Region {
-    fn new() -> Self {
-        Self {
-            lines: vec![Line([0; 128]); 32],
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.lines.len() * 128
-    }
-
-    fn base(&mut self) -> NonNull<u8> {
-        NonNull::new(self.lines.as_mut_ptr().cast::<u8>()).expect("Vec pointers are non-null")
-    }
+/// Caller-owned memory large enough for every ring used here.
+fn ring_region() -> Region {
+    Region::new(4096)
 }
 
 /// `init_in_place` then `attach` a ring type at a region; both as one generic interface.
@@ -95,7 +72,7 @@ impl<const C: usize> InPlace for MessageRing<C> {
 /// Misaligned, too small and never initialised regions are refused by both entry points.
 fn unusable_regions_are_refused<R: InPlace>() {
     let size = mem::size_of::<R>();
-    let mut region = Region::new();
+    let mut region = ring_region();
     assert!(region.len() >= size + 128);
     let base = region.base();
 
@@ -172,8 +149,8 @@ fn unusable_regions_are_refused_by_message_ring() {
 
 #[test]
 fn foreign_magic_is_reported() {
-    let mut region = Region::new();
-    region.lines[0].0[..4].copy_from_slice(b"ELF\x7f");
+    let mut region = ring_region();
+    region.first_line()[..4].copy_from_slice(b"ELF\x7f");
     let len = region.len();
     // SAFETY: valid for `len` bytes, only read by the check.
     let error = unsafe { Ring::<u64, 8>::attach(region.base(), len) }.unwrap_err();
@@ -185,7 +162,7 @@ fn foreign_magic_is_reported() {
 
 /// A region initialised as `I` and attached as `A` is refused, naming both layouts.
 fn layout_mismatch<I: InPlace, A: InPlace>() {
-    let mut region = Region::new();
+    let mut region = ring_region();
     let len = region.len();
     let base = region.base();
     // SAFETY: valid for `len` bytes and exclusively ours; the reference is not kept.
@@ -229,12 +206,12 @@ fn another_ring_type_is_a_layout_mismatch() {
 
 #[test]
 fn another_format_version_is_a_layout_mismatch() {
-    let mut region = Region::new();
+    let mut region = ring_region();
     let len = region.len();
     // SAFETY: valid for `len` bytes and exclusively ours; the reference is not kept.
     unsafe { Ring::<u64, 8>::init_in_place(region.base(), len) }.unwrap();
     // The layout record follows the magic word; its first field is the version.
-    region.lines[0].0[4..8].copy_from_slice(&(RING_FORMAT_VERSION + 1).to_le_bytes());
+    region.first_line()[4..8].copy_from_slice(&(RING_FORMAT_VERSION + 1).to_le_bytes());
     // SAFETY: as above; only read.
     let error = unsafe { Ring::<u64, 8>::attach(region.base(), len) }.unwrap_err();
     let AttachError::LayoutMismatch { expected, found } = error else {
@@ -253,7 +230,7 @@ fn another_format_version_is_a_layout_mismatch() {
 
 #[test]
 fn a_ring_survives_its_handles_and_is_found_again_by_attach() {
-    let mut region = Region::new();
+    let mut region = ring_region();
     let len = region.len();
     let base = region.base();
     {
@@ -278,7 +255,7 @@ fn a_ring_survives_its_handles_and_is_found_again_by_attach() {
     let ring = unsafe { Ring::<u64, 8>::init_in_place(base, len) }.unwrap();
     assert!(ring.claim_consumer(owner(5)).unwrap().is_empty());
 
-    let mut region = Region::new();
+    let mut region = ring_region();
     let len = region.len();
     let base = region.base();
     {

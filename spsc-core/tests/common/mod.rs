@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: owner ids, iteration counts scaled down for Miri,
-//! caller-owned aligned memory, drop-counting elements, and the two element rings (`Ring` and
-//! `DenseRing`) behind one set of traits, so that a test body written once runs against both.
+//! caller-owned aligned memory, drop-counting elements, the property tests' configuration and
+//! start positions, and the two element rings (`Ring` and `DenseRing`) behind one set of traits,
+//! so that a test body written once runs against both.
 //!
 //! Also compiled into the loom models (`--cfg loom`), so it uses only what loom builds have.
 
@@ -10,6 +11,8 @@
 use std::num::NonZeroU32;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use proptest::prelude::*;
 
 use spsc_core::{
     ClaimError, Consumer, DenseConsumer, DenseProducer, DenseRing, Full, Producer, Ring,
@@ -26,6 +29,25 @@ pub fn scaled<N>(normal: N, miri: N) -> N {
     } else {
         normal
     }
+}
+
+/// The property tests' configuration: 256 cases, 4 under Miri (which also gets no regression
+/// files: its isolation forbids the file access).
+pub fn proptest_config() -> ProptestConfig {
+    ProptestConfig {
+        cases: if cfg!(miri) { 4 } else { 256 },
+        failure_persistence: if cfg!(miri) {
+            None
+        } else {
+            ProptestConfig::default().failure_persistence
+        },
+        ..ProptestConfig::default()
+    }
+}
+
+/// Where a property test's positions start: at zero, near the `u32` wrap, anywhere.
+pub fn start_position() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0u32), u32::MAX - 40..=u32::MAX, any::<u32>()]
 }
 
 /// A 128-byte line: a `Vec` of them is memory aligned as the rings need.
@@ -51,6 +73,11 @@ impl Region {
 
     pub fn base(&mut self) -> NonNull<u8> {
         NonNull::new(self.lines.as_mut_ptr().cast::<u8>()).expect("Vec pointers are non-null")
+    }
+
+    /// The region's first 128 bytes, where every ring keeps its header.
+    pub fn first_line(&mut self) -> &mut [u8; 128] {
+        &mut self.lines[0].0
     }
 
     /// Writes `value` at byte `offset` (4-aligned, inside the region).
