@@ -266,6 +266,37 @@ trait Rx<T: Elem> {
     fn read_chunk_op(&mut self, max: usize, commit: usize, leak: bool, model: &mut VecDeque<u32>);
 }
 
+/// The claim calls of [`Harness`], forwarded to the ring's own methods of the same names.
+macro_rules! forward_claims {
+    ($ring:ident) => {
+        fn claim_producer(&self, owner: NonZeroU32) -> Result<Self::Tx<'_>, ClaimError> {
+            $ring::claim_producer(self, owner)
+        }
+        fn claim_consumer(&self, owner: NonZeroU32) -> Result<Self::Rx<'_>, ClaimError> {
+            $ring::claim_consumer(self, owner)
+        }
+        unsafe fn take_over_producer(
+            &self,
+            dead: NonZeroU32,
+            owner: NonZeroU32,
+        ) -> Result<Self::Tx<'_>, ClaimError> {
+            // SAFETY: forwarded from the caller.
+            unsafe { $ring::take_over_producer(self, dead, owner) }
+        }
+        unsafe fn take_over_consumer(
+            &self,
+            dead: NonZeroU32,
+            owner: NonZeroU32,
+        ) -> Result<Self::Rx<'_>, ClaimError> {
+            // SAFETY: forwarded from the caller.
+            unsafe { $ring::take_over_consumer(self, dead, owner) }
+        }
+        fn holders(&self) -> (u32, u32) {
+            $ring::holders(self)
+        }
+    };
+}
+
 impl<T: Elem> Harness for Ring<T, N> {
     type Elem = T;
     type Tx<'a>
@@ -298,31 +329,7 @@ impl<T: Elem> Harness for Ring<T, N> {
         }
         ring
     }
-    fn claim_producer(&self, owner: NonZeroU32) -> Result<Self::Tx<'_>, ClaimError> {
-        Ring::claim_producer(self, owner)
-    }
-    fn claim_consumer(&self, owner: NonZeroU32) -> Result<Self::Rx<'_>, ClaimError> {
-        Ring::claim_consumer(self, owner)
-    }
-    unsafe fn take_over_producer(
-        &self,
-        dead: NonZeroU32,
-        owner: NonZeroU32,
-    ) -> Result<Self::Tx<'_>, ClaimError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { Ring::take_over_producer(self, dead, owner) }
-    }
-    unsafe fn take_over_consumer(
-        &self,
-        dead: NonZeroU32,
-        owner: NonZeroU32,
-    ) -> Result<Self::Rx<'_>, ClaimError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { Ring::take_over_consumer(self, dead, owner) }
-    }
-    fn holders(&self) -> (u32, u32) {
-        Ring::holders(self)
-    }
+    forward_claims!(Ring);
 }
 
 impl<T: Elem> Harness for DenseRing<T, N> {
@@ -349,31 +356,7 @@ impl<T: Elem> Harness for DenseRing<T, N> {
         }
         ring
     }
-    fn claim_producer(&self, owner: NonZeroU32) -> Result<Self::Tx<'_>, ClaimError> {
-        DenseRing::claim_producer(self, owner)
-    }
-    fn claim_consumer(&self, owner: NonZeroU32) -> Result<Self::Rx<'_>, ClaimError> {
-        DenseRing::claim_consumer(self, owner)
-    }
-    unsafe fn take_over_producer(
-        &self,
-        dead: NonZeroU32,
-        owner: NonZeroU32,
-    ) -> Result<Self::Tx<'_>, ClaimError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { DenseRing::take_over_producer(self, dead, owner) }
-    }
-    unsafe fn take_over_consumer(
-        &self,
-        dead: NonZeroU32,
-        owner: NonZeroU32,
-    ) -> Result<Self::Rx<'_>, ClaimError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { DenseRing::take_over_consumer(self, dead, owner) }
-    }
-    fn holders(&self) -> (u32, u32) {
-        DenseRing::holders(self)
-    }
+    forward_claims!(DenseRing);
 }
 
 /// Both producers' calls have the same names and meaning: one body for both.
