@@ -51,14 +51,19 @@
 #![warn(missing_docs)]
 
 mod channel;
+mod claim;
+mod endpoint;
 mod header;
 mod name;
 mod pid;
+mod receiver;
 mod segment;
+mod sender;
 mod typed;
 pub mod wait;
 
-pub use channel::{Channel, ChannelError, ChannelOptions, ChannelSlot, Endpoint, Receiver, Sender};
+pub use channel::{Channel, ChannelError, ChannelOptions};
+pub use endpoint::Endpoint;
 pub use header::{
     Direction, DirectionStats, End, HeaderError, Identity, Liveness, RecvCounters, RingDescriptor,
     RingPlacement, SegmentHeader, SendCounters, SessionArea, WaitWords, ABI_VERSION, HEADER_SIZE,
@@ -66,6 +71,8 @@ pub use header::{
 };
 pub use name::{NameError, SegmentName, MAX_NAME_LEN};
 pub use pid::{is_process_alive, is_process_alive_since, process_start_time};
+pub use receiver::Receiver;
 pub use segment::{Reclaim, Segment, SegmentError, SegmentOptions, DEFAULT_DIR};
+pub use sender::{ChannelSlot, Sender};
 pub use typed::{PodReceiver, PodRecvError, PodSender, PodSlot};
 pub use wait::{monotonic_nanos, WaitOptions, WaitStats, WaitStrategy};

@@ -7,7 +7,7 @@
 //! two processes that had the same pid one after the other.
 
 use core::num::NonZeroU32;
-use std::sync::OnceLock;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use rustix::io::Errno;
 use rustix::process::{getpid, test_kill_process, Pid};
@@ -99,11 +99,35 @@ fn stat_is_zombie(stat: &str) -> bool {
         .is_some_and(|state| state == "Z" || state == "X")
 }
 
-/// This process's start time ([`process_start_time`] of [`current_pid`]), read once: it never
-/// changes. 0 when `/proc` cannot tell, which the segment records as "unknown".
+/// This process's start time ([`process_start_time`] of [`current_pid`]). 0 when `/proc` cannot
+/// tell, which the segment records as "unknown".
+///
+/// Cached, since it never changes for one process, but keyed by the pid it was read for: a child
+/// made by `fork` inherits a copy of every static, and a bare cache would make the child record
+/// its parent's start time as its own. Any contender would then find the child's record naming a
+/// process that does not exist (the child's pid with the parent's start time), judge the live
+/// child dead and take its end. The pid is re-read on every call (`getpid`, a cheap system call;
+/// this is called when an end is opened, never on the hot path), so a child reads its own start
+/// time the first time it asks.
 pub(crate) fn current_start_time() -> u64 {
-    static START: OnceLock<u64> = OnceLock::new();
-    *START.get_or_init(|| process_start_time(current_pid().get()).unwrap_or(0))
+    // Two words (a start time may need more than the 32 bits a pid leaves in one), written by
+    // whichever thread read `/proc`. Atomics rather than a lock: a lock held by another thread
+    // at the instant of a `fork` would stay locked forever in the child. Threads racing here
+    // write the same values for the same pid; a child forked mid-update finds a pid other than
+    // its own and reads `/proc` again.
+    static CACHED_PID: AtomicU32 = AtomicU32::new(0);
+    static CACHED_START: AtomicU64 = AtomicU64::new(0);
+    let pid = current_pid().get();
+    // The start time is stored before the pid (Release), so a thread that sees its own pid in
+    // `CACHED_PID` (Acquire) sees the start time read for that pid.
+    if CACHED_PID.load(Ordering::Acquire) == pid {
+        return CACHED_START.load(Ordering::Relaxed);
+    }
+    let start = process_start_time(pid).unwrap_or(0);
+    CACHED_PID.store(0, Ordering::Relaxed);
+    CACHED_START.store(start, Ordering::Relaxed);
+    CACHED_PID.store(pid, Ordering::Release);
+    start
 }
 
 /// Whether `/proc` says process `pid` is a zombie (see [`stat_is_zombie`]).
