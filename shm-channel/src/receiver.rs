@@ -32,6 +32,13 @@ impl<const C: usize, const L: usize> Receiver<C, L> {
         self.attachment.header
     }
 
+    /// The process ids holding the producer and consumer sides of this end's incoming ring, as the
+    /// ring records them (0 when free): for monitoring, and to tell which process a
+    /// [`ChannelError::EndTaken`](crate::ChannelError::EndTaken) refers to. One load each.
+    pub fn ring_holders(&self) -> (u32, u32) {
+        self.ring.holders()
+    }
+
     /// The wrapping byte position of the next message to read (see
     /// [`MessageConsumer::position`]); every pop moves it, so it is the durable record of what
     /// was delivered.

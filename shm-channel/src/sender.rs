@@ -36,6 +36,13 @@ impl<const C: usize, const L: usize> Sender<C, L> {
         self.attachment.header
     }
 
+    /// The process ids holding the producer and consumer sides of this end's outgoing ring, as the
+    /// ring records them (0 when free): for monitoring, and to tell which process a
+    /// [`ChannelError::EndTaken`](crate::ChannelError::EndTaken) refers to. One load each.
+    pub fn ring_holders(&self) -> (u32, u32) {
+        self.ring.holders()
+    }
+
     /// The wrapping byte position the next message will be written at (see
     /// [`MessageProducer::position`]): recovered on take-over, so a layer above can tell whether
     /// a push it was doing when it crashed happened.
