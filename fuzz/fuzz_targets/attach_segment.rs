@@ -156,10 +156,12 @@ fuzz_target!(|data: &[u8]| {
             // Typed, and printable for a user.
             let _ = error.to_string();
             match error {
-                ChannelError::Segment(SegmentError::Header(_))
+                ChannelError::Segment(SegmentError::Header { .. })
+                | ChannelError::Segment(SegmentError::NotASegment { .. })
                 | ChannelError::Segment(SegmentError::InitTimeout { .. })
                 | ChannelError::Ring { .. }
-                | ChannelError::EndTaken { .. } => {}
+                | ChannelError::EndTaken { .. }
+                | ChannelError::EndOpenInThisProcess { .. } => {}
                 other => panic!("unexpected error for a bad segment: {other:?}"),
             }
             return;

@@ -90,19 +90,31 @@ pub enum ChannelError {
     Segment(SegmentError),
     /// A ring inside a validated segment was refused.
     Ring {
+        /// The segment, as `segment "name" in /folder`.
+        segment: String,
         /// Which ring.
         direction: Direction,
         /// Why.
         error: AttachError,
     },
-    /// A live process holds (a side of) that end.
+    /// Another live process holds (a side of) that end.
     EndTaken {
+        /// The segment, as `segment "name" in /folder`.
+        segment: String,
         /// The end asked for.
         end: End,
         /// The ring whose side is held.
         direction: Direction,
-        /// The process id holding it (possibly this process).
+        /// The process id holding it.
         holder_pid: u32,
+    },
+    /// This very process holds that end already, through another [`Endpoint`] (or a half of
+    /// one, or a handle it forgot without dropping): an end is opened once per process.
+    EndOpenInThisProcess {
+        /// The segment, as `segment "name" in /folder`.
+        segment: String,
+        /// The end asked for.
+        end: End,
     },
 }
 
@@ -110,15 +122,28 @@ impl fmt::Display for ChannelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Segment(error) => fmt::Display::fmt(error, f),
-            Self::Ring { direction, error } => write!(f, "{direction}: {error}"),
+            Self::Ring {
+                segment,
+                direction,
+                error,
+            } => write!(f, "{segment}: {direction}: {error}"),
             Self::EndTaken {
+                segment,
                 end,
                 direction,
                 holder_pid,
             } => write!(
                 f,
-                "{end} of the channel is held by process {holder_pid} ({direction}); only one \
-                 process may hold an end at a time"
+                "{end} of {segment} is held by process {holder_pid}, which is alive ({direction}); \
+                 only one process may hold an end at a time: stop that process, or open the \
+                 other end"
+            ),
+            Self::EndOpenInThisProcess { segment, end } => write!(
+                f,
+                "{end} of {segment} is already open in this process (pid {}); an end is opened \
+                 once per process: use the Endpoint you have, or drop it (both halves, if you \
+                 split it) before opening the end again",
+                std::process::id()
             ),
         }
     }
@@ -204,7 +229,8 @@ impl<const C: usize, const L: usize> Channel<C, L> {
     ///
     /// # Errors
     /// [`ChannelError::Segment`] for a bad name, a system error or a refused header;
-    /// [`ChannelError::Ring`] for a refused ring; [`ChannelError::EndTaken`] if a live process
+    /// [`ChannelError::Ring`] for a refused ring; [`ChannelError::EndTaken`] if another live
+    /// process holds that end, [`ChannelError::EndOpenInThisProcess`] if this one does
     /// holds that end.
     pub fn create_or_open(
         name: &str,
@@ -262,7 +288,7 @@ impl<const C: usize, const L: usize> Channel<C, L> {
         // describes another arrangement (slack, a gap, a moved ring) was not written by this
         // format's creator: refuse it rather than guess what the extra bytes are for.
         if placements != Self::PLACEMENTS || segment.len() != Self::SEGMENT_SIZE {
-            return Err(ChannelError::Segment(SegmentError::Header(
+            return Err(ChannelError::Segment(segment.header_error(
                 HeaderError::Impossible {
                     reason: "rings are not laid out as a channel of this capacity lays them out",
                 },
@@ -297,13 +323,13 @@ impl<const C: usize, const L: usize> Channel<C, L> {
                 )
             };
             if result.is_err() {
-                return Err(SegmentError::Header(HeaderError::Impossible {
+                return Err(segment.header_error(HeaderError::Impossible {
                     reason: "ring placement unusable",
                 }));
             }
         }
         if let Some([a, b]) = &options.end_names {
-            let header = segment.header()?;
+            let header = segment.header().map_err(|e| segment.header_error(e))?;
             header.set_end_name(End::A, a);
             header.set_end_name(End::B, b);
         }
@@ -327,11 +353,15 @@ impl<const C: usize, const L: usize> Channel<C, L> {
             unsafe {
                 MessageRing::<C, L>::attach(segment.as_ptr().add(placement.offset), placement.size)
             }
-            .map_err(|error| ChannelError::Ring { direction, error })
+            .map_err(|error| ChannelError::Ring {
+                segment: segment.describe(),
+                direction,
+                error,
+            })
         };
         let outgoing = ring(end.outgoing())?;
         let incoming = ring(end.incoming())?;
-        let header: *const SegmentHeader = segment.header().map_err(SegmentError::from)?;
+        let header: *const SegmentHeader = segment.header().map_err(|e| segment.header_error(e))?;
         // SAFETY: as for the rings: the header lies at the start of the mapping and the reference
         // is kept only in fields that drop before the mapping (or beside it, without drop glue).
         let header: &'static SegmentHeader = unsafe { &*header };
@@ -345,6 +375,7 @@ impl<const C: usize, const L: usize> Channel<C, L> {
         let claimant = Claimant {
             header,
             end,
+            segment: attachment.segment.describe(),
             pid,
             start: current_start_time(),
             ticket: core::cell::Cell::new(None),

@@ -26,6 +26,8 @@ use crate::pid::{is_process_alive, is_process_alive_since};
 pub(crate) struct Claimant<'h> {
     pub(crate) header: &'h SegmentHeader,
     pub(crate) end: End,
+    /// The segment, as errors name it.
+    pub(crate) segment: String,
     pub(crate) pid: NonZeroU32,
     /// This process's start time (0 if `/proc` cannot tell).
     pub(crate) start: u64,
@@ -122,6 +124,7 @@ pub(crate) fn claim<T>(
     take_over: impl Fn(NonZeroU32) -> Result<T, ClaimError>,
 ) -> Result<T, ChannelError> {
     let corrupt = |reason| ChannelError::Ring {
+        segment: claimant.segment.clone(),
         direction,
         error: AttachError::Corrupt { reason },
     };
@@ -149,7 +152,14 @@ pub(crate) fn claim<T>(
             Err(_) => return Err(corrupt("unknown claim error")),
         }
     }
+    if holder == claimant.pid.get() {
+        return Err(ChannelError::EndOpenInThisProcess {
+            segment: claimant.segment.clone(),
+            end: claimant.end,
+        });
+    }
     Err(ChannelError::EndTaken {
+        segment: claimant.segment.clone(),
         end: claimant.end,
         direction,
         holder_pid: holder,

@@ -23,7 +23,13 @@ pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMCHAN\0");
 /// It also covers the wait words' meaning: each direction's block holds two cells, the
 /// receiver's @0 and, @64, the one a sender blocked on a full ring parks on, which version-1
 /// builds made before that cell existed kept as reserved zeros and never woke.
-pub const ABI_VERSION: u32 = 2;
+///
+/// Version 3: each ring descriptor records the ring's capacity (`u32` @24) and lanes (`u32` @28)
+/// beside its fingerprint, so that two ends built with different `Channel<C, L>` parameters are
+/// told which numbers differ; and the creator writes its pid and the `initialising` state before
+/// it sizes the file, so a file of full size whose state was never set is refused at once as
+/// never initialised rather than waited for.
+pub const ABI_VERSION: u32 = 3;
 
 /// Size of the header in bytes; the first ring starts at or after it.
 pub const HEADER_SIZE: usize = core::mem::size_of::<SegmentHeader>();
@@ -119,7 +125,10 @@ pub struct RingDescriptor {
     offset: AtomicU64,
     size: AtomicU64,
     fingerprint: AtomicU64,
-    _reserved: AtomicU64,
+    /// The ring layout's capacity ([`RingLayout::capacity`]: payload bytes of a message ring).
+    capacity: AtomicU32,
+    /// The ring layout's lanes ([`RingLayout::block_spread`]: 1 for a one-lane message ring).
+    lanes: AtomicU32,
 }
 
 /// What the segment is: written once by the creator, before it publishes `ready`.
@@ -233,6 +242,61 @@ pub struct SegmentHeader {
     _reserved: [AtomicU64; 240],
 }
 
+/// Bytes of a segment's start that say what the file is without mapping it: the magic @0, the
+/// state @24 and the creator's pid @28 (see [`classify_prefix`]).
+pub(crate) const PREFIX_LEN: usize = 32;
+
+/// What a file's first [`PREFIX_LEN`] bytes (fewer if it is shorter) say it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FilePrefix {
+    /// Empty: what a creator that died right after creating the file leaves. Holds nothing.
+    Empty,
+    /// A published or half-written segment of this format (the magic is there).
+    Segment,
+    /// A segment being created (or whose creator died before writing the magic): zeros where
+    /// the magic goes, state `initialising` and the creator's pid, as [`creation_marker`] writes.
+    Creating {
+        /// The creator's pid.
+        creator_pid: u32,
+    },
+    /// Anything else: not a segment.
+    Foreign {
+        /// The first 8 bytes as a little-endian word, if the file has 8.
+        first_word: Option<u64>,
+    },
+}
+
+/// Reads what `prefix` (a file's first bytes, at most [`PREFIX_LEN`]) says the file is.
+pub(crate) fn classify_prefix(prefix: &[u8]) -> FilePrefix {
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(prefix.get(at..at + 8)?.try_into().ok()?))
+    };
+    if prefix.is_empty() {
+        return FilePrefix::Empty;
+    }
+    let first_word = word(0);
+    if first_word == Some(SEGMENT_MAGIC) {
+        return FilePrefix::Segment;
+    }
+    if let (Some(0), Some(marker)) = (first_word, word(24)) {
+        let (state, creator_pid) = (marker as u32, (marker >> 32) as u32);
+        if state == STATE_INITIALISING && creator_pid != 0 {
+            return FilePrefix::Creating { creator_pid };
+        }
+    }
+    FilePrefix::Foreign { first_word }
+}
+
+/// What a creator writes at offset [`CREATION_MARKER_OFFSET`] of a brand-new, empty file before
+/// it sizes it: state `initialising` and its pid, as the identity block holds them. An opener
+/// that finds a file of full size without them knows no creator is at work on it.
+pub(crate) fn creation_marker(creator_pid: u32) -> [u8; 8] {
+    (u64::from(STATE_INITIALISING) | (u64::from(creator_pid) << 32)).to_le_bytes()
+}
+
+/// Where [`creation_marker`] goes: the identity block's `state` (followed by `creator_pid`).
+pub(crate) const CREATION_MARKER_OFFSET: u64 = 24;
+
 /// Compile-time locks: a change that moves any field fails the build here, and must come with a
 /// bump of [`ABI_VERSION`]. (Loom builds put larger model types in the wait words, so the checks
 /// apply to real builds.)
@@ -266,6 +330,15 @@ mod locked {
     const_assert_eq!(offset_of!(RingDescriptor, offset), 0);
     const_assert_eq!(offset_of!(RingDescriptor, size), 8);
     const_assert_eq!(offset_of!(RingDescriptor, fingerprint), 16);
+    const_assert_eq!(offset_of!(RingDescriptor, capacity), 24);
+    const_assert_eq!(offset_of!(RingDescriptor, lanes), 28);
+    // What a creator writes before it sizes the file (`creation_marker`).
+    const_assert_eq!(offset_of!(Identity, state), CREATION_MARKER_OFFSET as usize);
+    const_assert_eq!(
+        offset_of!(Identity, state) + 4,
+        offset_of!(Identity, creator_pid)
+    );
+    const_assert_eq!(offset_of!(Identity, rings), PREFIX_LEN);
 
     const_assert_eq!(size_of::<Liveness>(), 128);
     const_assert_eq!(offset_of!(Liveness, owner_pid), 0);
@@ -321,7 +394,9 @@ pub enum HeaderError {
         /// This build's [`ABI_VERSION`].
         expected: u32,
     },
-    /// A ring in the segment has another layout (capacity, format) than this build expects.
+    /// A ring in the segment has another layout (capacity, lanes, format) than this build
+    /// expects: the two ends were built with different `Channel<C, L>` parameters or crate
+    /// versions.
     LayoutMismatch {
         /// Which ring.
         direction: Direction,
@@ -329,6 +404,18 @@ pub enum HeaderError {
         found: u64,
         /// Fingerprint this build expects.
         expected: u64,
+        /// (capacity, lanes) recorded in the segment: payload bytes and lanes of its message
+        /// ring.
+        found_shape: (u32, u32),
+        /// (capacity, lanes) this build expects.
+        expected_shape: (u32, u32),
+    },
+    /// The file has a segment's size but its header was never written (all zeros where the
+    /// magic and state should be): no creator of this format made it, or one crashed before
+    /// writing anything. It holds no messages.
+    NeverInitialised {
+        /// The file's length in bytes.
+        len: u64,
     },
     /// The file is shorter than the size its header records: it was truncated.
     Truncated {
@@ -389,10 +476,32 @@ impl fmt::Display for HeaderError {
                 direction,
                 found,
                 expected,
-            } => write!(
+                found_shape: (found_capacity, found_lanes),
+                expected_shape: (expected_capacity, expected_lanes),
+            } => {
+                if (found_capacity, found_lanes) != (expected_capacity, expected_lanes) {
+                    write!(
+                        f,
+                        "{direction} was created with a capacity of {found_capacity} bytes in \
+                         {found_lanes} lane(s), but this end was built for {expected_capacity} \
+                         bytes in {expected_lanes} lane(s): both ends must use the same \
+                         Channel<C, L> (capacity C and lanes L)"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "{direction} has the capacity ({found_capacity} bytes) and lanes \
+                         ({found_lanes}) this end expects but another ring format (layout \
+                         fingerprint {found:#018x}, expected {expected:#018x}): both ends must be \
+                         built from the same crate version"
+                    )
+                }
+            }
+            Self::NeverInitialised { len } => write!(
                 f,
-                "{direction} has layout fingerprint {found:#018x} but this build expects \
-                 {expected:#018x}: both sides must use the same channel capacity and crate version"
+                "segment file is {len} bytes but its header was never written (zeros where the \
+                 magic and state should be): it was not created by this library, or its creator \
+                 crashed before initialising it; it holds no messages, remove it"
             ),
             Self::Truncated { recorded, actual } => write!(
                 f,
@@ -499,6 +608,8 @@ impl SegmentHeader {
             desc.size.store(placement.size as u64, Ordering::Relaxed);
             desc.fingerprint
                 .store(layout.fingerprint(), Ordering::Relaxed);
+            desc.capacity.store(layout.capacity, Ordering::Relaxed);
+            desc.lanes.store(layout.block_spread, Ordering::Relaxed);
         }
     }
 
@@ -536,6 +647,12 @@ impl SegmentHeader {
         }
         match state {
             STATE_READY => {}
+            // A creator writes `initialising` before it sizes the file (`creation_marker`), so a
+            // file long enough to hold a header whose state was never set is no creation in
+            // progress: waiting for it would only delay the same answer.
+            STATE_UNSET if magic == 0 => {
+                return Err(HeaderError::NeverInitialised { len: file_len })
+            }
             STATE_UNSET | STATE_INITIALISING => {
                 let creator_pid = id.creator_pid.load(Ordering::Relaxed);
                 return Err(if creator_pid != 0 && !is_process_alive(creator_pid) {
@@ -581,6 +698,11 @@ impl SegmentHeader {
                     },
                     found,
                     expected: layout.fingerprint(),
+                    found_shape: (
+                        desc.capacity.load(Ordering::Relaxed),
+                        desc.lanes.load(Ordering::Relaxed),
+                    ),
+                    expected_shape: (layout.capacity, layout.block_spread),
                 });
             }
             descs[i] = (

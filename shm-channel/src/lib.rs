@@ -58,6 +58,7 @@ mod name;
 mod pid;
 mod receiver;
 mod segment;
+mod segment_error;
 mod sender;
 mod typed;
 pub mod wait;

@@ -12,7 +12,6 @@
 //! file from truncating it later. Keep segment folders writable only by the processes that use
 //! them (the default mode is 0600).
 
-use core::fmt;
 use core::ptr::NonNull;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,9 +22,14 @@ use rustix::io::Errno;
 use rustix::mm::{self, MapFlags, ProtFlags};
 use spsc_core::RingLayout;
 
-use crate::header::{HeaderError, RingPlacement, SegmentHeader, HEADER_SIZE};
-use crate::name::{NameError, SegmentName};
-use crate::pid::current_pid;
+use crate::header::{
+    classify_prefix, creation_marker, FilePrefix, HeaderError, RingPlacement, SegmentHeader,
+    CREATION_MARKER_OFFSET, HEADER_SIZE, PREFIX_LEN,
+};
+use crate::name::SegmentName;
+use crate::pid::{current_pid, is_process_alive};
+use crate::segment_error::Place;
+pub use crate::segment_error::SegmentError;
 
 /// The folder segments live in unless the caller chooses another: Linux's shared-memory tmpfs.
 pub const DEFAULT_DIR: &str = "/dev/shm";
@@ -76,107 +80,6 @@ impl SegmentOptions {
     }
 }
 
-/// Why a segment could not be created, opened or removed.
-#[non_exhaustive]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SegmentError {
-    /// The segment name is invalid.
-    Name(NameError),
-    /// A system call failed.
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The segment (or folder) concerned.
-        target: String,
-        /// The error the system reported.
-        errno: Errno,
-    },
-    /// No segment of that name exists (for opening without creating).
-    NotFound {
-        /// The name looked for.
-        name: String,
-    },
-    /// A segment of that name already exists (for creating without opening).
-    AlreadyExists {
-        /// The name asked for.
-        name: String,
-    },
-    /// The name exists in the folder but is not a regular file.
-    NotAFile {
-        /// The name.
-        name: String,
-    },
-    /// The segment's header was refused.
-    Header(HeaderError),
-    /// The creator did not finish initialising within the configured time, and is still alive
-    /// (or has not recorded its pid yet).
-    InitTimeout {
-        /// The creator's pid, 0 if it never recorded it.
-        creator_pid: u32,
-        /// How long we waited.
-        waited: Duration,
-    },
-    /// The requested segment size cannot be mapped on this machine.
-    SizeTooLarge {
-        /// The size asked for.
-        size: u64,
-    },
-}
-
-impl fmt::Display for SegmentError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Name(error) => fmt::Display::fmt(error, f),
-            Self::Io { op, target, errno } => write!(f, "{op} of {target} failed: {errno}"),
-            Self::NotFound { name } => write!(f, "no segment named {name:?} exists"),
-            Self::AlreadyExists { name } => write!(f, "a segment named {name:?} already exists"),
-            Self::NotAFile { name } => {
-                write!(
-                    f,
-                    "{name:?} exists in the segment folder but is not a regular file"
-                )
-            }
-            Self::Header(error) => fmt::Display::fmt(error, f),
-            Self::InitTimeout {
-                creator_pid,
-                waited,
-            } => write!(
-                f,
-                "segment was not ready after {waited:?}: its creator (pid {creator_pid}) is \
-                 still initialising it; if no process is creating it, it is stale: remove it"
-            ),
-            Self::SizeTooLarge { size } => {
-                write!(
-                    f,
-                    "a segment of {size} bytes cannot be mapped on this machine"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for SegmentError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Name(error) => Some(error),
-            Self::Header(error) => Some(error),
-            _ => None,
-        }
-    }
-}
-
-impl From<NameError> for SegmentError {
-    fn from(error: NameError) -> Self {
-        Self::Name(error)
-    }
-}
-
-impl From<HeaderError> for SegmentError {
-    fn from(error: HeaderError) -> Self {
-        Self::Header(error)
-    }
-}
-
 /// A mapped segment file. Unmapped on drop; the file stays until [`unlink`](Self::unlink)ed.
 ///
 /// The mapping never moves while the `Segment` exists, even when the `Segment` value does.
@@ -185,8 +88,8 @@ pub struct Segment {
     base: NonNull<u8>,
     len: usize,
     created: bool,
-    name: SegmentName,
-    _file: OwnedFd,
+    place: Place,
+    file: OwnedFd,
     dir: OwnedFd,
 }
 
@@ -196,13 +99,11 @@ unsafe impl Send for Segment {}
 // SAFETY: as above; `&Segment` only exposes the base pointer and length.
 unsafe impl Sync for Segment {}
 
-fn io(op: &'static str, name: &SegmentName, errno: Errno) -> SegmentError {
-    SegmentError::Io {
-        op,
-        target: format!("segment {name:?}"),
-        errno,
-    }
-}
+/// How long an opener waits on an *empty* file before calling it too short: a creator writes its
+/// marker right after creating the file, so only the instant between the two shows an empty
+/// file; a file that stays empty was left by a creator that died in that instant, or by someone
+/// else.
+const EMPTY_FILE_GRACE: Duration = Duration::from_millis(100);
 
 fn open_dir(dir: &Path) -> Result<OwnedFd, SegmentError> {
     fs::open(
@@ -220,9 +121,11 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, SegmentError> {
 /// Takes the shared advisory lock every holder of a segment keeps for as long as it has the
 /// segment open. The kernel drops it when the process exits, however it dies, so an exclusive
 /// lock can be had exactly when no live process has the segment open ([`Segment::reclaim_stale`]).
-fn hold_shared_lock(file: &OwnedFd, name: &SegmentName) -> Result<(), SegmentError> {
+/// A child made by `fork` shares its parent's descriptor and so its lock: while either lives,
+/// the segment counts as in use, which is right, since both have it mapped.
+fn hold_shared_lock(file: &OwnedFd, place: &Place) -> Result<(), SegmentError> {
     // Blocking: an exclusive holder is a reclaimer, which holds it for a few system calls.
-    fs::flock(file, FlockOperation::LockShared).map_err(|e| io("locking", name, e))
+    fs::flock(file, FlockOperation::LockShared).map_err(|e| place.io("locking", e))
 }
 
 /// What [`Segment::reclaim_stale`] did.
@@ -236,19 +139,63 @@ pub enum Reclaim {
     NotFound,
 }
 
+/// What a file type is, in the words of [`SegmentError::NotAFile`]; `None` for a regular file.
+fn non_file_kind(file_type: FileType) -> Option<&'static str> {
+    Some(match file_type {
+        FileType::RegularFile => return None,
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        _ => "not a regular file",
+    })
+}
+
 /// The size of an open segment file, refusing anything but a regular file.
-fn file_len(file: &OwnedFd, name: &SegmentName) -> Result<u64, SegmentError> {
-    let stat = fs::fstat(file).map_err(|e| io("fstat", name, e))?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-        return Err(SegmentError::NotAFile {
-            name: name.to_string(),
-        });
+fn file_len(file: &OwnedFd, place: &Place) -> Result<u64, SegmentError> {
+    let stat = fs::fstat(file).map_err(|e| place.io("fstat", e))?;
+    if let Some(kind) = non_file_kind(FileType::from_raw_mode(stat.st_mode)) {
+        return Err(place.not_a_file(kind));
     }
     Ok(u64::try_from(stat.st_size).unwrap_or(0))
 }
 
+/// The file's first [`PREFIX_LEN`] bytes (fewer if it is shorter), read without mapping it.
+fn read_prefix(file: &OwnedFd, place: &Place) -> Result<([u8; PREFIX_LEN], usize), SegmentError> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    let mut filled = 0;
+    while filled < PREFIX_LEN {
+        match rustix::io::pread(file, &mut prefix[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(errno) => return Err(place.io("reading the start", errno)),
+        }
+    }
+    Ok((prefix, filled))
+}
+
+/// Checks that the open file is a segment (or one being created, or an empty file, which holds
+/// nothing) before anything removes it: a file that merely carries the name, a hard link to a
+/// foreign file included, is [`SegmentError::NotASegment`].
+fn check_is_segment(file: &OwnedFd, place: &Place) -> Result<(), SegmentError> {
+    let len = file_len(file, place)?;
+    let (prefix, filled) = read_prefix(file, place)?;
+    match classify_prefix(&prefix[..filled]) {
+        FilePrefix::Empty | FilePrefix::Segment | FilePrefix::Creating { .. } => Ok(()),
+        FilePrefix::Foreign { first_word } => Err(SegmentError::NotASegment {
+            name: place.name.to_string(),
+            folder: place.folder.clone(),
+            len,
+            first_word,
+        }),
+    }
+}
+
 /// Maps `len` bytes of `file` shared, read-write.
-fn map(file: &OwnedFd, len: u64, name: &SegmentName) -> Result<(NonNull<u8>, usize), SegmentError> {
+fn map(file: &OwnedFd, len: u64, place: &Place) -> Result<(NonNull<u8>, usize), SegmentError> {
     let len = usize::try_from(len)
         .ok()
         .filter(|&len| len > 0 && len <= isize::MAX as usize)
@@ -265,9 +212,55 @@ fn map(file: &OwnedFd, len: u64, name: &SegmentName) -> Result<(NonNull<u8>, usi
             0,
         )
     }
-    .map_err(|e| io("mmap", name, e))?;
-    let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io("mmap", name, Errno::NOMEM))?;
+    .map_err(|e| place.io("mmap", e))?;
+    let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| place.io("mmap", Errno::NOMEM))?;
     Ok((base, len))
+}
+
+/// Opens the regular file `place` names in `dir`, never following a symbolic link and never
+/// opening anything else (a FIFO or a device could block or have effects on open): the type is
+/// checked before opening, and again on the open descriptor ([`file_len`]).
+fn open_file(dir: &OwnedFd, place: &Place) -> Result<OwnedFd, SegmentError> {
+    match fs::statat(dir, place.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => {
+            if let Some(kind) = non_file_kind(FileType::from_raw_mode(stat.st_mode)) {
+                return Err(place.not_a_file(kind));
+            }
+        }
+        Err(Errno::NOENT) => return Err(place.not_found()),
+        Err(errno) => return Err(place.io("stat", errno)),
+    }
+    match fs::openat(
+        dir,
+        place.name.as_str(),
+        OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(file) => Ok(file),
+        Err(Errno::NOENT) => Err(place.not_found()),
+        // Replaced by a link or a folder between the check and the open.
+        Err(Errno::LOOP) => Err(place.not_a_file("a symbolic link")),
+        Err(Errno::ISDIR) => Err(place.not_a_file("a directory")),
+        Err(errno) => Err(place.io("opening", errno)),
+    }
+}
+
+/// Removes the name `place` in `dir` if it still names `file` (same device and inode): so that a
+/// segment created anew under the name after `file` was opened (and perhaps unlinked by someone
+/// else) is never removed in its place. [`SegmentError::NotFound`] when the name is gone or
+/// names another file now.
+fn unlink_if_still(dir: &OwnedFd, place: &Place, file: &OwnedFd) -> Result<(), SegmentError> {
+    let ours = fs::fstat(file).map_err(|e| place.io("fstat", e))?;
+    match fs::statat(dir, place.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(named) if named.st_dev == ours.st_dev && named.st_ino == ours.st_ino => {}
+        Ok(_) | Err(Errno::NOENT) => return Err(place.not_found()),
+        Err(errno) => return Err(place.io("stat", errno)),
+    }
+    match fs::unlinkat(dir, place.name.as_str(), AtFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(Errno::NOENT) => Err(place.not_found()),
+        Err(errno) => Err(place.io("removing", errno)),
+    }
 }
 
 impl Segment {
@@ -275,76 +268,84 @@ impl Segment {
     ///
     /// The file gets exactly the options' mode (0600 by default) and its blocks are reserved up
     /// front where the file system supports it, so a full `/dev/shm` is an error here rather
-    /// than a `SIGBUS` later.
+    /// than a `SIGBUS` later. Before sizing the file, the creator writes its pid and the
+    /// `initialising` state where the header keeps them, so an opener can tell a segment being
+    /// made from a file of the right size that nobody will ever initialise.
     ///
     /// # Errors
     /// [`SegmentError::AlreadyExists`], [`SegmentError::Name`], [`SegmentError::Io`].
     pub fn create(name: &str, size: u64, options: &SegmentOptions) -> Result<Self, SegmentError> {
-        let name = SegmentName::new(name)?;
+        let place = Place::new(&options.dir, SegmentName::new(name)?);
         let dir = open_dir(&options.dir)?;
-        Self::create_in(dir, name, size, options)
+        Self::create_in(dir, place, size, options)
     }
 
     fn create_in(
         dir: OwnedFd,
-        name: SegmentName,
+        place: Place,
         size: u64,
         options: &SegmentOptions,
     ) -> Result<Self, SegmentError> {
-        if size == 0 || usize::try_from(size).map_or(true, |s| s > isize::MAX as usize) {
+        if size < PREFIX_LEN as u64
+            || usize::try_from(size).map_or(true, |s| s > isize::MAX as usize)
+        {
             return Err(SegmentError::SizeTooLarge { size });
         }
         let mode = Mode::from_raw_mode(options.mode);
         let file = match fs::openat(
             &dir,
-            name.as_str(),
+            place.name.as_str(),
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             mode,
         ) {
             Ok(file) => file,
             Err(Errno::EXIST) => {
                 return Err(SegmentError::AlreadyExists {
-                    name: name.to_string(),
+                    name: place.name.to_string(),
+                    folder: place.folder.clone(),
                 })
             }
-            Err(errno) => return Err(io("creating", &name, errno)),
+            Err(errno) => return Err(place.io("creating", errno)),
         };
         let setup = || -> Result<(NonNull<u8>, usize), SegmentError> {
-            hold_shared_lock(&file, &name)?;
+            // First of all, while the file is still shorter than a header (openers wait for the
+            // size): who is creating it.
+            let marker = creation_marker(current_pid().get());
+            match rustix::io::pwrite(&file, &marker, CREATION_MARKER_OFFSET) {
+                Ok(n) if n == marker.len() => {}
+                Ok(_) => return Err(place.io("marking", Errno::IO)),
+                Err(errno) => return Err(place.io("marking", errno)),
+            }
+            hold_shared_lock(&file, &place)?;
             // A reclaimer may have taken the brand-new, still empty file for a stale one in the
             // instant before our lock: then it is no longer linked, and we must not use it.
-            if fs::fstat(&file)
-                .map_err(|e| io("fstat", &name, e))?
-                .st_nlink
-                == 0
-            {
-                return Err(io(
+            if fs::fstat(&file).map_err(|e| place.io("fstat", e))?.st_nlink == 0 {
+                return Err(place.io(
                     "creating (removed by a concurrent reclaim; retry)",
-                    &name,
                     Errno::NOENT,
                 ));
             }
             // The umask may have narrowed the mode given to open; set it exactly.
-            fs::fchmod(&file, mode).map_err(|e| io("fchmod", &name, e))?;
-            fs::ftruncate(&file, size).map_err(|e| io("ftruncate", &name, e))?;
+            fs::fchmod(&file, mode).map_err(|e| place.io("fchmod", e))?;
+            fs::ftruncate(&file, size).map_err(|e| place.io("ftruncate", e))?;
             match fs::fallocate(&file, FallocateFlags::empty(), 0, size) {
                 Ok(()) | Err(Errno::OPNOTSUPP | Errno::NOSYS) => {}
-                Err(errno) => return Err(io("reserving space for", &name, errno)),
+                Err(errno) => return Err(place.io("reserving space for", errno)),
             }
-            map(&file, size, &name)
+            map(&file, size, &place)
         };
         match setup() {
             Ok((base, len)) => Ok(Self {
                 base,
                 len,
                 created: true,
-                name,
-                _file: file,
+                place,
+                file,
                 dir,
             }),
             Err(error) => {
                 // Leave no file behind that nobody could ever initialise.
-                let _ = fs::unlinkat(&dir, name.as_str(), AtFlags::empty());
+                let _ = unlink_if_still(&dir, &place, &file);
                 Err(error)
             }
         }
@@ -357,113 +358,138 @@ impl Segment {
     /// [`SegmentError::NotFound`], [`SegmentError::NotAFile`], [`SegmentError::Header`] with
     /// [`HeaderError::TooShort`] for an empty file, [`SegmentError::Io`].
     pub fn open(name: &str, options: &SegmentOptions) -> Result<Self, SegmentError> {
-        let name = SegmentName::new(name)?;
+        let place = Place::new(&options.dir, SegmentName::new(name)?);
         let dir = open_dir(&options.dir)?;
-        let file = Self::open_file(&dir, &name)?;
-        let len = file_len(&file, &name)?;
-        hold_shared_lock(&file, &name)?;
+        let file = open_file(&dir, &place)?;
+        let len = file_len(&file, &place)?;
+        hold_shared_lock(&file, &place)?;
         if len == 0 {
-            return Err(HeaderError::TooShort {
+            return Err(place.header(HeaderError::TooShort {
                 len: 0,
                 required: HEADER_SIZE as u64,
-            }
-            .into());
+            }));
         }
-        let (base, len) = map(&file, len, &name)?;
+        let (base, len) = map(&file, len, &place)?;
         Ok(Self {
             base,
             len,
             created: false,
-            name,
-            _file: file,
+            place,
+            file,
             dir,
         })
-    }
-
-    fn open_file(dir: &OwnedFd, name: &SegmentName) -> Result<OwnedFd, SegmentError> {
-        match fs::openat(
-            dir,
-            name.as_str(),
-            OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
-            Mode::empty(),
-        ) {
-            Ok(file) => Ok(file),
-            Err(Errno::NOENT) => Err(SegmentError::NotFound {
-                name: name.to_string(),
-            }),
-            Err(Errno::LOOP) => Err(SegmentError::NotAFile {
-                name: name.to_string(),
-            }),
-            Err(errno) => Err(io("opening", name, errno)),
-        }
     }
 
     /// Opens an existing channel segment and waits, at most the options' `init_timeout`, until
     /// its creator has published it; then validates its header against the `expected` ring
     /// layouts. Returns the segment and where its rings are.
     ///
+    /// Only a creator that is alive and at work is waited for. A file that cannot become a
+    /// segment is refused at once: shorter than a header without a creator's marker
+    /// ([`HeaderError::TooShort`]), not a segment at all ([`SegmentError::NotASegment`]), of
+    /// full size but never initialised ([`HeaderError::NeverInitialised`]), or left by a creator
+    /// that died ([`HeaderError::HalfInitialised`]). An empty file gets a moment's grace
+    /// (a creator writes its marker right after creating the file).
+    ///
     /// # Errors
-    /// As [`open`](Self::open); [`SegmentError::Header`] for any refused header (a creator that
-    /// died while initialising is [`HeaderError::HalfInitialised`]);
-    /// [`SegmentError::InitTimeout`] if a live creator takes too long.
+    /// As [`open`](Self::open); [`SegmentError::Header`] for any refused header;
+    /// [`SegmentError::NotASegment`]; [`SegmentError::InitTimeout`] if a live creator takes
+    /// longer than `init_timeout`.
     pub fn open_ready(
         name: &str,
         options: &SegmentOptions,
         expected: &[RingLayout; 2],
     ) -> Result<(Self, [RingPlacement; 2]), SegmentError> {
-        let name = SegmentName::new(name)?;
+        let place = Place::new(&options.dir, SegmentName::new(name)?);
         let dir = open_dir(&options.dir)?;
-        Self::open_ready_in(dir, name, options, expected)
+        Self::open_ready_in(dir, place, options, expected)
     }
 
     fn open_ready_in(
         dir: OwnedFd,
-        name: SegmentName,
+        place: Place,
         options: &SegmentOptions,
         expected: &[RingLayout; 2],
     ) -> Result<(Self, [RingPlacement; 2]), SegmentError> {
         let started = Instant::now();
         let mut backoff = Backoff::new();
-        let file = Self::open_file(&dir, &name)?;
-        hold_shared_lock(&file, &name)?;
-        // The creator sizes the file right after creating it; wait for that.
+        let file = open_file(&dir, &place)?;
+        hold_shared_lock(&file, &place)?;
+        let timed_out = |place: &Place, creator_pid| SegmentError::InitTimeout {
+            name: place.name.to_string(),
+            folder: place.folder.clone(),
+            creator_pid,
+            waited: started.elapsed(),
+        };
+        // The creator sizes the file right after marking it; wait for that, but only while a
+        // live creator is at work.
         let len = loop {
-            let len = file_len(&file, &name)?;
+            let len = file_len(&file, &place)?;
             if len >= HEADER_SIZE as u64 {
                 break len;
             }
-            if started.elapsed() >= options.init_timeout {
-                return Err(HeaderError::TooShort {
+            let too_short = || {
+                place.header(HeaderError::TooShort {
                     len,
                     required: HEADER_SIZE as u64,
+                })
+            };
+            let (prefix, filled) = read_prefix(&file, &place)?;
+            match classify_prefix(&prefix[..filled]) {
+                FilePrefix::Creating { creator_pid } => {
+                    if !is_process_alive(creator_pid) {
+                        return Err(place.header(HeaderError::HalfInitialised { creator_pid }));
+                    }
+                    if started.elapsed() >= options.init_timeout {
+                        return Err(timed_out(&place, creator_pid));
+                    }
                 }
-                .into());
+                FilePrefix::Empty => {
+                    if started.elapsed() >= options.init_timeout.min(EMPTY_FILE_GRACE) {
+                        return Err(too_short());
+                    }
+                }
+                // The magic, in a file shorter than a header: a truncated segment.
+                FilePrefix::Segment => return Err(too_short()),
+                FilePrefix::Foreign { first_word } => {
+                    return Err(SegmentError::NotASegment {
+                        name: place.name.to_string(),
+                        folder: place.folder.clone(),
+                        len,
+                        first_word,
+                    })
+                }
             }
             backoff.wait();
         };
-        let (base, len) = map(&file, len, &name)?;
+        let (base, len) = map(&file, len, &place)?;
         let segment = Self {
             base,
             len,
             created: false,
-            name,
-            _file: file,
+            place,
+            file,
             dir,
         };
         loop {
-            match segment.header()?.validate(segment.len as u64, expected) {
+            let header = segment.header().map_err(|e| segment.place.header(e))?;
+            match header.validate(segment.len as u64, expected) {
                 Ok(placements) => return Ok((segment, placements)),
                 Err(HeaderError::NotReady { creator_pid }) => {
-                    let waited = started.elapsed();
-                    if waited >= options.init_timeout {
-                        return Err(SegmentError::InitTimeout {
-                            creator_pid,
-                            waited,
-                        });
+                    if started.elapsed() >= options.init_timeout {
+                        return Err(timed_out(&segment.place, creator_pid));
                     }
                     backoff.wait();
                 }
-                Err(error) => return Err(error.into()),
+                Err(HeaderError::BadMagic { found }) => {
+                    return Err(SegmentError::NotASegment {
+                        name: segment.place.name.to_string(),
+                        folder: segment.place.folder.clone(),
+                        len: segment.len as u64,
+                        first_word: Some(found),
+                    })
+                }
+                Err(error) => return Err(segment.place.header(error)),
             }
         }
     }
@@ -485,11 +511,11 @@ impl Segment {
         expected: &[RingLayout; 2],
         init: impl FnOnce(&Segment) -> Result<[RingPlacement; 2], SegmentError>,
     ) -> Result<(Self, [RingPlacement; 2]), SegmentError> {
-        let name = SegmentName::new(name)?;
+        let place = Place::new(&options.dir, SegmentName::new(name)?);
         let dir = open_dir(&options.dir)?;
         loop {
-            let dir_for_create = dup(&dir, &name)?;
-            match Self::create_in(dir_for_create, name.clone(), size, options) {
+            let dir_for_create = dup(&dir, &place)?;
+            match Self::create_in(dir_for_create, place.clone(), size, options) {
                 Ok(segment) => {
                     let placements = segment.initialise(expected, init)?;
                     return Ok((segment, placements));
@@ -497,8 +523,8 @@ impl Segment {
                 Err(SegmentError::AlreadyExists { .. }) => {}
                 Err(error) => return Err(error),
             }
-            let dir_for_open = dup(&dir, &name)?;
-            match Self::open_ready_in(dir_for_open, name.clone(), options, expected) {
+            let dir_for_open = dup(&dir, &place)?;
+            match Self::open_ready_in(dir_for_open, place.clone(), options, expected) {
                 // Removed between our create and our open: try to create it again.
                 Err(SegmentError::NotFound { .. }) => continue,
                 result => return result,
@@ -530,7 +556,7 @@ impl Segment {
         expected: &[RingLayout; 2],
         init: impl FnOnce(&Segment) -> Result<[RingPlacement; 2], SegmentError>,
     ) -> Result<[RingPlacement; 2], SegmentError> {
-        let header = self.header()?;
+        let header = self.header().map_err(|e| self.place.header(e))?;
         header.begin_init(current_pid().get());
         let result = init(self).and_then(|placements| {
             header.write_identity(
@@ -538,7 +564,9 @@ impl Segment {
                 &[(placements[0], expected[0]), (placements[1], expected[1])],
             );
             // Check what we wrote as any opener will, before publishing it.
-            let placements = header.check_layout(self.len as u64, expected)?;
+            let placements = header
+                .check_layout(self.len as u64, expected)
+                .map_err(|e| self.place.header(e))?;
             header.publish_ready();
             Ok(placements)
         });
@@ -565,41 +593,58 @@ impl Segment {
         Ok(unsafe { self.base.cast::<SegmentHeader>().as_ref() })
     }
 
-    /// Removes the segment's name from its folder. Mappings (ours and other processes') stay
-    /// valid until dropped; a later create under the same name makes a new segment.
-    ///
-    /// # Errors
-    /// [`SegmentError::NotFound`] if the name is already gone, [`SegmentError::Io`].
-    pub fn unlink(&self) -> Result<(), SegmentError> {
-        unlink_at(&self.dir, &self.name)
+    /// Wraps a header error with this segment's name and folder, as every [`SegmentError`]
+    /// about a file carries them.
+    pub(crate) fn header_error(&self, error: HeaderError) -> SegmentError {
+        self.place.header(error)
     }
 
-    /// Removes the segment file `name` from the options' folder, without opening it.
+    /// Removes the segment's name from its folder, if the name still names this segment's file
+    /// (a segment created anew under the name since is left alone). Mappings (ours and other
+    /// processes') stay valid until dropped; a later create under the same name makes a new
+    /// segment.
     ///
     /// # Errors
-    /// As [`unlink`](Self::unlink), and [`SegmentError::Name`].
+    /// [`SegmentError::NotFound`] if the name is gone or names another file now,
+    /// [`SegmentError::Io`].
+    pub fn unlink(&self) -> Result<(), SegmentError> {
+        unlink_if_still(&self.dir, &self.place, &self.file)
+    }
+
+    /// Removes the segment file `name` from the options' folder, whether or not a process has it
+    /// open, after checking that it is a segment: a regular file with the segment magic (or one
+    /// being created, or empty). Anything else under the name is left alone and reported.
+    ///
+    /// # Errors
+    /// [`SegmentError::NotFound`], [`SegmentError::NotAFile`] (a directory, a symbolic link,
+    /// ...), [`SegmentError::NotASegment`], [`SegmentError::Name`], [`SegmentError::Io`].
     pub fn unlink_name(name: &str, options: &SegmentOptions) -> Result<(), SegmentError> {
-        let name = SegmentName::new(name)?;
+        let place = Place::new(&options.dir, SegmentName::new(name)?);
         let dir = open_dir(&options.dir)?;
-        unlink_at(&dir, &name)
+        let file = open_file(&dir, &place)?;
+        check_is_segment(&file, &place)?;
+        unlink_if_still(&dir, &place, &file)
     }
 
     /// Removes segment `name` if no live process has it open: a segment left by a crashed run,
     /// whether half-initialised or holding undelivered messages (which are then lost, so this is
-    /// only done on request). A segment some live process holds is left alone.
+    /// only done on request). A segment some live process holds is left alone, and so is
+    /// anything under the name that is not a segment.
     ///
     /// Every [`Segment`] keeps a shared advisory lock on its file while it exists, which the
     /// kernel releases when its process dies; reclaiming takes the exclusive lock without waiting,
     /// so it succeeds exactly when no holder is alive (no pid checks, so pid reuse cannot fool
-    /// it), and it unlinks the name only if it still names the file that was locked. Two
-    /// reclaimers, or a reclaimer and a creator, racing on one name cannot remove a live segment.
+    /// it), then checks that the file is a segment (its magic, or a creator's marker, or empty),
+    /// and unlinks the name only if it still names the file that was locked. Two reclaimers, or
+    /// a reclaimer and a creator, racing on one name cannot remove a live segment.
     ///
     /// # Errors
-    /// [`SegmentError::Name`], [`SegmentError::NotAFile`], [`SegmentError::Io`].
+    /// [`SegmentError::Name`], [`SegmentError::NotAFile`], [`SegmentError::NotASegment`] (a
+    /// plain file or a hard link to one, left alone), [`SegmentError::Io`].
     pub fn reclaim_stale(name: &str, options: &SegmentOptions) -> Result<Reclaim, SegmentError> {
-        let name = SegmentName::new(name)?;
+        let place = Place::new(&options.dir, SegmentName::new(name)?);
         let dir = open_dir(&options.dir)?;
-        Self::reclaim_at(&dir, &name)
+        Self::reclaim_at(&dir, &place)
     }
 
     /// Closes this segment (unmapping it and dropping its lock), then removes its file if no
@@ -610,39 +655,36 @@ impl Segment {
     ///
     /// # Errors
     /// [`SegmentError::Io`] if the folder or the file cannot be examined (the segment is closed
-    /// all the same), [`SegmentError::NotAFile`] if the name now names something else.
+    /// all the same), [`SegmentError::NotAFile`] or [`SegmentError::NotASegment`] if the name
+    /// now names something else.
     pub fn close_and_remove_if_unused(self) -> Result<Reclaim, SegmentError> {
-        let (dir, name) = self.locate()?;
+        let (dir, place) = self.locate()?;
         drop(self);
-        Self::reclaim_at(&dir, &name)
+        Self::reclaim_at(&dir, &place)
     }
 
-    /// The folder (a new descriptor) and the name, which outlive the segment: what
+    /// The folder (a new descriptor) and the place, which outlive the segment: what
     /// [`reclaim_at`](Self::reclaim_at) needs once it is closed.
-    pub(crate) fn locate(&self) -> Result<(OwnedFd, SegmentName), SegmentError> {
-        Ok((dup(&self.dir, &self.name)?, self.name.clone()))
+    pub(crate) fn locate(&self) -> Result<(OwnedFd, Place), SegmentError> {
+        Ok((dup(&self.dir, &self.place)?, self.place.clone()))
     }
 
-    /// [`reclaim_stale`](Self::reclaim_stale) of `name` in the open folder `dir`.
-    pub(crate) fn reclaim_at(dir: &OwnedFd, name: &SegmentName) -> Result<Reclaim, SegmentError> {
-        let file = match Self::open_file(dir, name) {
+    /// [`reclaim_stale`](Self::reclaim_stale) of `place` in the open folder `dir`.
+    pub(crate) fn reclaim_at(dir: &OwnedFd, place: &Place) -> Result<Reclaim, SegmentError> {
+        let file = match open_file(dir, place) {
             Ok(file) => file,
             Err(SegmentError::NotFound { .. }) => return Ok(Reclaim::NotFound),
             Err(error) => return Err(error),
         };
-        file_len(&file, name)?;
+        file_len(&file, place)?;
         match fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(Errno::WOULDBLOCK) => return Ok(Reclaim::InUse),
-            Err(errno) => return Err(io("locking", name, errno)),
+            Err(errno) => return Err(place.io("locking", errno)),
         }
-        let locked = fs::fstat(&file).map_err(|e| io("fstat", name, e))?;
-        match fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(named) if named.st_dev == locked.st_dev && named.st_ino == locked.st_ino => {}
-            Ok(_) | Err(Errno::NOENT) => return Ok(Reclaim::NotFound),
-            Err(errno) => return Err(io("stat", name, errno)),
-        }
-        match unlink_at(dir, name) {
+        // Nobody has it open now, so its contents hold still while we look at them.
+        check_is_segment(&file, place)?;
+        match unlink_if_still(dir, place, &file) {
             Ok(()) => Ok(Reclaim::Removed),
             Err(SegmentError::NotFound { .. }) => Ok(Reclaim::NotFound),
             Err(error) => Err(error),
@@ -666,7 +708,17 @@ impl Segment {
 
     /// The segment's name.
     pub fn name(&self) -> &SegmentName {
-        &self.name
+        &self.place.name
+    }
+
+    /// The folder the segment is in, as the options gave it.
+    pub fn folder(&self) -> &Path {
+        &self.place.folder
+    }
+
+    /// `segment "name" in /folder`, as errors name it.
+    pub(crate) fn describe(&self) -> String {
+        self.place.to_string()
     }
 
     /// `true` if this process created the segment, `false` if it opened an existing one.
@@ -675,19 +727,9 @@ impl Segment {
     }
 }
 
-fn dup(dir: &OwnedFd, name: &SegmentName) -> Result<OwnedFd, SegmentError> {
+fn dup(dir: &OwnedFd, place: &Place) -> Result<OwnedFd, SegmentError> {
     rustix::io::fcntl_dupfd_cloexec(dir, 0)
-        .map_err(|e| io("duplicating the folder descriptor for", name, e))
-}
-
-fn unlink_at(dir: &OwnedFd, name: &SegmentName) -> Result<(), SegmentError> {
-    match fs::unlinkat(dir, name.as_str(), AtFlags::empty()) {
-        Ok(()) => Ok(()),
-        Err(Errno::NOENT) => Err(SegmentError::NotFound {
-            name: name.to_string(),
-        }),
-        Err(errno) => Err(io("removing", name, errno)),
-    }
+        .map_err(|e| place.io("duplicating the folder descriptor for", e))
 }
 
 impl Drop for Segment {

@@ -72,7 +72,8 @@ fn unlink_leaves_no_file() {
     assert_eq!(
         Chan::unlink("gone", &options(&dir)),
         Err(ChannelError::Segment(SegmentError::NotFound {
-            name: "gone".into()
+            name: "gone".into(),
+            folder: dir.path().to_owned(),
         }))
     );
     // A new create_or_open makes a fresh segment.
@@ -121,15 +122,29 @@ fn bad_names_are_errors_and_touch_nothing() {
 fn create_and_open_only() {
     let dir = tempfile::tempdir().unwrap();
     let name = String::from("only");
+    let missing = Chan::open("only", End::B, &options(&dir)).unwrap_err();
     assert_eq!(
-        Chan::open("only", End::B, &options(&dir)).unwrap_err(),
-        ChannelError::Segment(SegmentError::NotFound { name: name.clone() })
+        missing,
+        ChannelError::Segment(SegmentError::NotFound {
+            name: name.clone(),
+            folder: dir.path().to_owned(),
+        })
+    );
+    // The message names the folder it looked in.
+    assert!(
+        missing
+            .to_string()
+            .contains(&dir.path().display().to_string()),
+        "{missing}"
     );
     let a = Chan::create("only", End::A, &options(&dir)).unwrap();
     assert!(a.created());
     assert_eq!(
         Chan::create("only", End::B, &options(&dir)).unwrap_err(),
-        ChannelError::Segment(SegmentError::AlreadyExists { name })
+        ChannelError::Segment(SegmentError::AlreadyExists {
+            name,
+            folder: dir.path().to_owned(),
+        })
     );
     let b = Chan::open("only", End::B, &options(&dir)).unwrap();
     assert!(!b.created());
@@ -144,7 +159,9 @@ fn symlinks_are_not_followed() {
     assert_eq!(
         Chan::open("link", End::A, &options(&dir)).unwrap_err(),
         ChannelError::Segment(SegmentError::NotAFile {
-            name: "link".into()
+            name: "link".into(),
+            folder: dir.path().to_owned(),
+            kind: "a symbolic link",
         })
     );
     assert!(matches!(
@@ -290,13 +307,17 @@ fn end_held_by_a_dead_process_is_taken_over() {
 fn a_live_holder_keeps_its_end() {
     let dir = tempfile::tempdir().unwrap();
     let a = Chan::create_or_open("held", End::A, &options(&dir)).unwrap();
+    let twice = Chan::create_or_open("held", End::A, &options(&dir)).unwrap_err();
     assert_eq!(
-        Chan::create_or_open("held", End::A, &options(&dir)).unwrap_err(),
-        ChannelError::EndTaken {
+        twice,
+        ChannelError::EndOpenInThisProcess {
+            segment: format!("segment \"held\" in {}", dir.path().display()),
             end: End::A,
-            direction: Direction::AToB,
-            holder_pid: std::process::id()
         }
+    );
+    assert!(
+        twice.to_string().contains("already open in this process"),
+        "{twice}"
     );
     // The failed attempt did not disturb the holder's liveness record.
     assert_eq!(a.header().owner_pid(End::A), std::process::id());
@@ -308,10 +329,7 @@ fn a_live_holder_keeps_its_end() {
     drop(tx);
     assert!(matches!(
         Chan::create_or_open("held", End::A, &options(&dir)),
-        Err(ChannelError::EndTaken {
-            direction: Direction::BToA,
-            ..
-        })
+        Err(ChannelError::EndOpenInThisProcess { end: End::A, .. })
     ));
     drop(rx);
     assert!(Chan::create_or_open("held", End::A, &options(&dir)).is_ok());
@@ -579,10 +597,9 @@ fn the_same_process_cannot_hold_an_end_twice() {
     let dir = tempfile::tempdir().unwrap();
     let _b = Chan::create("twice", End::B, &options(&dir)).unwrap();
     let a = Chan::open("twice", End::A, &options(&dir)).unwrap();
-    let taken = ChannelError::EndTaken {
+    let taken = ChannelError::EndOpenInThisProcess {
+        segment: format!("segment \"twice\" in {}", dir.path().display()),
         end: End::A,
-        direction: Direction::AToB,
-        holder_pid: std::process::id(),
     };
     assert_eq!(
         Chan::open("twice", End::A, &options(&dir)).unwrap_err(),
@@ -645,7 +662,7 @@ fn an_end_left_by_a_previous_process_with_our_pid_is_taken_over() {
     // And the new holder is recognised as this very process.
     assert!(matches!(
         Chan::open("reborn", End::A, &options(&dir)),
-        Err(ChannelError::EndTaken { end: End::A, .. })
+        Err(ChannelError::EndOpenInThisProcess { end: End::A, .. })
     ));
 }
 
@@ -674,7 +691,8 @@ fn threads_racing_to_take_over_from_a_previous_process_admit_one() {
         for handle in handles {
             match handle.join().unwrap() {
                 Ok(endpoint) => winners.push(endpoint),
-                Err(ChannelError::EndTaken { end: End::A, .. }) => {}
+                // The losers lose to another thread of this process.
+                Err(ChannelError::EndOpenInThisProcess { end: End::A, .. }) => {}
                 Err(error) => panic!("unexpected error: {error}"),
             }
         }
@@ -749,4 +767,102 @@ fn a_holder_pid_given_to_another_process_does_not_keep_the_end() {
     assert_eq!(recv(b.receiver()), (1, b"for whoever holds b".to_vec()));
     drop(process.stdin.take());
     assert!(process.wait().unwrap().success());
+}
+
+#[test]
+fn removal_refuses_what_is_not_a_segment() {
+    use shm_channel::{Segment, SegmentOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let seg_options = SegmentOptions::default().dir(dir.path());
+    let is_not_a_segment = |error: &SegmentError| {
+        matches!(error, SegmentError::NotASegment { name, folder, .. }
+            if name == "notes" && folder == dir.path())
+    };
+
+    // A plain text file that carries the name: neither unlink nor reclaim removes it.
+    let notes = dir.path().join("notes");
+    std::fs::write(&notes, "my notes, not a segment\n").unwrap();
+    match Chan::unlink("notes", &options(&dir)) {
+        Err(ChannelError::Segment(error)) => {
+            assert!(is_not_a_segment(&error), "{error:?}");
+            assert!(error.to_string().contains("left alone"), "{error}");
+        }
+        other => panic!("unlink of a text file: {other:?}"),
+    }
+    let error = Segment::reclaim_stale("notes", &seg_options).unwrap_err();
+    assert!(is_not_a_segment(&error), "{error:?}");
+    assert_eq!(
+        std::fs::read_to_string(&notes).unwrap(),
+        "my notes, not a segment\n"
+    );
+    std::fs::remove_file(&notes).unwrap();
+
+    // A hard link to a foreign file, large enough to look like a segment by size: left alone.
+    let foreign = tempfile::tempdir().unwrap();
+    let original = foreign.path().join("data.bin");
+    std::fs::write(&original, vec![0x5a; Chan::SEGMENT_SIZE]).unwrap();
+    std::fs::hard_link(&original, &notes).unwrap();
+    let error = Segment::reclaim_stale("notes", &seg_options).unwrap_err();
+    assert!(is_not_a_segment(&error), "{error:?}");
+    assert!(Chan::unlink("notes", &options(&dir)).is_err());
+    assert!(notes.exists() && original.exists());
+    // Opening it is refused at once too, as not a segment.
+    assert!(matches!(
+        Chan::open("notes", End::A, &options(&dir)),
+        Err(ChannelError::Segment(ref error)) if is_not_a_segment(error)
+    ));
+    std::fs::remove_file(&notes).unwrap();
+
+    // A directory and a symbolic link under the name: the same error, saying which.
+    std::fs::create_dir(&notes).unwrap();
+    let dir_error = Chan::open("notes", End::A, &options(&dir)).unwrap_err();
+    assert_eq!(
+        dir_error,
+        ChannelError::Segment(SegmentError::NotAFile {
+            name: "notes".into(),
+            folder: dir.path().to_owned(),
+            kind: "a directory",
+        })
+    );
+    assert!(matches!(
+        Chan::unlink("notes", &options(&dir)),
+        Err(ChannelError::Segment(SegmentError::NotAFile {
+            kind: "a directory",
+            ..
+        }))
+    ));
+    std::fs::remove_dir(&notes).unwrap();
+    std::os::unix::fs::symlink(&original, &notes).unwrap();
+    assert!(matches!(
+        Chan::open("notes", End::A, &options(&dir)),
+        Err(ChannelError::Segment(SegmentError::NotAFile {
+            kind: "a symbolic link",
+            ..
+        }))
+    ));
+    assert!(matches!(
+        Segment::reclaim_stale("notes", &seg_options),
+        Err(SegmentError::NotAFile {
+            kind: "a symbolic link",
+            ..
+        })
+    ));
+    assert!(notes.symlink_metadata().is_ok() && original.exists());
+
+    // A real segment, stale or not, is removed.
+    drop(Chan::create("real", End::A, &options(&dir)).unwrap());
+    Chan::unlink("real", &options(&dir)).unwrap();
+    assert!(!dir.path().join("real").exists());
+}
+
+#[test]
+fn unlinking_through_an_endpoint_spares_a_newer_segment_under_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Chan::create("renewed", End::A, &options(&dir)).unwrap();
+    Chan::unlink("renewed", &options(&dir)).unwrap();
+    let new = Chan::create("renewed", End::A, &options(&dir)).unwrap();
+    // The old endpoint's file is gone; the name is someone else's segment now.
+    assert!(matches!(old.unlink(), Err(SegmentError::NotFound { .. })));
+    assert!(dir.path().join("renewed").exists());
+    new.unlink().unwrap();
 }

@@ -51,6 +51,12 @@ fn segment() -> Fixture {
     }
 }
 
+impl Fixture {
+    fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
 fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
     let file = OpenOptions::new().write(true).open(path).unwrap();
     file.write_all_at(bytes, offset).unwrap();
@@ -90,20 +96,50 @@ fn refused(fixture: &Fixture) -> ChannelError {
 /// The error with the (run-dependent) waiting time of a timeout zeroed, for comparison.
 fn without_wait_time(error: &ChannelError) -> ChannelError {
     match error {
-        ChannelError::Segment(SegmentError::InitTimeout { creator_pid, .. }) => {
-            ChannelError::Segment(SegmentError::InitTimeout {
-                creator_pid: *creator_pid,
-                waited: Duration::ZERO,
-            })
-        }
+        ChannelError::Segment(SegmentError::InitTimeout {
+            name,
+            folder,
+            creator_pid,
+            ..
+        }) => ChannelError::Segment(SegmentError::InitTimeout {
+            name: name.clone(),
+            folder: folder.clone(),
+            creator_pid: *creator_pid,
+            waited: Duration::ZERO,
+        }),
         other => other.clone(),
     }
 }
 
 fn header_error(fixture: &Fixture) -> HeaderError {
     match refused(fixture) {
-        ChannelError::Segment(SegmentError::Header(error)) => error,
+        ChannelError::Segment(SegmentError::Header {
+            name,
+            folder,
+            error,
+        }) => {
+            // Every header error names the segment and its folder.
+            assert_eq!((name.as_str(), folder.as_path()), ("seg", fixture.dir()));
+            error
+        }
         other => panic!("expected a header error, got {other:?}"),
+    }
+}
+
+/// The first word of a file that was refused as not a segment.
+fn not_a_segment(fixture: &Fixture) -> Option<u64> {
+    match refused(fixture) {
+        ChannelError::Segment(error @ SegmentError::NotASegment { .. }) => {
+            let text = error.to_string();
+            assert!(
+                text.contains("\"seg\"") && text.contains(&fixture.dir().display().to_string())
+            );
+            let SegmentError::NotASegment { first_word, .. } = error else {
+                unreachable!()
+            };
+            first_word
+        }
+        other => panic!("expected NotASegment, got {other:?}"),
     }
 }
 
@@ -129,10 +165,8 @@ fn wrong_magic() {
     let fixture = segment();
     write_at(&fixture.path, MAGIC, b"NOTASEG!");
     assert_eq!(
-        header_error(&fixture),
-        HeaderError::BadMagic {
-            found: u64::from_le_bytes(*b"NOTASEG!")
-        }
+        not_a_segment(&fixture),
+        Some(u64::from_le_bytes(*b"NOTASEG!"))
     );
 }
 
@@ -144,10 +178,10 @@ fn not_a_segment_at_all() {
         "just some text, long enough? no.".repeat(200),
     )
     .unwrap();
-    assert!(matches!(
-        header_error(&fixture),
-        HeaderError::BadMagic { .. }
-    ));
+    assert_eq!(
+        not_a_segment(&fixture),
+        Some(u64::from_le_bytes(*b"just som"))
+    );
 }
 
 #[test]
@@ -177,7 +211,9 @@ fn other_fingerprint() {
         HeaderError::LayoutMismatch {
             direction: Direction::BToA,
             found: expected ^ 1,
-            expected
+            expected,
+            found_shape: (4096, 1),
+            expected_shape: (4096, 1),
         }
     );
 }
@@ -187,13 +223,40 @@ fn other_capacity_is_a_layout_mismatch() {
     let fixture = segment();
     let error = Channel::<8192>::open("seg", End::B, &fixture.options).unwrap_err();
     assert_eq!(
-        error,
-        ChannelError::Segment(SegmentError::Header(HeaderError::LayoutMismatch {
-            direction: Direction::AToB,
-            found: Chan::RING_LAYOUT.fingerprint(),
-            expected: Channel::<8192>::RING_LAYOUT.fingerprint(),
-        }))
+        error.to_string(),
+        format!(
+            "segment \"seg\" in {}: ring A→B was created with a capacity of 4096 bytes in 1 \
+             lane(s), but this end was built for 8192 bytes in 1 lane(s): both ends must use the \
+             same Channel<C, L> (capacity C and lanes L)",
+            fixture.dir().display()
+        )
     );
+    assert!(matches!(
+        error,
+        ChannelError::Segment(SegmentError::Header {
+            error: HeaderError::LayoutMismatch {
+                direction: Direction::AToB,
+                found_shape: (4096, 1),
+                expected_shape: (8192, 1),
+                ..
+            },
+            ..
+        })
+    ));
+    // The same capacity in another number of lanes: refused, saying so.
+    let error = Channel::<4096, 16>::open("seg", End::B, &fixture.options).unwrap_err();
+    assert!(matches!(
+        error,
+        ChannelError::Segment(SegmentError::Header {
+            error: HeaderError::LayoutMismatch {
+                found_shape: (4096, 1),
+                expected_shape: (4096, 16),
+                ..
+            },
+            ..
+        })
+    ));
+    assert!(error.to_string().contains("in 16 lane(s)"), "{error}");
 }
 
 #[test]
@@ -276,13 +339,98 @@ fn initialising_by_a_live_creator_times_out() {
     }
 }
 
+/// Options that would wait a long time for a creator: a refusal under them did not wait.
+fn patient(fixture: &Fixture) -> ChannelOptions {
+    ChannelOptions::new()
+        .dir(fixture.dir())
+        .init_timeout(Duration::from_secs(600))
+}
+
 #[test]
-fn zero_filled_file_never_becomes_ready() {
+fn zero_filled_file_is_refused_at_once_as_never_initialised() {
     let fixture = segment();
     std::fs::write(&fixture.path, vec![0u8; Chan::SEGMENT_SIZE]).unwrap();
+    // A creator marks the file before it sizes it, so a zero file of full size is nobody's
+    // creation in progress: refused without waiting, and not blamed on "pid 0".
+    let error = Chan::open("seg", End::B, &patient(&fixture)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ChannelError::Segment(SegmentError::Header {
+                error: HeaderError::NeverInitialised { len },
+                ..
+            }) if len == Chan::SEGMENT_SIZE as u64
+        ),
+        "{error:?}"
+    );
+    assert!(!error.to_string().contains("pid 0"), "{error}");
+    assert_eq!(
+        header_error(&fixture),
+        HeaderError::NeverInitialised {
+            len: Chan::SEGMENT_SIZE as u64
+        }
+    );
+}
+
+#[test]
+fn files_shorter_than_a_header_are_refused_at_once_unless_a_live_creator_is_at_work() {
+    let fixture = segment();
+    let open = |fixture: &Fixture| Chan::open("seg", End::B, &patient(fixture)).unwrap_err();
+    // A short foreign file (a hard link to one, say): not a segment.
+    std::fs::write(
+        &fixture.path,
+        b"a short text file that happens to carry the name\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        open(&fixture),
+        ChannelError::Segment(SegmentError::NotASegment {
+            len: 49,
+            first_word: Some(_),
+            ..
+        })
+    ));
+    // The magic in a file shorter than a header: a truncated segment.
+    let mut truncated = SEGMENT_MAGIC.to_le_bytes().to_vec();
+    truncated.resize(100, 0);
+    std::fs::write(&fixture.path, &truncated).unwrap();
+    assert!(matches!(
+        open(&fixture),
+        ChannelError::Segment(SegmentError::Header {
+            error: HeaderError::TooShort { len: 100, .. },
+            ..
+        })
+    ));
+    // Empty: a creator that died right after creating the file (a moment's grace, not 600 s).
+    std::fs::write(&fixture.path, b"").unwrap();
+    assert!(matches!(
+        open(&fixture),
+        ChannelError::Segment(SegmentError::Header {
+            error: HeaderError::TooShort { len: 0, .. },
+            ..
+        })
+    ));
+    // A creator's marker (zeros, then state `initialising` and its pid) in a short file: a
+    // creation in progress if the creator lives, half-initialised if it died.
+    let marked = |pid: u32| {
+        let mut bytes = vec![0u8; 32];
+        bytes[STATE as usize..][..4].copy_from_slice(&STATE_INITIALISING.to_le_bytes());
+        bytes[CREATOR_PID as usize..][..4].copy_from_slice(&pid.to_le_bytes());
+        bytes
+    };
+    let dead = dead_pid();
+    std::fs::write(&fixture.path, marked(dead)).unwrap();
+    assert!(matches!(
+        open(&fixture),
+        ChannelError::Segment(SegmentError::Header {
+            error: HeaderError::HalfInitialised { creator_pid },
+            ..
+        }) if creator_pid == dead
+    ));
+    std::fs::write(&fixture.path, marked(std::process::id())).unwrap();
     match refused(&fixture) {
         ChannelError::Segment(SegmentError::InitTimeout { creator_pid, .. }) => {
-            assert_eq!(creator_pid, 0)
+            assert_eq!(creator_pid, std::process::id())
         }
         other => panic!("expected InitTimeout, got {other:?}"),
     }
@@ -416,6 +564,7 @@ fn corrupt_ring_inside_a_valid_header() {
     assert_eq!(
         refused(&fixture),
         ChannelError::Ring {
+            segment: format!("segment \"seg\" in {}", fixture.dir().display()),
             direction: Direction::AToB,
             error: AttachError::BadMagic { found: 0xdead_beef }
         }
