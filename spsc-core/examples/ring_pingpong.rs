@@ -4,7 +4,7 @@
 //! each way, nothing else).
 //!
 //! ```text
-//! cargo run --release -p spsc-core --example pingpong -- [round_trips] [payload_bytes]
+//! cargo run --release -p spsc-core --example ring_pingpong -- [round_trips] [payload_bytes]
 //! ```
 //!
 //! Defaults: 200 000 round trips, 64-byte message payloads. Each round trip is timed with
