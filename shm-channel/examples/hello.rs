@@ -3,11 +3,11 @@
 //! `cargo run -p shm-channel --example hello` (uses a temporary folder; pass a folder such as
 //! `/dev/shm` as the first argument to use that instead).
 
-use shm_channel::{Channel, ChannelOptions, End, PodReceiver, PodSender};
-use spsc_core::{MessageReceiver, MessageSender};
+use shm_channel::prelude::*;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[bytemuck(crate = "shm_channel::bytemuck")] // no bytemuck dependency of our own needed
 struct Ping {
     seq: u64,
     sent_at: u64,
@@ -30,25 +30,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         a.created()
     );
 
-    // spsc-core's errors implement Display (not yet std::error::Error): convert for `?`.
-    a.sender()
-        .send(1, b"hello from A")
-        .map_err(|e| e.to_string())?;
+    // Every error of the message API implements std::error::Error, so `?` works throughout.
+    a.sender().send(1, b"hello from A")?;
     let text = b
         .receiver()
-        .recv_with(|m| String::from_utf8_lossy(m.payload()).into_owned())
-        .map_err(|e| e.to_string())?;
+        .recv_with(|m| String::from_utf8_lossy(m.payload()).into_owned())?;
     println!("B received: {text}");
 
-    b.sender()
-        .send_pod(
-            2,
-            &Ping {
-                seq: 1,
-                sent_at: 42,
-            },
-        )
-        .map_err(|e| e.to_string())?;
+    b.sender().send_pod(
+        2,
+        &Ping {
+            seq: 1,
+            sent_at: 42,
+        },
+    )?;
     let (tag, ping) = a.receiver().recv_pod::<Ping>()?;
     println!("A received tag {tag}: {ping:?}");
 

@@ -40,6 +40,7 @@ use crate::wait::Parker;
 pub struct ChannelOptions {
     segment: SegmentOptions,
     end_names: Option<[SegmentName; 2]>,
+    remove_on_close: bool,
 }
 
 impl ChannelOptions {
@@ -74,6 +75,35 @@ impl ChannelOptions {
     pub fn end_names(mut self, a: &str, b: &str) -> Result<Self, NameError> {
         self.end_names = Some([SegmentName::new(a)?, SegmentName::new(b)?]);
         Ok(self)
+    }
+
+    /// Removes the segment's file when the last end closes, however it closes: dropped, or
+    /// unwound by a panic (off by default). Each end opened with this option, when it closes,
+    /// removes the file if no other process has it open, exactly as
+    /// [`Endpoint::close_and_remove_if_last`] does, so whichever end closes last removes it.
+    /// Messages still queued are discarded with the file.
+    ///
+    /// Nothing runs when a process is killed (`kill -9`, an abort, `panic = "abort"`, a power
+    /// cut): the file stays, on purpose, so that a restarted process reopens its end with every
+    /// message still queued. Leftovers nobody will reopen are removed with
+    /// [`Segment::reclaim_stale`], which never touches a segment a live process holds.
+    ///
+    /// ```
+    /// use shm_channel::{Channel, ChannelOptions, End};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let options = ChannelOptions::new().dir(dir.path()).remove_on_close(true);
+    /// let result = std::panic::catch_unwind(|| {
+    ///     let _a = Channel::<4096>::create_or_open("scratch", End::A, &options).unwrap();
+    ///     panic!("the program fails while it holds end A");
+    /// });
+    /// assert!(result.is_err());
+    /// // Unwinding dropped end A, the segment's last user: its file is gone.
+    /// assert!(!dir.path().join("scratch").exists());
+    /// ```
+    pub fn remove_on_close(mut self, remove: bool) -> Self {
+        self.remove_on_close = remove;
+        self
     }
 
     /// The segment options these channel options use.
@@ -294,7 +324,7 @@ impl<const C: usize, const L: usize> Channel<C, L> {
                 },
             )));
         }
-        Self::attach(segment, placements, end)
+        Self::attach(segment, placements, end, options.remove_on_close)
     }
 
     /// Removes segment `name` from the options' folder. Processes that have it open keep using
@@ -341,6 +371,7 @@ impl<const C: usize, const L: usize> Channel<C, L> {
         segment: Segment,
         placements: [RingPlacement; 2],
         end: End,
+        remove_on_close: bool,
     ) -> Result<Endpoint<C, L>, ChannelError> {
         let pid = current_pid();
         let ring = |direction: Direction| -> Result<&'static MessageRing<C, L>, ChannelError> {
@@ -367,10 +398,11 @@ impl<const C: usize, const L: usize> Channel<C, L> {
         let header: &'static SegmentHeader = unsafe { &*header };
         let attachment = Arc::new(Attachment {
             header,
-            segment,
+            segment: ManuallyDrop::new(segment),
             end,
             pid: pid.get(),
             marked: core::sync::atomic::AtomicBool::new(false),
+            remove_on_close,
         });
         let claimant = Claimant {
             header,

@@ -1,5 +1,7 @@
 //! One process's end of a channel: its sender, its receiver, and what they share.
 
+use core::mem::ManuallyDrop;
+
 use crate::header::{Direction, DirectionStats, End, SegmentHeader};
 use crate::pid::{current_pid, is_process_alive_since};
 use crate::receiver::Receiver;
@@ -12,11 +14,16 @@ pub(crate) struct Attachment {
     /// Points into `segment`'s mapping; never used after it (a field of the same value, read
     /// only through `&self` and in `Drop::drop`, which runs before the fields drop).
     pub(crate) header: &'static SegmentHeader,
-    pub(crate) segment: Segment,
+    /// Dropped by hand in `Drop`, so that the file can be removed once the mapping and its lock
+    /// are gone ([`ChannelOptions::remove_on_close`](crate::ChannelOptions::remove_on_close)).
+    pub(crate) segment: ManuallyDrop<Segment>,
     pub(crate) end: End,
     pub(crate) pid: u32,
     /// Whether this attachment recorded itself as the end's owner (and so must clear it).
     pub(crate) marked: core::sync::atomic::AtomicBool,
+    /// Remove the segment's file when this end closes last (however it closes, unwinding
+    /// included).
+    pub(crate) remove_on_close: bool,
 }
 
 impl Attachment {
@@ -30,9 +37,26 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        // A forked child's copy must not clear the live parent's owner record.
-        if *self.marked.get_mut() && self.held_here() {
+        // A forked child's copy must not clear the live parent's owner record, nor remove the
+        // file the parent uses.
+        let here = self.held_here();
+        let attached = *self.marked.get_mut();
+        if attached && here {
             self.header.mark_detached(self.end, self.pid);
+        }
+        // Only an end that did attach removes anything: a failed open (a corrupt ring, say)
+        // leaves the file as it found it.
+        let removal = (self.remove_on_close && attached && here)
+            .then(|| self.segment.locate().ok())
+            .flatten();
+        // SAFETY: dropped exactly once, here; `header` (which points into the mapping) is not
+        // used after this line, and nothing else refers to the mapping any more: the ring
+        // handles that borrowed it were dropped before the last `Arc` to this value.
+        unsafe { ManuallyDrop::drop(&mut self.segment) };
+        if let Some((dir, place)) = removal {
+            // Removed only if no other process has it open (its lock tells), and only if it is
+            // still this segment; an error leaves the file for `reclaim_stale`.
+            let _ = Segment::reclaim_at(&dir, &place);
         }
     }
 }
@@ -123,8 +147,8 @@ impl<const C: usize, const L: usize> Endpoint<C, L> {
     }
 
     /// Records a heartbeat for this end; `now` is whatever clock the application uses (the
-    /// library never reads one). For the peer's [`WaitOptions::heartbeat_limit`] to judge it,
-    /// use [`monotonic_nanos`].
+    /// library never reads one). For the peer's [`WaitOptions::heartbeat_limit`](crate::WaitOptions::heartbeat_limit) to judge it,
+    /// use [`monotonic_nanos`](crate::monotonic_nanos).
     pub fn heartbeat(&self, now: u64) {
         self.header().set_heartbeat(self.end(), now);
     }

@@ -12,7 +12,7 @@ use crate::header::{bump, End, RecvCounters, SegmentHeader};
 use crate::pid::is_process_alive_since;
 use crate::wait::{monotonic_nanos, Parker, WaitCell, WaitOptions, WaitOutcome};
 
-/// The receiving half of an [`Endpoint`]; implements [`MessageReceiver`] and counts what it pops
+/// The receiving half of an [`Endpoint`](crate::Endpoint); implements [`MessageReceiver`] and counts what it pops
 /// in the header.
 pub struct Receiver<const C: usize, const L: usize = 1> {
     // Field order is load-bearing, as in `Sender`; `parker` disarms its cell when dropped. Both

@@ -11,7 +11,7 @@ use crate::header::{bump, SegmentHeader, SendCounters};
 use crate::receiver::wait_watching_peer;
 use crate::wait::{Parker, WaitCell, WaitOptions, WaitOutcome};
 
-/// The sending half of an [`Endpoint`]; implements [`MessageSender`] and counts what it sends in
+/// The sending half of an [`Endpoint`](crate::Endpoint); implements [`MessageSender`] and counts what it sends in
 /// the header.
 pub struct Sender<const C: usize, const L: usize = 1> {
     // Field order is load-bearing: `producer` and `counters` point into the mapping that

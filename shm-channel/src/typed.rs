@@ -190,3 +190,80 @@ pub trait PodReceiver: MessageReceiver {
 }
 
 impl<R: MessageReceiver + ?Sized> PodReceiver for R {}
+
+impl<const C: usize, const L: usize> crate::Sender<C, L> {
+    /// Copies `value` into a new message tagged `tag` and publishes it, waiting for room as
+    /// [`alloc_wait`](crate::Sender::alloc_wait) does: the blocking counterpart of
+    /// [`PodSender::send_pod`]. Returns at once when there is room.
+    ///
+    /// ```
+    /// use shm_channel::prelude::*;
+    ///
+    /// #[repr(C)]
+    /// #[derive(Clone, Copy, Pod, Zeroable)]
+    /// #[bytemuck(crate = "shm_channel::bytemuck")]
+    /// struct Fill {
+    ///     order_id: u64,
+    ///     price: i64,
+    ///     qty: u32,
+    ///     side: u8,
+    ///     _pad: [u8; 3], // explicit: `Pod` allows no hidden padding
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let options = ChannelOptions::new().dir(dir.path());
+    /// let mut a = Channel::<4096>::create_or_open("fills", End::A, &options).unwrap();
+    /// let mut b = Channel::<4096>::create_or_open("fills", End::B, &options).unwrap();
+    /// let wait = WaitOptions::new(WaitStrategy::Block { spin_first: 1000 });
+    ///
+    /// let fill = Fill { order_id: 7, price: 101_25, qty: 5, side: 1, _pad: [0; 3] };
+    /// a.sender().send_pod_wait(1, &fill, &wait).unwrap();
+    /// let (tag, got) = b.receiver().recv_pod_wait::<Fill>(&wait).unwrap();
+    /// assert_eq!((tag, got.order_id, got.qty), (1, 7, 5));
+    /// ```
+    ///
+    /// # Errors
+    /// As [`alloc_wait`](crate::Sender::alloc_wait): [`SendError::TooLarge`] for a `T` larger
+    /// than the channel's largest message, [`SendError::Full`] after the timeout,
+    /// [`SendError::Disconnected`] when the receiver is gone.
+    pub fn send_pod_wait<T: Pod>(
+        &mut self,
+        tag: u16,
+        value: &T,
+        options: &crate::WaitOptions,
+    ) -> Result<(), SendError> {
+        self.send_wait(tag, bytemuck::bytes_of(value), options)
+    }
+}
+
+impl<const C: usize, const L: usize> crate::Receiver<C, L> {
+    /// Waits for the next message as [`wait_readable`](crate::Receiver::wait_readable) does,
+    /// then borrows it as a `T` in place (no copy), with its tag: the blocking counterpart of
+    /// [`PodReceiver::front_pod`]. Pop it with [`MessageReceiver::pop`].
+    ///
+    /// # Errors
+    /// [`PodRecvError::Recv`] with [`RecvError::TimedOut`] or [`RecvError::Disconnected`] as
+    /// `wait_readable` says, or a transport error; [`PodRecvError::WrongSize`] if the message is
+    /// not a `T` (it stays unpopped).
+    pub fn front_pod_wait<T: Pod>(
+        &mut self,
+        options: &crate::WaitOptions,
+    ) -> Result<(u16, &T), PodRecvError> {
+        self.wait_readable(options)?;
+        self.front_pod()
+    }
+
+    /// Waits for the next message, copies it out as a `T` and pops it: the blocking counterpart
+    /// of [`PodReceiver::recv_pod`] (see [`send_pod_wait`](crate::Sender::send_pod_wait) for an
+    /// example).
+    ///
+    /// # Errors
+    /// As [`front_pod_wait`](Self::front_pod_wait); nothing is popped then.
+    pub fn recv_pod_wait<T: Pod>(
+        &mut self,
+        options: &crate::WaitOptions,
+    ) -> Result<(u16, T), PodRecvError> {
+        self.wait_readable(options)?;
+        self.recv_pod()
+    }
+}
