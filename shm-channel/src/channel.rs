@@ -208,12 +208,25 @@ enum Lookup {
     Open,
 }
 
-/// A duplex channel whose rings each hold `C` bytes of records (a power of two from 64 to 2³¹):
-/// a namespace for opening its ends.
+/// A duplex channel whose rings each hold `C` bytes of records (a power of two from 64 to 2³¹),
+/// each ring spread over `L` lanes: a namespace for opening its ends.
+///
+/// **Lanes** (`L`, a power of two from 1 to 16; default 1) are `spsc_core::MessageRing`'s: message
+/// `k` goes to lane `k % L`, each lane a ring of `C / L` bytes, so consecutive messages never
+/// share a cache line and a small message's hand-off touches fewer lines. They lower the latency
+/// of small messages under streaming, at the price of a smaller largest message
+/// ([`MAX_PAYLOAD`](Self::MAX_PAYLOAD) `= C / L / 2 - 8`) and of the receiver visiting the lanes
+/// in turn; one lane keeps the whole ring for large messages. Both ends must use the same `C`
+/// and `L`: the segment records both, and an end built otherwise is refused with a
+/// [`HeaderError::LayoutMismatch`] that names the two capacities and lane counts. The crate
+/// README gives the measured round trips with 1 and 16 lanes.
+///
+/// Cost of opening: the creator zeroes `2·C` bytes of rings (allow for it in
+/// [`ChannelOptions::init_timeout`] with very large rings); nothing else is allocated, and the
+/// hot path (`alloc`/`push`, `front`/`pop`) makes no system call and no allocation.
 ///
 /// ```
-/// use shm_channel::{Channel, ChannelOptions, End};
-/// use spsc_core::{MessageReceiver, MessageSender};
+/// use shm_channel::prelude::*;
 ///
 /// # let dir = tempfile::tempdir().unwrap();
 /// let options = ChannelOptions::new().dir(dir.path()); // default: /dev/shm
@@ -222,6 +235,13 @@ enum Lookup {
 /// a.sender().send(7, b"ping").unwrap();
 /// let got = b.receiver().recv_with(|m| (m.tag(), m.payload().to_vec())).unwrap();
 /// assert_eq!(got, (7, b"ping".to_vec()));
+///
+/// // 16 lanes of 4 KiB each: the largest message is 4096 / 16 / 2 - 8 = 120 bytes.
+/// assert_eq!(Channel::<65536, 16>::MAX_PAYLOAD, 2040);
+/// assert_eq!(Channel::<4096, 16>::MAX_PAYLOAD, 120);
+/// // A peer built with another lane count is refused, saying so.
+/// let error = Channel::<4096, 16>::open("doc-example", End::A, &options).unwrap_err();
+/// assert!(error.to_string().contains("1 lane(s), but this end was built for 4096 bytes in 16"));
 /// a.unlink().unwrap();
 /// ```
 #[derive(Debug)]

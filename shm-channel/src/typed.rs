@@ -44,6 +44,33 @@ impl<T> AlignCheck<T> {
 }
 
 /// Sending `Pod` values; implemented for every [`MessageSender`].
+///
+/// A message struct is `#[repr(C)]`, made of integers, floats and arrays of them, with no hidden
+/// padding (`derive(Pod)` refuses padding, since its bytes are uninitialised: order the fields
+/// largest first and add an explicit `_pad: [u8; N]`), and aligned to at most 8 bytes. The
+/// [tutorial](crate::tutorial#3-typed-messages-laying-out-a-message-struct) explains each rule.
+///
+/// ```
+/// use shm_channel::prelude::*;
+///
+/// #[repr(C)]
+/// #[derive(Clone, Copy, Pod, Zeroable)]
+/// #[bytemuck(crate = "shm_channel::bytemuck")]
+/// struct Heartbeat {
+///     sent_at: u64,
+///     sequence: u32,
+///     flags: u16,
+///     _pad: [u8; 2], // 8 + 4 + 2 + 2 = 16: no hidden padding
+/// }
+///
+/// let mut ring = spsc_core::MessageRing::<1024>::new();
+/// let (mut tx, mut rx) = ring.split();
+/// let mut slot = tx.alloc_pod::<Heartbeat>(3).unwrap(); // written in place
+/// *slot.value_mut() = Heartbeat { sent_at: 1, sequence: 2, flags: 0, _pad: [0; 2] };
+/// slot.push();
+/// let (tag, beat) = rx.front_pod::<Heartbeat>().unwrap(); // read in place
+/// assert_eq!((tag, beat.sequence), (3, 2));
+/// ```
 pub trait PodSender: MessageSender {
     /// Copies `value` into a new message with tag `tag` and publishes it.
     ///
@@ -152,7 +179,9 @@ impl From<RecvError> for PodRecvError {
     }
 }
 
-/// Receiving `Pod` values; implemented for every [`MessageReceiver`].
+/// Receiving `Pod` values; implemented for every [`MessageReceiver`]. See [`PodSender`] for how
+/// to lay out a message struct, and [`Receiver::recv_pod_wait`](crate::Receiver::recv_pod_wait)
+/// for the blocking form on a channel.
 pub trait PodReceiver: MessageReceiver {
     /// Borrows the oldest message as a `T` in place (no copy), with its tag. Pop it with
     /// [`MessageReceiver::pop`].
