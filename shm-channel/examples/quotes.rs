@@ -61,7 +61,7 @@ struct Quote {
     _pad: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<Quote>() as u32 + 8 == RECORD);
-const _: () = assert!(C as u32 % RECORD == 0);
+const _: () = assert!((C as u32).is_multiple_of(RECORD));
 
 struct Args {
     role: String,
@@ -112,7 +112,7 @@ fn parse_args() -> Result<Args, String> {
 /// The next sequence number of a side whose ring position is `position` and whose hint (stored
 /// after each operation, so at most one behind) is `hint`.
 fn recover(position: u32, hint: u64) -> Result<u64, String> {
-    if position % RECORD != 0 {
+    if !position.is_multiple_of(RECORD) {
         return Err(format!(
             "ring position {position} is not a whole number of quote records: this segment \
              carried other messages; use another --name"
