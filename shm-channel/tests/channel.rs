@@ -956,7 +956,7 @@ fn blocking_typed_calls_wait_time_out_and_refuse_the_wrong_type() {
         side: u32,
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Chan::create_or_open("typed-wait", End::A, &options(&dir)).unwrap();
+    let a = Chan::create_or_open("typed-wait", End::A, &options(&dir)).unwrap();
     let mut b = Chan::create_or_open("typed-wait", End::B, &options(&dir)).unwrap();
     let wait = shm_channel::WaitOptions::new(shm_channel::WaitStrategy::Block { spin_first: 10 })
         .timeout(Duration::from_millis(20));
