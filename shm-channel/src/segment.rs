@@ -638,6 +638,23 @@ impl Segment {
     /// and unlinks the name only if it still names the file that was locked. Two reclaimers, or
     /// a reclaimer and a creator, racing on one name cannot remove a live segment.
     ///
+    /// ```
+    /// use shm_channel::{Channel, ChannelOptions, End, Reclaim, Segment};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let options = ChannelOptions::new().dir(dir.path());
+    /// // At start-up, before creating the channel: remove what a crashed run left, if nobody
+    /// // uses it (its queued messages are dropped with it).
+    /// match Segment::reclaim_stale("orders", options.segment_options()) {
+    ///     Ok(Reclaim::Removed) => println!("removed a stale segment"),
+    ///     Ok(Reclaim::InUse) => println!("a live process has it: reopening it instead"),
+    ///     Ok(Reclaim::NotFound) => {}
+    ///     Err(error) => eprintln!("{error}"), // e.g. a file that is not a segment: left alone
+    /// }
+    /// let _a = Channel::<4096>::create_or_open("orders", End::A, &options).unwrap();
+    /// assert_eq!(Segment::reclaim_stale("orders", options.segment_options()).unwrap(), Reclaim::InUse);
+    /// ```
+    ///
     /// # Errors
     /// [`SegmentError::Name`], [`SegmentError::NotAFile`], [`SegmentError::NotASegment`] (a
     /// plain file or a hard link to one, left alone), [`SegmentError::Io`].

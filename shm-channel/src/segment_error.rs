@@ -142,7 +142,8 @@ pub enum SegmentError {
         /// How long we waited.
         waited: std::time::Duration,
     },
-    /// The requested segment size cannot be mapped on this machine.
+    /// The requested segment size cannot be made: below the 32 bytes a segment's identity needs,
+    /// or too large to map on this machine.
     SizeTooLarge {
         /// The size asked for.
         size: u64,
@@ -215,7 +216,8 @@ impl fmt::Display for SegmentError {
             Self::SizeTooLarge { size } => {
                 write!(
                     f,
-                    "a segment of {size} bytes cannot be mapped on this machine"
+                    "a segment of {size} bytes cannot be made: it must be at least 32 bytes and \
+                     small enough to map on this machine"
                 )
             }
         }
