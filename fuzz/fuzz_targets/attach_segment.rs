@@ -2,7 +2,9 @@
 //! hostile or crashed process, or a file that is not a segment at all), then both halves of the
 //! end used. Every refusal must be a typed `ChannelError`; an accepted segment must behave:
 //! no panic, no read outside the mapping (every payload received is checked to lie inside it and
-//! read in full), no endless loop.
+//! read in full), no endless loop. A refused file is then removed through `reclaim_stale` and
+//! `Channel::unlink`: exactly when it is a segment (its magic, a creator's marker, or empty);
+//! anything else must be refused as `NotASegment` and left byte for byte.
 //!
 //! Input: one mode byte, then bytes whose meaning the mode chooses:
 //! - `mode & 3 == 0`: the file is the bytes, as they are (any length);
@@ -120,6 +122,42 @@ fn apply_patches(file: &mut Vec<u8>, patches: &[u8]) {
     }
 }
 
+/// Whether removal may take a file with these bytes for a segment: the magic, a creator's marker
+/// (zeros, then state `initialising` and a pid at byte 24), or nothing at all.
+fn looks_like_a_segment(file: &[u8]) -> bool {
+    let word = |at: usize| {
+        file.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    file.is_empty()
+        || word(0) == Some(shm_channel::SEGMENT_MAGIC)
+        || (word(0) == Some(0)
+            && word(24).is_some_and(|marker| marker as u32 == 1 && (marker >> 32) != 0))
+}
+
+/// Removing the refused file, by reclaiming it (nobody has it open) or unlinking it by name,
+/// removes it exactly when it is a segment; anything else is refused with a typed error and left
+/// byte for byte as it was.
+fn check_removal(folder: &Folder, file: &[u8]) {
+    let path = folder.0.join(SEGMENT);
+    let segment = looks_like_a_segment(file);
+    let seg_options = shm_channel::SegmentOptions::default().dir(&folder.0);
+    match shm_channel::Segment::reclaim_stale(SEGMENT, &seg_options) {
+        Ok(shm_channel::Reclaim::Removed) => {
+            assert!(segment, "reclaim removed a file that is not a segment");
+            return;
+        }
+        Ok(other) => panic!("a file nobody holds was not reclaimed: {other:?}"),
+        Err(SegmentError::NotASegment { .. }) => assert!(!segment, "a segment was refused"),
+        Err(error) => panic!("unexpected reclaim error: {error:?}"),
+    }
+    match Chan::unlink(SEGMENT, &folder.options()) {
+        Err(ChannelError::Segment(SegmentError::NotASegment { .. })) => {}
+        other => panic!("unlink of a file that is not a segment: {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).expect("the file is still there"), file);
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -164,6 +202,7 @@ fuzz_target!(|data: &[u8]| {
                 | ChannelError::EndOpenInThisProcess { .. } => {}
                 other => panic!("unexpected error for a bad segment: {other:?}"),
             }
+            check_removal(&folder, &file);
             return;
         }
     };
