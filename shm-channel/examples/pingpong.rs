@@ -1,14 +1,15 @@
 //! Two processes ping-pong messages over a shared-memory [`Channel`], then over TCP loopback and
-//! a Unix domain socket, and print the round-trip percentiles and throughput of each, so the
-//! difference shows in one run.
+//! a Unix domain socket, and print the round-trip percentiles of each beside two raw floors, so
+//! the differences show in one run.
 //!
 //! ```text
 //! cargo run --release -p shm-channel --example pingpong
+//! cargo run --release -p shm-channel --example pingpong -- --lanes 16
 //! cargo run --release -p shm-channel --example pingpong -- --size 1024 --count 50000 --pin
 //! ```
 //!
 //! The program re-executes itself as the echoing peer (`--child ...`, not for direct use), one
-//! child process per transport. Each process has exactly one thread, so busy-polling spins at
+//! child process per measurement. Each process has exactly one thread, so busy-polling spins at
 //! most two threads: fine on a 2-core machine. With a single allowed CPU the "busy" runs yield
 //! the CPU between polls instead of spinning.
 //!
@@ -19,12 +20,29 @@
 //! - blocking: the channel with [`WaitStrategy::Block`] (futex in the segment, no spinning
 //!   first), and TCP and Unix sockets with blocking reads.
 //!
+//! `--lanes N` (1, 2, 4, 8 or 16; default 1) runs the channel as `Channel<C, N>`: message `k` goes
+//! to lane `k % N`, so consecutive messages never share a cache line (a round trip moves fewer
+//! lines the other side touched one message before), and the largest message is divided by `N`.
+//! Each lane count is its own monomorphised code, as in a program that picks one.
+//!
+//! Right before each transport, two raw floors run against a fresh child: the **8-byte floor**
+//! (one word each way, two cache lines) and the **same-bytes floor** (the message's payload and a
+//! sequence word each way, each on lines of their own: the least any transport of that message
+//! must move). The table shows, for each transport, the placement of the two CPUs told from the
+//! 8-byte floor run right before it (this project's 2-vCPU guest switches by itself between a
+//! near and a far placement, 137–250 ns and 485–770 ns for that floor), and the summary gives
+//! the busy channel's ratio to the floors of its own pair. Every byte of every message changes
+//! from one round trip to the next and every byte of each echo is checked, for every transport
+//! and the same-bytes floor alike.
+//!
 //! The segment lives in `/dev/shm` under a name unique to this run, and is unlinked as soon as the
-//! child has attached (so even Ctrl-C or a crash afterwards leaves no file), and on errors. The
-//! Unix socket uses Linux's abstract namespace, which leaves no file either.
+//! child has attached (so even Ctrl-C or a crash afterwards leaves no file), and on errors; the
+//! floors' files likewise. The Unix socket uses Linux's abstract namespace, which leaves no file
+//! either.
 //!
 //! The process plumbing (peer process, pinning, the channel's attach handshake and echo, the
-//! sockets) is shared with the benches: `benches/common/peers.rs`.
+//! sockets, the floors, the placement rule) is shared with the benches:
+//! `benches/common/peers.rs`.
 
 #[macro_use]
 #[path = "../benches/common/peers.rs"]
@@ -37,30 +55,75 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use peers::{
-    allowed_cpus, attach_channel, cpu_arg, create_channel, pin_to, pin_to_arg, Error, Mode, Peer,
-    Socket,
+    allowed_cpus, attach_channel, cpu_arg, cpu_model, create_channel, fill, filled_with, fine_p50,
+    floor_echo, load_average, pin_to, pin_to_arg, placements, Error, Floor, Mode, Peer, Socket,
+    PLACEMENT_GAP,
 };
 use shm_channel::{Channel, WaitOptions, WaitStrategy};
 use spsc_core::{MessageReceiver, RecvError, SendSlot};
 
-/// Ring capacity for messages up to 32 KiB: small, so the rings stay in cache.
+/// Ring capacity for small messages (up to 32 KiB with one lane, 2 KiB with 16): small, so the
+/// rings stay in cache.
 const SMALL: usize = 1 << 16;
-/// Ring capacity for larger messages (up to 8 MiB); a 32 MiB segment, made only when needed.
+/// Ring capacity for larger messages (up to 8 MiB with one lane, 512 KiB with 16); a 32 MiB
+/// segment, made only when needed.
 const LARGE: usize = 1 << 24;
+/// The channel's target: its busy-polled round trip p50 ÷ the same-bytes floor's.
+const TARGET_RATIO: f64 = 1.25;
 
 const USAGE: &str = "\
-usage: pingpong [--size BYTES] [--count ROUND_TRIPS] [--pin]
+usage: pingpong [--size BYTES] [--count ROUND_TRIPS] [--lanes N] [--pin]
 
   --size N    message payload in bytes (default 64)
-  --count N   timed round trips per transport (default 100000), after a warm-up of
-              count/10 (at least 100, at most 10000)
-  --pin       pin the two processes to two distinct CPUs of the allowed set";
+  --count N   timed round trips per transport and per floor (default 100000), after a
+              warm-up of count/10 (at least 100, at most 10000)
+  --lanes N   lanes of the channel: 1, 2, 4, 8 or 16 (default 1). Message k goes to lane
+              k % N, so consecutive messages never share a cache line; the largest message
+              is divided by N (64 KiB rings: 32 KiB - 8 with one lane, 2 KiB - 8 with 16)
+  --pin       pin the two processes to two distinct CPUs of the allowed set
+
+Prints p50, p99, p99.9 and max of each transport's round trip; 10^9 / p50 (round trips per
+second at the median round trip) and the mean rate (all timed round trips / their total time,
+stalls included); each transport's ratio to the shm channel of its group; and, from the two
+raw floors run before each transport, the placement of the two CPUs and the channel's ratio
+to the floors.";
+
+/// The lane counts `--lanes` accepts: `Channel<C, L>` takes 1 to 16, powers of two.
+const LANES: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// Calls `$f::<$cap, L>($args)` with `L` the lane count `$lanes` (one of [`LANES`]): one
+/// monomorphised copy per lane count, as a program that picks its lane count would have.
+macro_rules! with_lanes {
+    ($lanes:expr, $f:ident::<$cap:ident>($($arg:expr),* $(,)?)) => {
+        match $lanes {
+            1 => $f::<$cap, 1>($($arg),*),
+            2 => $f::<$cap, 2>($($arg),*),
+            4 => $f::<$cap, 4>($($arg),*),
+            8 => $f::<$cap, 8>($($arg),*),
+            16 => $f::<$cap, 16>($($arg),*),
+            other => unreachable!("--lanes {other} was accepted"),
+        }
+    };
+}
+
+/// The largest payload of a `Channel<C, lanes>`.
+fn max_payload<const C: usize, const L: usize>() -> usize {
+    Channel::<C, L>::MAX_PAYLOAD as usize
+}
+
+/// Whether `size`-byte messages fit the small ring with `lanes` lanes (parent and child must
+/// pick the same capacity).
+fn fits_small(lanes: usize, size: usize) -> bool {
+    size <= with_lanes!(lanes, max_payload::<SMALL>())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Shm,
     Tcp,
     Uds,
+    /// Either floor: the 8-byte one with no payload, the same-bytes one with the message's.
+    Floor,
 }
 
 impl Kind {
@@ -69,24 +132,31 @@ impl Kind {
             Kind::Shm => "shm",
             Kind::Tcp => "tcp",
             Kind::Uds => "uds",
+            Kind::Floor => "floor",
         }
     }
 
     fn parse(arg: &str) -> Result<Self, Error> {
-        [Kind::Shm, Kind::Tcp, Kind::Uds]
+        [Kind::Shm, Kind::Tcp, Kind::Uds, Kind::Floor]
             .into_iter()
             .find(|kind| kind.arg() == arg)
             .ok_or_else(|| format!("unknown transport {arg:?}").into())
     }
 
-    fn label(self, mode: Mode) -> &'static str {
+    fn label(self, mode: Mode, lanes: usize) -> String {
+        let lanes = if lanes == 1 {
+            "1 lane".to_string()
+        } else {
+            format!("{lanes} lanes")
+        };
         match (self, mode) {
-            (Kind::Shm, Mode::Busy) => "shm channel (BusyPoll)",
-            (Kind::Tcp, Mode::Busy) => "TCP loopback (non-blocking, polled)",
-            (Kind::Uds, Mode::Busy) => "Unix socket (non-blocking, polled)",
-            (Kind::Shm, Mode::Block) => "shm channel (futex, Block)",
-            (Kind::Tcp, Mode::Block) => "TCP loopback (blocking reads)",
-            (Kind::Uds, Mode::Block) => "Unix socket (blocking reads)",
+            (Kind::Shm, Mode::Busy) => format!("shm channel (BusyPoll, {lanes})"),
+            (Kind::Tcp, Mode::Busy) => "TCP loopback (non-blocking, polled)".to_string(),
+            (Kind::Uds, Mode::Busy) => "Unix socket (non-blocking, polled)".to_string(),
+            (Kind::Shm, Mode::Block) => format!("shm channel (futex Block, {lanes})"),
+            (Kind::Tcp, Mode::Block) => "TCP loopback (blocking reads)".to_string(),
+            (Kind::Uds, Mode::Block) => "Unix socket (blocking reads)".to_string(),
+            (Kind::Floor, _) => "floor".to_string(),
         }
     }
 }
@@ -112,6 +182,7 @@ impl Mode {
 #[derive(Clone, Copy, Debug)]
 struct Params {
     size: usize,
+    lanes: usize,
     /// Round trips the child echoes: warm-up plus timed.
     total: u64,
     /// `false` with a single allowed CPU: poll loops yield instead of spinning.
@@ -159,6 +230,7 @@ struct Config {
     size: usize,
     count: u64,
     warmup: u64,
+    lanes: usize,
     pin: bool,
 }
 
@@ -167,6 +239,7 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, Error> {
         size: 64,
         count: 100_000,
         warmup: 0,
+        lanes: 1,
         pin: false,
     };
     let mut args = args.iter();
@@ -182,6 +255,7 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, Error> {
         match arg.as_str() {
             "--size" => config.size = usize::try_from(value("--size")?)?,
             "--count" => config.count = value("--count")?,
+            "--lanes" => config.lanes = usize::try_from(value("--lanes")?)?,
             "--pin" => config.pin = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -190,9 +264,16 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, Error> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
         }
     }
-    let max = Channel::<LARGE>::MAX_PAYLOAD as usize;
+    if !LANES.contains(&config.lanes) {
+        return Err(format!("--lanes must be one of {LANES:?}\n{USAGE}").into());
+    }
+    let max = with_lanes!(config.lanes, max_payload::<LARGE>());
     if config.size == 0 || config.size > max {
-        return Err(format!("--size must be from 1 to {max} bytes").into());
+        return Err(format!(
+            "--size must be from 1 to {max} bytes with {} lane(s)",
+            config.lanes
+        )
+        .into());
     }
     if config.count == 0 {
         return Err("--count must be at least 1".into());
@@ -201,19 +282,33 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, Error> {
     Ok(Some(config))
 }
 
-/// The outcome of one transport's run.
+/// The outcome of one measurement.
 struct Stats {
-    label: &'static str,
-    mode: Mode,
+    label: String,
     histogram: Histogram<u64>,
     elapsed: Duration,
     count: u64,
+}
+
+impl Stats {
+    fn p50(&self) -> f64 {
+        fine_p50(&self.histogram)
+    }
+}
+
+/// One transport's run and the two floors run right before it.
+struct Run {
+    mode: Mode,
+    floor: Stats,
+    bytes: Stats,
+    stats: Stats,
 }
 
 fn parent(args: &[String]) -> Result<(), Error> {
     let Some(config) = parse_args(args)? else {
         return Ok(());
     };
+    let load_before = load_average();
     let allowed = allowed_cpus()?;
     let spin = allowed.len() >= 2;
     let cpus = if config.pin {
@@ -232,15 +327,17 @@ fn parent(args: &[String]) -> Result<(), Error> {
     };
     let params = Params {
         size: config.size,
+        lanes: config.lanes,
         total: config.warmup + config.count,
         spin,
     };
 
     println!(
         "ping-pong between two processes: {} B messages, {} timed round trips per transport \
-         (after {} warm-up)",
-        config.size, config.count, config.warmup
+         and per floor (after {} warm-up); channel with {} lane(s)",
+        config.size, config.count, config.warmup, config.lanes
     );
+    println!("CPU: {}", cpu_model());
     println!(
         "{} CPU(s) allowed; {}; {}",
         allowed.len(),
@@ -256,7 +353,7 @@ fn parent(args: &[String]) -> Result<(), Error> {
     );
     println!(
         "every round trip is timed with Instant::now(); its overhead (~20-30 ns) is included for \
-         every transport"
+         every transport and floor"
     );
     println!();
 
@@ -268,21 +365,75 @@ fn parent(args: &[String]) -> Result<(), Error> {
         (Kind::Tcp, Mode::Block),
         (Kind::Uds, Mode::Block),
     ];
+    let child_cpu = cpus.map(|(_, theirs)| theirs);
     let mut results = Vec::new();
     for (kind, mode) in runs {
-        let stats = run(kind, mode, &config, params, cpus.map(|(_, theirs)| theirs))
-            .map_err(|error| format!("{}: {error}", kind.label(mode)))?;
-        results.push(stats);
+        let label = kind.label(mode, config.lanes);
+        let floor = run_floor(0, &config, params, child_cpu)
+            .map_err(|error| format!("the 8-byte floor before {label}: {error}"))?;
+        let bytes = run_floor(config.size, &config, params, child_cpu)
+            .map_err(|error| format!("the same-bytes floor before {label}: {error}"))?;
+        let stats = run(kind, mode, &config, params, child_cpu)
+            .map_err(|error| format!("{label}: {error}"))?;
+        results.push(Run {
+            mode,
+            floor,
+            bytes,
+            stats,
+        });
     }
     print_table(&results, &config);
+    println!(
+        "load average (1, 5, 15 min): {load_before} at the start, {} at the end (other work on \
+         the machine takes the CPUs the spinning processes need)",
+        load_average()
+    );
     Ok(())
 }
 
-fn print_table(results: &[Stats], config: &Config) {
+fn print_table(results: &[Run], config: &Config) {
+    let floors: Vec<f64> = results.iter().map(|r| r.floor.p50()).collect();
+    let (clusters, which) = placements(&floors);
     println!(
-        "{:<36} {:>10} {:>10} {:>10} {:>10} {:>13} {:>8} {:>8}",
-        "round trip", "p50", "p99", "p99.9", "max", "round trips/s", "p50/shm", "p99/shm"
+        "{:<38} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7} {:>7}  placement",
+        "round trip", "p50", "p99", "p99.9", "max", "1e9/p50 /s", "mean /s *", "p50/shm", "p99/shm"
     );
+    let row = |stats: &Stats, base: Option<(f64, f64)>, placement: &str| {
+        let h = &stats.histogram;
+        let (p50, p99) = (stats.p50(), h.value_at_quantile(0.99) as f64);
+        let ratios = base.map_or_else(
+            || (String::new(), String::new()),
+            |(base50, base99)| {
+                (
+                    format_ratio(p50 / base50.max(1.0)),
+                    format_ratio(p99 / base99.max(1.0)),
+                )
+            },
+        );
+        println!(
+            "  {:<36} {:>9} {:>9} {:>9} {:>9} {:>11.0} {:>11.0} {:>7} {:>7}  {placement}",
+            stats.label,
+            format_ns(p50),
+            format_ns(p99),
+            format_ns(h.value_at_quantile(0.999) as f64),
+            format_ns(h.max() as f64),
+            1e9 / p50.max(1.0),
+            stats.count as f64 / stats.elapsed.as_secs_f64(),
+            ratios.0,
+            ratios.1,
+        );
+    };
+    let placement_of = |i: usize| {
+        format!(
+            "{} (8-byte floor {})",
+            clusters[which[i]].name,
+            format_ns(floors[i])
+        )
+    };
+    println!("floors (the pair run right before the busy shm channel):");
+    let first = &results[0];
+    row(&first.floor, None, &placement_of(0));
+    row(&first.bytes, None, &placement_of(0));
     for mode in [Mode::Busy, Mode::Block] {
         println!(
             "{}",
@@ -291,34 +442,72 @@ fn print_table(results: &[Stats], config: &Config) {
                 Mode::Block => "blocking (the receiver sleeps until woken):",
             }
         );
-        let group: Vec<&Stats> = results.iter().filter(|s| s.mode == mode).collect();
-        let Some(base) = group.first() else { continue };
-        let (base50, base99) = (
-            base.histogram.value_at_quantile(0.5).max(1) as f64,
-            base.histogram.value_at_quantile(0.99).max(1) as f64,
+        let group: Vec<(usize, &Run)> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.mode == mode)
+            .collect();
+        let Some((_, base)) = group.first() else {
+            continue;
+        };
+        let base = (
+            base.stats.p50(),
+            base.stats.histogram.value_at_quantile(0.99) as f64,
         );
-        for stats in group {
-            let h = &stats.histogram;
-            let (p50, p99) = (h.value_at_quantile(0.5), h.value_at_quantile(0.99));
-            println!(
-                "  {:<34} {:>10} {:>10} {:>10} {:>10} {:>13.0} {:>8} {:>8}",
-                stats.label,
-                format_ns(p50),
-                format_ns(p99),
-                format_ns(h.value_at_quantile(0.999)),
-                format_ns(h.max()),
-                stats.count as f64 / stats.elapsed.as_secs_f64(),
-                format_ratio(p50 as f64 / base50),
-                format_ratio(p99 as f64 / base99),
-            );
+        for (i, run) in group {
+            row(&run.stats, Some(base), &placement_of(i));
         }
     }
     println!();
     println!(
-        "{} timed round trips of {} B each way per transport; ratios are against the shm \
-         channel of the same group (lower is better for it)",
+        "{} timed round trips of {} B each way per transport and per floor.",
         config.count, config.size
     );
+    println!(
+        "1e9/p50: round trips per second at the median round trip. mean /s *: timed round trips \
+         / their total time, so every stall (a process descheduled, an interrupt) is in it; on a \
+         shared machine it swings by up to 4x between runs while the p50 holds: read p50 first."
+    );
+    println!(
+        "p50/shm, p99/shm: the row's percentile / the shm channel's in the same group: 2.0x \
+         means that transport takes twice the channel's time (the channel is 2x faster); below \
+         1.0x it beats the channel."
+    );
+    println!(
+        "placement: where the two CPUs were, told from the 8-byte floor run right before each row \
+         (sorted floor p50s; a gap of more than {PLACEMENT_GAP}x between neighbours starts another \
+         placement); {}",
+        if clusters.len() == 1 {
+            "one placement throughout this run".to_string()
+        } else {
+            format!(
+                "{} placements in this run: compare rows of one placement",
+                clusters.len()
+            )
+        }
+    );
+    // The channel against the floors of its own pair.
+    let busy = &results[0];
+    let (p50, floor, bytes) = (busy.stats.p50(), busy.floor.p50(), busy.bytes.p50());
+    let ratio = p50 / bytes.max(1.0);
+    println!(
+        "{}: p50 = {:.2}x the same-bytes floor (target <= {TARGET_RATIO:.2}x: {}), {:.2}x the \
+         8-byte floor; same-bytes floor = {:.2}x the 8-byte floor; {}",
+        busy.stats.label,
+        ratio,
+        if ratio <= TARGET_RATIO {
+            format!(
+                "PASS, {:.0}% to spare",
+                (1.0 - ratio / TARGET_RATIO) * 100.0
+            )
+        } else {
+            format!("MISS by {:.0}%", (ratio / TARGET_RATIO - 1.0) * 100.0)
+        },
+        p50 / floor.max(1.0),
+        bytes / floor.max(1.0),
+        placement_of(0),
+    );
+    println!();
 }
 
 fn format_ratio(ratio: f64) -> String {
@@ -329,13 +518,13 @@ fn format_ratio(ratio: f64) -> String {
     }
 }
 
-fn format_ns(ns: u64) -> String {
-    if ns < 1_000 {
-        format!("{ns} ns")
-    } else if ns < 1_000_000 {
-        format!("{:.2} µs", ns as f64 / 1e3)
+fn format_ns(ns: f64) -> String {
+    if ns < 1_000.0 {
+        format!("{ns:.0} ns")
+    } else if ns < 1_000_000.0 {
+        format!("{:.2} µs", ns / 1e3)
     } else {
-        format!("{:.2} ms", ns as f64 / 1e6)
+        format!("{:.2} ms", ns / 1e6)
     }
 }
 
@@ -346,13 +535,18 @@ fn run(
     params: Params,
     child_cpu: Option<usize>,
 ) -> Result<Stats, Error> {
-    let label = kind.label(mode);
-    let mut progress = Progress::new(label, config.count);
+    let label = kind.label(mode, config.lanes);
+    let mut progress = Progress::new(&label, config.count);
+    let small = fits_small(params.lanes, params.size);
     let stats = match kind {
-        Kind::Shm if config.size <= Channel::<SMALL>::MAX_PAYLOAD as usize => {
+        Kind::Shm if small => with_lanes!(
+            params.lanes,
             run_shm::<SMALL>(mode, config, params, child_cpu, &mut progress)
-        }
-        Kind::Shm => run_shm::<LARGE>(mode, config, params, child_cpu, &mut progress),
+        ),
+        Kind::Shm => with_lanes!(
+            params.lanes,
+            run_shm::<LARGE>(mode, config, params, child_cpu, &mut progress)
+        ),
         Kind::Tcp | Kind::Uds => {
             let start_child = |address: &str| spawn(kind, mode, address, params, child_cpu);
             let (socket, child) = match kind {
@@ -361,12 +555,48 @@ fn run(
             };
             run_socket(socket, child, mode, config, params, &mut progress)
         }
+        Kind::Floor => unreachable!("floors run through run_floor"),
     };
     progress.clear();
     let (histogram, elapsed) = stats?;
     Ok(Stats {
         label,
-        mode,
+        histogram,
+        elapsed,
+        count: config.count,
+    })
+}
+
+/// One floor run: the 8-byte floor with `payload == 0`, else the same-bytes floor.
+fn run_floor(
+    payload: usize,
+    config: &Config,
+    params: Params,
+    child_cpu: Option<usize>,
+) -> Result<Stats, Error> {
+    let label = if payload == 0 {
+        "floor: 8 B (2 atomics, 2 lines)".to_string()
+    } else {
+        format!("floor: same bytes ({payload} B + seq)")
+    };
+    let mut progress = Progress::new(&label, config.count);
+    let floor_params = Params {
+        size: payload,
+        ..params
+    };
+    let mut floor = Floor::start(payload, |path| {
+        spawn(Kind::Floor, Mode::Busy, path, floor_params, child_cpu)
+    })?;
+    let mut message = vec![0u8; payload];
+    // Sequence numbers from 1: the echo word starts at 0.
+    let result = measure(config, &mut progress, |seq| {
+        floor.round_trip(seq + 1, &mut message, || params.relax())
+    });
+    progress.clear();
+    let (histogram, elapsed) = result?;
+    floor.finish()?;
+    Ok(Stats {
+        label,
         histogram,
         elapsed,
         count: config.count,
@@ -396,21 +626,14 @@ fn measure(
     Ok((histogram, started.elapsed()))
 }
 
-/// Writes `seq` into the first bytes of a message (as many as fit).
-fn stamp(buf: &mut [u8], seq: u64) {
-    let n = buf.len().min(8);
-    buf[..n].copy_from_slice(&seq.to_le_bytes()[..n]);
-}
-
 fn check_echo(payload: &[u8], seq: u64, size: usize) -> Result<(), Error> {
-    let n = size.min(8);
-    if payload.len() != size || payload[..n] != seq.to_le_bytes()[..n] {
+    if payload.len() != size || !filled_with(payload, seq) {
         return Err(format!("round trip {seq}: the echo does not match what was sent").into());
     }
     Ok(())
 }
 
-fn run_shm<const C: usize>(
+fn run_shm<const C: usize, const L: usize>(
     mode: Mode,
     config: &Config,
     params: Params,
@@ -418,7 +641,7 @@ fn run_shm<const C: usize>(
     progress: &mut Progress,
 ) -> Result<(Histogram<u64>, Duration), Error> {
     // Unlinks the segment once the child has attached, or on an error before.
-    let (mut tx, mut rx, mut child) = create_channel::<C>("pingpong", |name| {
+    let (mut tx, mut rx, mut child) = create_channel::<C, L>("pingpong", |name| {
         spawn(Kind::Shm, mode, name, params, child_cpu)
     })?;
 
@@ -430,7 +653,7 @@ fn run_shm<const C: usize>(
         .timeout(Duration::from_millis(100));
     let mut message = vec![0u8; size];
     let result = measure(config, progress, |seq| {
-        stamp(&mut message, seq);
+        fill(&mut message, seq);
         filled_slot!(tx, 1, &message, params.relax()).push();
         loop {
             match rx.wait_readable(&wait) {
@@ -461,7 +684,7 @@ fn run_socket(
     let mut message = vec![0u8; size];
     let mut echo = vec![0u8; size];
     let result = measure(config, progress, |seq| {
-        stamp(&mut message, seq);
+        fill(&mut message, seq);
         socket.write_all(&message, || params.relax())?;
         socket.read_message(&mut echo, || params.relax())?;
         check_echo(&echo, seq, size)
@@ -486,6 +709,7 @@ fn spawn(
             mode.arg(),
             address,
             &params.size.to_string(),
+            &params.lanes.to_string(),
             &params.total.to_string(),
             if params.spin { "spin" } else { "yield" },
             &cpu_arg(cpu),
@@ -496,14 +720,14 @@ fn spawn(
 /// A running count on stderr, a few times a second: in place on a terminal, a line per second
 /// otherwise.
 struct Progress {
-    label: &'static str,
+    label: String,
     total: u64,
     tty: bool,
     last: Instant,
 }
 
 impl Progress {
-    fn new(label: &'static str, total: u64) -> Self {
+    fn new(label: &str, total: u64) -> Self {
         let tty = io::stderr().is_terminal();
         if tty {
             eprint!("\r  {label}: starting");
@@ -511,7 +735,7 @@ impl Progress {
             eprintln!("  {label}: starting");
         }
         Self {
-            label,
+            label: label.to_string(),
             total,
             tty,
             last: Instant::now(),
@@ -524,7 +748,7 @@ impl Progress {
             return;
         }
         self.last = Instant::now();
-        let (label, total) = (self.label, self.total);
+        let (label, total) = (&self.label, self.total);
         if self.tty {
             eprint!("\r\x1b[K  {label}: {done}/{total}");
         } else {
@@ -543,28 +767,44 @@ impl Progress {
 // The echoing (child) process.
 
 fn child(args: &[String]) -> Result<(), Error> {
-    let [kind, mode, address, size, total, spin, cpu] = args else {
-        return Err("--child takes 7 arguments (internal use)".into());
+    let [kind, mode, address, size, lanes, total, spin, cpu] = args else {
+        return Err("--child takes 8 arguments (internal use)".into());
     };
     let (kind, mode) = (Kind::parse(kind)?, Mode::parse(mode)?);
     let params = Params {
         size: size.parse()?,
+        lanes: lanes.parse()?,
         total: total.parse()?,
         spin: spin == "spin",
     };
+    if !LANES.contains(&params.lanes) {
+        return Err(format!("--child: {} lanes (internal use)", params.lanes).into());
+    }
     pin_to_arg(cpu)?;
+    let small = fits_small(params.lanes, params.size);
     match kind {
-        Kind::Shm if params.size <= Channel::<SMALL>::MAX_PAYLOAD as usize => {
-            echo_shm::<SMALL>(address, mode, params)
-        }
-        Kind::Shm => echo_shm::<LARGE>(address, mode, params),
+        Kind::Shm if small => with_lanes!(params.lanes, echo_shm::<SMALL>(address, mode, params)),
+        Kind::Shm => with_lanes!(params.lanes, echo_shm::<LARGE>(address, mode, params)),
         Kind::Tcp => echo_socket(Socket::connect_tcp(address)?, mode, params),
         Kind::Uds => echo_socket(Socket::connect_uds(address)?, mode, params),
+        Kind::Floor => {
+            let parent = rustix::process::getppid();
+            floor_echo(
+                address,
+                params.size,
+                || params.relax(),
+                || rustix::process::getppid() != parent,
+            )
+        }
     }
 }
 
-fn echo_shm<const C: usize>(name: &str, mode: Mode, params: Params) -> Result<(), Error> {
-    let (mut tx, mut rx) = attach_channel::<C>(name)?;
+fn echo_shm<const C: usize, const L: usize>(
+    name: &str,
+    mode: Mode,
+    params: Params,
+) -> Result<(), Error> {
+    let (mut tx, mut rx) = attach_channel::<C, L>(name)?;
     // Returns `Disconnected` if the parent dies: then we stop too.
     let wait = params.wait_options(mode);
     for _ in 0..params.total {

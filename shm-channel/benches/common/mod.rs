@@ -10,8 +10,9 @@
 //! (there is no shared stack frame across processes); the only shared memory is the segment or
 //! the floor's mapping.
 //!
-//! The peer process, CPU pinning, the channel's attach handshake and echo, and the sockets are in
-//! [`peers`], which `examples/pingpong.rs` includes as well.
+//! The peer process, CPU pinning, the channel's attach handshake and echo, the sockets, the two
+//! raw floors, the message contents and the placement rule are in [`peers`], which
+//! `examples/pingpong.rs` includes as well.
 
 #[macro_use]
 mod peers;
@@ -20,20 +21,20 @@ use std::hint::black_box;
 use std::io;
 use std::net::Shutdown;
 use std::process::Stdio;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{Mode as FileMode, OFlags};
-use rustix::mm::{MapFlags, ProtFlags};
 use shm_channel::{Channel, Receiver, Sender, WaitOptions, WaitStrategy};
 use spsc_core::{MessageReceiver, MessageSender, RecvError, SendError, SendSlot};
 
 use peers::{
-    allowed_cpus, attach_channel, cpu_arg, create_channel, pin_to, pin_to_arg, unique_name, Peer,
-    Socket, CONNECT_TIMEOUT,
+    allowed_cpus, attach_channel, cpu_arg, create_channel, fill, filled_with, floor_echo, pin_to,
+    pin_to_arg, Floor, Peer, Socket, LIVENESS_EVERY,
 };
+pub use peers::{cpu_model, load_average};
+// Used by the `report` bench only; unused in `channel`, which includes this module too.
+#[allow(unused_imports)]
+pub use peers::{fine_p50, placements, PLACEMENT_GAP};
 pub use peers::{Error, Mode};
 
 /// The environment variable naming the peer's job (internal: set only by the parent).
@@ -49,9 +50,6 @@ pub const WARMUP_ROUND_TRIPS: u64 = 2_000;
 /// Messages a streaming trial sends before the consumer starts its clock.
 pub const WARMUP_MESSAGES: u64 = 1_000;
 
-/// Failed polls between two checks that the other process still exists.
-const LIVENESS_EVERY: u64 = 1 << 22;
-
 /// Channel message tags.
 const TAG_DATA: u16 = 1;
 const TAG_STOP: u16 = 2;
@@ -66,8 +64,12 @@ const END_MARK: u64 = u64::MAX;
 /// What carries the messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// Two `AtomicU64`s on separate 128-byte lines of a shared mapping (round trips only).
+    /// The 8-byte floor: two `AtomicU64`s on separate 128-byte lines of a shared mapping (round
+    /// trips only; [`Floor`] with no payload).
     Floor,
+    /// The same-bytes floor: the message's payload and a sequence word each way, each on lines
+    /// of their own (round trips only; [`Floor`] with the payload).
+    SameBytesFloor,
     /// `shm_channel::Channel` in a `/dev/shm` segment.
     Shm,
     /// TCP loopback, `TCP_NODELAY`.
@@ -76,61 +78,72 @@ pub enum Transport {
     Uds,
 }
 
-/// One contender: a transport and a waiting mode.
+/// One contender: a transport, a waiting mode and, for the channel, its lane count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Contender {
     /// What carries the messages.
     pub transport: Transport,
     /// How receivers wait.
     pub mode: Mode,
+    /// The channel's lanes (`Channel<C, L>`'s `L`: 1 or 16 here); 1 for every other transport.
+    pub lanes: usize,
 }
 
-/// The raw cross-process floor.
-pub const FLOOR: Contender = Contender {
-    transport: Transport::Floor,
-    mode: Mode::Busy,
-};
+const fn contender(transport: Transport, mode: Mode, lanes: usize) -> Contender {
+    Contender {
+        transport,
+        mode,
+        lanes,
+    }
+}
 
-/// Every contender but the floor, busy-polling first.
-pub const CONTENDERS: [Contender; 6] = [
-    Contender {
-        transport: Transport::Shm,
-        mode: Mode::Busy,
-    },
-    Contender {
-        transport: Transport::Tcp,
-        mode: Mode::Busy,
-    },
-    Contender {
-        transport: Transport::Uds,
-        mode: Mode::Busy,
-    },
-    Contender {
-        transport: Transport::Shm,
-        mode: Mode::Block,
-    },
-    Contender {
-        transport: Transport::Tcp,
-        mode: Mode::Block,
-    },
-    Contender {
-        transport: Transport::Uds,
-        mode: Mode::Block,
-    },
+/// The 8-byte raw cross-process floor (two lines).
+pub const FLOOR: Contender = contender(Transport::Floor, Mode::Busy, 1);
+/// The same-bytes raw cross-process floor: payload and sequence word each way.
+pub const SAME_BYTES_FLOOR: Contender = contender(Transport::SameBytesFloor, Mode::Busy, 1);
+/// The channel as most users run it: one lane, busy-polled.
+pub const SHM_BUSY: Contender = contender(Transport::Shm, Mode::Busy, 1);
+
+/// The round-trip contenders other than the floors, busy-polling first. The channel runs with
+/// one lane (the default) and with 16 (the lowest-latency layout), busy-polled; blocking, with
+/// one lane only, since the futex wake-ups dwarf what lanes change.
+pub const ROUND_TRIP_CONTENDERS: [Contender; 7] = [
+    SHM_BUSY,
+    contender(Transport::Shm, Mode::Busy, 16),
+    contender(Transport::Tcp, Mode::Busy, 1),
+    contender(Transport::Uds, Mode::Busy, 1),
+    contender(Transport::Shm, Mode::Block, 1),
+    contender(Transport::Tcp, Mode::Block, 1),
+    contender(Transport::Uds, Mode::Block, 1),
+];
+
+/// The streaming contenders, busy-polling first (the first is every streaming ratio's
+/// reference). One lane: lanes are a latency option, and they cost streaming rate.
+pub const STREAM_CONTENDERS: [Contender; 6] = [
+    SHM_BUSY,
+    contender(Transport::Tcp, Mode::Busy, 1),
+    contender(Transport::Uds, Mode::Busy, 1),
+    contender(Transport::Shm, Mode::Block, 1),
+    contender(Transport::Tcp, Mode::Block, 1),
+    contender(Transport::Uds, Mode::Block, 1),
 ];
 
 impl Contender {
     /// The name in tables and criterion ids, and the code in the peer's job description: one
     /// table, so the two cannot disagree on which contender is which.
     fn names(self) -> (&'static str, &'static str) {
-        match (self.transport, self.mode) {
-            (Transport::Floor, _) => ("floor (2 atomics, 2 lines)", "floor"),
-            (Transport::Shm, Mode::Busy) => ("shm channel (busy-poll)", "shm-busy"),
-            (Transport::Tcp, Mode::Busy) => ("TCP loopback (busy-poll)", "tcp-busy"),
-            (Transport::Uds, Mode::Busy) => ("Unix socket (busy-poll)", "uds-busy"),
-            (Transport::Shm, Mode::Block) => ("shm channel (futex Block)", "shm-block"),
-            (Transport::Tcp, Mode::Block) => ("TCP loopback (blocking)", "tcp-block"),
-            (Transport::Uds, Mode::Block) => ("Unix socket (blocking)", "uds-block"),
+        match (self.transport, self.mode, self.lanes) {
+            (Transport::Floor, _, _) => ("floor, 8 B (2 atomics, 2 lines)", "floor"),
+            (Transport::SameBytesFloor, _, _) => {
+                ("floor, same bytes (64 B + seq each way)", "floor-bytes")
+            }
+            (Transport::Shm, Mode::Busy, 16) => ("shm channel, 16 lanes (busy-poll)", "shm16-busy"),
+            (Transport::Shm, Mode::Busy, _) => ("shm channel, 1 lane (busy-poll)", "shm-busy"),
+            (Transport::Tcp, Mode::Busy, _) => ("TCP loopback (busy-poll)", "tcp-busy"),
+            (Transport::Uds, Mode::Busy, _) => ("Unix socket (busy-poll)", "uds-busy"),
+            (Transport::Shm, Mode::Block, _) => ("shm channel, 1 lane (futex Block)", "shm-block"),
+            (Transport::Tcp, Mode::Block, _) => ("TCP loopback (blocking)", "tcp-block"),
+            (Transport::Uds, Mode::Block, _) => ("Unix socket (blocking)", "uds-block"),
         }
     }
 
@@ -144,8 +157,10 @@ impl Contender {
     }
 
     fn from_code(code: &str) -> Result<Self, Error> {
-        std::iter::once(FLOOR)
-            .chain(CONTENDERS)
+        [FLOOR, SAME_BYTES_FLOOR]
+            .into_iter()
+            .chain(ROUND_TRIP_CONTENDERS)
+            .chain(STREAM_CONTENDERS)
             .find(|c| c.code() == code)
             .ok_or_else(|| format!("unknown contender {code:?}").into())
     }
@@ -301,23 +316,35 @@ pub fn round_trips<M: RoundTripTimer>(
             Ok((done, elapsed))
         }};
     }
-    match contender.transport {
-        Transport::Floor => drive!(FloorLink::start(spin)?),
-        Transport::Shm if size <= Channel::<SMALL>::MAX_PAYLOAD as usize => {
-            drive!(ShmLink::<SMALL>::start(
-                contender,
-                Test::PingPong,
-                size,
-                spin
-            )?)
-        }
-        Transport::Shm => drive!(ShmLink::<LARGE>::start(
+    let small = fits_small(contender.lanes, size);
+    match (contender.transport, contender.lanes) {
+        (Transport::Floor, _) => drive!(FloorLink::start(contender, 0, spin)?),
+        (Transport::SameBytesFloor, _) => drive!(FloorLink::start(contender, size, spin)?),
+        (Transport::Shm, 16) if small => drive!(ShmLink::<SMALL, 16>::start(
             contender,
             Test::PingPong,
             size,
             spin
         )?),
-        Transport::Tcp | Transport::Uds => {
+        (Transport::Shm, 16) => drive!(ShmLink::<LARGE, 16>::start(
+            contender,
+            Test::PingPong,
+            size,
+            spin
+        )?),
+        (Transport::Shm, _) if small => drive!(ShmLink::<SMALL, 1>::start(
+            contender,
+            Test::PingPong,
+            size,
+            spin
+        )?),
+        (Transport::Shm, _) => drive!(ShmLink::<LARGE, 1>::start(
+            contender,
+            Test::PingPong,
+            size,
+            spin
+        )?),
+        (Transport::Tcp | Transport::Uds, _) => {
             drive!(SocketLink::start(contender, Test::PingPong, size, spin)?)
         }
     }
@@ -359,17 +386,20 @@ pub fn stream(
             Ok((count, Duration::from_nanos(nanos)))
         }};
     }
+    assert_eq!(contender.lanes, 1, "streams run on one lane");
     match contender.transport {
-        Transport::Floor => Err("the floor has no streaming mode".into()),
+        Transport::Floor | Transport::SameBytesFloor => {
+            Err("the floors have no streaming mode".into())
+        }
         Transport::Shm if size <= Channel::<SMALL>::MAX_PAYLOAD as usize => {
-            drive!(ShmLink::<SMALL>::start(
+            drive!(ShmLink::<SMALL, 1>::start(
                 contender,
                 Test::Stream,
                 size,
                 spin
             )?)
         }
-        Transport::Shm => drive!(ShmLink::<LARGE>::start(
+        Transport::Shm => drive!(ShmLink::<LARGE, 1>::start(
             contender,
             Test::Stream,
             size,
@@ -381,7 +411,19 @@ pub fn stream(
     }
 }
 
-/// Writes `seq` into the first word of `message`.
+/// Whether `size`-byte messages fit a channel of `lanes` lanes of [`SMALL`] capacity (the
+/// parent and the peer must pick the same capacity).
+fn fits_small(lanes: usize, size: usize) -> bool {
+    let max = if lanes == 16 {
+        Channel::<SMALL, 16>::MAX_PAYLOAD
+    } else {
+        Channel::<SMALL, 1>::MAX_PAYLOAD
+    };
+    size <= max as usize
+}
+
+/// Writes `seq` into the first word of `message` (streams and control messages; a round trip
+/// [`fill`]s all of it instead).
 #[inline(always)]
 fn stamp(message: &mut [u8], seq: u64) {
     message[..8].copy_from_slice(&seq.to_le_bytes());
@@ -427,126 +469,40 @@ fn spawn_peer(contender: Contender, test: Test, size: usize, address: &str) -> R
     })
 }
 
-// --- the floor ---
+// --- the floors ---
 
-/// The floor's shared mapping: `ping` (parent → peer), `pong` (peer → parent), and `ready`, each
-/// alone on a 128-byte line (adjacent-line prefetch pairs 64-byte lines).
-#[repr(C)]
-struct FloorArea {
-    ping: Line,
-    pong: Line,
-    ready: Line,
-}
-
-#[repr(C, align(128))]
-struct Line(AtomicU64);
-
-const FLOOR_MAP_LEN: usize = 4096;
-const _: () = assert!(core::mem::size_of::<FloorArea>() <= FLOOR_MAP_LEN);
-
-/// A shared mapping of a file in `/dev/shm`.
-struct FloorMap {
-    ptr: NonNull<FloorArea>,
-}
-
-impl FloorMap {
-    fn open(path: &str, create: bool) -> Result<Self, Error> {
-        let flags = if create {
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC
-        } else {
-            OFlags::RDWR | OFlags::CLOEXEC
-        };
-        let fd = rustix::fs::open(path, flags, FileMode::from_raw_mode(0o600))?;
-        if create {
-            rustix::fs::ftruncate(&fd, FLOOR_MAP_LEN as u64)?;
-        }
-        // SAFETY: a fresh shared mapping of a file we just opened read-write and that has
-        // FLOOR_MAP_LEN bytes (zero-filled when created); no existing memory is affected.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                core::ptr::null_mut(),
-                FLOOR_MAP_LEN,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )?
-        };
-        let ptr = NonNull::new(ptr.cast::<FloorArea>()).ok_or("mmap returned null")?;
-        Ok(Self { ptr })
-    }
-
-    fn area(&self) -> &FloorArea {
-        // SAFETY: the mapping is page-aligned, FLOOR_MAP_LEN bytes long (enough for a
-        // FloorArea), valid until `self` drops, and all its fields are atomics, for which any
-        // bytes, and writes by another process, are fine.
-        unsafe { self.ptr.as_ref() }
-    }
-}
-
-impl Drop for FloorMap {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `open`; no reference from `area` outlives
-        // `self`.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), FLOOR_MAP_LEN) };
-    }
-}
-
-/// The floor, parent side: stores `seq` into `ping`, spins until `pong` says `seq`.
+/// Either floor, parent side ([`Floor`]: the 8-byte one with no payload, the same-bytes one with
+/// the message's).
 struct FloorLink {
-    map: FloorMap,
-    peer: Peer,
+    floor: Floor,
     spin: bool,
 }
 
 impl FloorLink {
-    fn start(spin: bool) -> Result<Self, Error> {
-        let path = format!("/dev/shm/{}", unique_name("bench-floor"));
-        let map = FloorMap::open(&path, true);
-        let result = map.and_then(|map| {
-            let mut peer = spawn_peer(FLOOR, Test::PingPong, 8, &path)?;
-            let started = Instant::now();
-            while map.area().ready.0.load(Ordering::Acquire) == 0 {
-                peer.check_running()?;
-                if started.elapsed() > CONNECT_TIMEOUT {
-                    return Err("the floor's peer did not map the file".into());
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            Ok(Self { map, peer, spin })
-        });
-        // Mapped by both (or failed): the name is no longer needed.
-        let _ = rustix::fs::unlink(&path);
-        result
+    fn start(contender: Contender, payload: usize, spin: bool) -> Result<Self, Error> {
+        let floor = Floor::start(payload, |path| {
+            spawn_peer(contender, Test::PingPong, payload, path)
+        })?;
+        Ok(Self { floor, spin })
     }
 
     #[inline(always)]
-    fn round_trip(&mut self, seq: u64, _message: &mut [u8]) -> Result<(), Error> {
-        let area = self.map.area();
-        area.ping.0.store(seq, Ordering::Release);
-        let mut polls = 0u64;
-        while area.pong.0.load(Ordering::Acquire) != seq {
-            polls += 1;
-            if polls.is_multiple_of(LIVENESS_EVERY) {
-                self.peer.check_running()?;
-            }
-            relax(self.spin);
-        }
-        Ok(())
+    fn round_trip(&mut self, seq: u64, message: &mut [u8]) -> Result<(), Error> {
+        let spin = self.spin;
+        self.floor.round_trip(seq, message, || relax(spin))
     }
 
     fn finish(&mut self) -> Result<(), Error> {
-        self.map.area().ping.0.store(u64::MAX, Ordering::Release);
-        self.peer.finish()
+        self.floor.finish()
     }
 }
 
 // --- the channel ---
 
 /// The channel, parent side (end A).
-struct ShmLink<const C: usize> {
-    tx: Sender<C>,
-    rx: Receiver<C>,
+struct ShmLink<const C: usize, const L: usize> {
+    tx: Sender<C, L>,
+    rx: Receiver<C, L>,
     peer: Peer,
     mode: Mode,
     test: Test,
@@ -555,10 +511,10 @@ struct ShmLink<const C: usize> {
     block: WaitOptions,
 }
 
-impl<const C: usize> ShmLink<C> {
+impl<const C: usize, const L: usize> ShmLink<C, L> {
     fn start(contender: Contender, test: Test, size: usize, spin: bool) -> Result<Self, Error> {
         let (tx, rx, peer) =
-            create_channel::<C>("bench-chan", |name| spawn_peer(contender, test, size, name))?;
+            create_channel::<C, L>("bench-chan", |name| spawn_peer(contender, test, size, name))?;
         Ok(Self {
             tx,
             rx,
@@ -571,9 +527,9 @@ impl<const C: usize> ShmLink<C> {
         })
     }
 
+    /// Sends `message` as it is (the caller has stamped or filled it).
     #[inline(always)]
-    fn send_tagged(&mut self, tag: u16, seq: u64, message: &mut [u8]) -> Result<(), Error> {
-        stamp(message, seq);
+    fn send_tagged(&mut self, tag: u16, message: &[u8]) -> Result<(), Error> {
         let len = message.len() as u32;
         let mut polls = 0u64;
         let mut slot = loop {
@@ -621,10 +577,12 @@ impl<const C: usize> ShmLink<C> {
 
     #[inline(always)]
     fn round_trip(&mut self, seq: u64, message: &mut [u8]) -> Result<(), Error> {
-        self.send_tagged(TAG_DATA, seq, message)?;
+        fill(message, seq);
+        self.send_tagged(TAG_DATA, message)?;
         self.wait()?;
         let echo = self.rx.front()?;
-        if echo.len() != message.len() || seq_of(echo.payload()) != seq {
+        // Every byte checked in place, as every contender checks its echo.
+        if echo.len() != message.len() || !filled_with(echo.payload(), seq) {
             return Err(format!("round trip {seq}: wrong echo").into());
         }
         self.rx.pop()?;
@@ -633,11 +591,12 @@ impl<const C: usize> ShmLink<C> {
 
     #[inline(always)]
     fn send(&mut self, seq: u64, message: &mut [u8]) -> Result<(), Error> {
-        self.send_tagged(TAG_DATA, seq, message)
+        stamp(message, seq);
+        self.send_tagged(TAG_DATA, message)
     }
 
     fn end_stream(&mut self) -> Result<(u64, u64), Error> {
-        self.send_tagged(TAG_STOP, 0, &mut [0u8; 8])?;
+        self.send_tagged(TAG_STOP, &[0u8; 8])?;
         self.wait()?;
         let report = self.rx.front()?;
         if report.tag() != TAG_REPORT || report.len() != 16 {
@@ -652,7 +611,7 @@ impl<const C: usize> ShmLink<C> {
     fn finish(&mut self) -> Result<(), Error> {
         if self.test == Test::PingPong {
             // Tell the echo to stop (a stream's consumer stopped at the end of the stream).
-            self.send_tagged(TAG_STOP, 0, &mut [0u8; 8])?;
+            self.send_tagged(TAG_STOP, &[0u8; 8])?;
         }
         self.peer.finish()
     }
@@ -697,11 +656,11 @@ impl SocketLink {
 
     #[inline(always)]
     fn round_trip(&mut self, seq: u64, message: &mut [u8]) -> Result<(), Error> {
-        stamp(message, seq);
+        fill(message, seq);
         self.socket.write_all(message, || relax(self.spin))?;
         self.socket
             .read_message(&mut self.echo, || relax(self.spin))?;
-        if seq_of(&self.echo) != seq {
+        if !filled_with(&self.echo, seq) {
             return Err(format!("round trip {seq}: wrong echo").into());
         }
         Ok(())
@@ -768,20 +727,24 @@ fn peer_main(spec: &str) -> Result<(), Error> {
     pin_to_arg(cpu)?;
     let parent = rustix::process::getppid();
     let orphaned = move || rustix::process::getppid() != parent;
-    match contender.transport {
-        Transport::Floor => peer_floor(address, spin, orphaned),
-        Transport::Shm if size <= Channel::<SMALL>::MAX_PAYLOAD as usize => {
-            peer_shm::<SMALL>(address, contender.mode, test, spin, orphaned)
+    let small = fits_small(contender.lanes, size);
+    let mode = contender.mode;
+    match (contender.transport, contender.lanes) {
+        (Transport::Floor | Transport::SameBytesFloor, _) => {
+            floor_echo(address, size, || relax(spin), orphaned)
         }
-        Transport::Shm => peer_shm::<LARGE>(address, contender.mode, test, spin, orphaned),
-        Transport::Tcp => peer_socket(
+        (Transport::Shm, 16) if small => peer_shm::<SMALL, 16>(address, mode, test, spin, orphaned),
+        (Transport::Shm, 16) => peer_shm::<LARGE, 16>(address, mode, test, spin, orphaned),
+        (Transport::Shm, _) if small => peer_shm::<SMALL, 1>(address, mode, test, spin, orphaned),
+        (Transport::Shm, _) => peer_shm::<LARGE, 1>(address, mode, test, spin, orphaned),
+        (Transport::Tcp, _) => peer_socket(
             Socket::connect_tcp(address)?,
             contender.mode,
             test,
             size,
             spin,
         ),
-        Transport::Uds => peer_socket(
+        (Transport::Uds, _) => peer_socket(
             Socket::connect_uds(address)?,
             contender.mode,
             test,
@@ -791,38 +754,14 @@ fn peer_main(spec: &str) -> Result<(), Error> {
     }
 }
 
-fn peer_floor(path: &str, spin: bool, orphaned: impl Fn() -> bool) -> Result<(), Error> {
-    let map = FloorMap::open(path, false)?;
-    let area = map.area();
-    area.ready.0.store(1, Ordering::Release);
-    let mut last = 0;
-    let mut polls = 0u64;
-    loop {
-        let seq = area.ping.0.load(Ordering::Acquire);
-        if seq == last {
-            polls += 1;
-            if polls.is_multiple_of(LIVENESS_EVERY) && orphaned() {
-                return Err("the measuring process is gone".into());
-            }
-            relax(spin);
-            continue;
-        }
-        if seq == u64::MAX {
-            return Ok(());
-        }
-        area.pong.0.store(seq, Ordering::Release);
-        last = seq;
-    }
-}
-
-fn peer_shm<const C: usize>(
+fn peer_shm<const C: usize, const L: usize>(
     name: &str,
     mode: Mode,
     test: Test,
     spin: bool,
     orphaned: impl Fn() -> bool,
 ) -> Result<(), Error> {
-    let (mut tx, mut rx) = attach_channel::<C>(name)?;
+    let (mut tx, mut rx) = attach_channel::<C, L>(name)?;
     // Without a timeout: the channel itself reports a dead parent (`Disconnected`).
     let block = WaitOptions::new(WaitStrategy::Block { spin_first: 0 });
     let mut count = 0u64;
