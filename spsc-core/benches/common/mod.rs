@@ -1,6 +1,6 @@
 //! Machinery shared by the two benchmark binaries (`rings`, criterion; `report`, interleaved
-//! rounds): thread pinning, the contenders behind one trait, the raw two-line floor, and the
-//! ping-pong and streaming drivers. Every contender runs through the very same driver code, so a
+//! rounds): thread pinning, the contenders behind one trait, the raw floors (two-line and
+//! same-bytes), and the ping-pong and streaming drivers. Every contender runs through the very same driver code, so a
 //! difference between two of them is a difference between the queues.
 // Each bench binary uses a different subset of this module.
 #![allow(dead_code)]
@@ -104,8 +104,9 @@ pub trait Payload: Copy + Send + 'static {
     const SIZE: usize;
     /// A value carrying `seq` (every 8-byte word of it, so the whole value is written).
     fn from_seq(seq: u64) -> Self;
-    /// The sequence number the value carries.
-    fn seq(&self) -> u64;
+    /// Whether every 8-byte word of the value is `seq`. Every receipt in every driver checks
+    /// this, so the whole value is loaded and compared, for every contender and floor alike.
+    fn holds(&self, seq: u64) -> bool;
 }
 
 impl Payload for u64 {
@@ -116,8 +117,8 @@ impl Payload for u64 {
         seq
     }
     #[inline(always)]
-    fn seq(&self) -> u64 {
-        *self
+    fn holds(&self, seq: u64) -> bool {
+        *self == seq
     }
 }
 
@@ -133,10 +134,10 @@ impl Payload for [u8; 64] {
         bytes
     }
     #[inline(always)]
-    fn seq(&self) -> u64 {
-        // Every word is read (and the fold kept alive), so the whole value really moves: reading
-        // only the first word would let the compiler skip loading the rest of a popped value.
-        read_payload(self)
+    fn holds(&self, seq: u64) -> bool {
+        // Every word is compared: checking only the first would let the compiler skip loading
+        // the rest of a popped value, and its second cache line would never move.
+        payload_holds(self, seq)
     }
 }
 
@@ -212,7 +213,7 @@ fn single_pop_loop<T>(out: &mut [T], mut pop: impl FnMut() -> Option<T>) -> usiz
 /// Puts one of our element rings behind the driver traits by forwarding to its own methods.
 macro_rules! our_element_ring {
     ($ring:ident, $producer:ident, $consumer:ident, $name:literal) => {
-        impl<T: Payload> Tx<T> for spsc_core::$producer<'_, T, CAP> {
+        impl<T: Payload, const N: usize> Tx<T> for spsc_core::$producer<'_, T, N> {
             #[inline(always)]
             fn try_push(&mut self, value: T) -> Result<(), T> {
                 self.push(value).map_err(|full| full.0)
@@ -223,7 +224,7 @@ macro_rules! our_element_ring {
             }
         }
 
-        impl<T: Payload> Rx<T> for spsc_core::$consumer<'_, T, CAP> {
+        impl<T: Payload, const N: usize> Rx<T> for spsc_core::$consumer<'_, T, N> {
             #[inline(always)]
             fn try_pop(&mut self) -> Option<T> {
                 self.pop()
@@ -257,6 +258,28 @@ our_element_ring!(
     DenseConsumer,
     "spsc_core::DenseRing"
 );
+
+/// Slots of [`SmallRing`].
+pub const SMALL_CAP: usize = 64;
+
+/// Our `Ring` with [`SMALL_CAP`] slots instead of [`CAP`]: a ping-pong walks through every slot
+/// of a ring in turn, and 1024 slots of 64-byte elements (68 KiB a ring, two rings) do not stay
+/// in a core's L1 while 64 do, so the round trip shows what the walk's footprint costs.
+pub struct SmallRing<T>(Ring<T, SMALL_CAP>);
+
+impl<T: Payload> Channel<T> for SmallRing<T> {
+    const NAME: &'static str = "spsc_core::Ring, 64 slots";
+    const NATIVE_BATCH: bool = true;
+    const REFERENCE: bool = false;
+    type Tx<'a> = spsc_core::Producer<'a, T, SMALL_CAP>;
+    type Rx<'a> = spsc_core::Consumer<'a, T, SMALL_CAP>;
+    fn create() -> Box<Self> {
+        Box::new(Self(Ring::new()))
+    }
+    fn split(&mut self) -> (Self::Tx<'_>, Self::Rx<'_>) {
+        self.0.split()
+    }
+}
 
 // --- rtrb ---
 
@@ -631,7 +654,7 @@ pub fn ping_pong<T: Payload, C: Channel<T>, M: RoundTripTimer>(
                 }
                 loop {
                     if let Some(echo) = b_rx.try_pop() {
-                        assert_eq!(echo.seq(), seq, "ping-pong echo out of order");
+                        assert!(echo.holds(seq), "ping-pong echo out of order or torn");
                         break;
                     }
                 }
@@ -640,12 +663,13 @@ pub fn ping_pong<T: Payload, C: Channel<T>, M: RoundTripTimer>(
         },
         move || {
             barrier.wait();
-            for _ in 0..total {
+            for seq in 0..total {
                 let mut value = loop {
                     if let Some(value) = a_rx.try_pop() {
                         break value;
                     }
                 };
+                assert!(value.holds(seq), "ping-pong ping out of order or torn");
                 while let Err(back) = b_tx.try_push(value) {
                     value = back;
                 }
@@ -655,8 +679,9 @@ pub fn ping_pong<T: Payload, C: Channel<T>, M: RoundTripTimer>(
     sender
 }
 
-/// The hardware floor: two `AtomicU64`s, each alone on its own 128-byte-aligned line. The sender
-/// stores `seq` into the first and waits for the echo thread to store it into the second.
+/// The two-line floor: two `AtomicU64`s, each alone on its own 128-byte-aligned line. The sender
+/// stores `seq` into the first and waits for the echo thread to store it into the second: one
+/// line moves each way, the least any hand-off of an 8-byte message can move.
 pub fn ping_pong_floor<M: RoundTripTimer>(warmup: u64, n: u64, timer: M) -> (Duration, M) {
     let ping = CachePadded(AtomicU64::new(0));
     let pong = CachePadded(AtomicU64::new(0));
@@ -690,6 +715,106 @@ pub fn ping_pong_floor<M: RoundTripTimer>(warmup: u64, n: u64, timer: M) -> (Dur
     sender
 }
 
+/// One direction of the same-bytes floor: the payload on a line (or lines) of its own and the
+/// sequence word on a line of its own, each 128-byte aligned so that the adjacent-line
+/// prefetcher does not pair them.
+#[repr(C)]
+struct BytesLeg<T> {
+    payload: CachePadded<UnsafeCell<T>>,
+    seq: CachePadded<AtomicU64>,
+}
+
+// SAFETY: the payload is written only by its leg's writer, and only before it publishes the
+// next `seq` (Release); the reader reads it only after seeing that `seq` (Acquire) and before it
+// answers on the other leg, which the writer waits for (Acquire) before writing the payload
+// again. So no payload access overlaps a write; `T: Send` moves the values across.
+unsafe impl<T: Send> Sync for BytesLeg<T> {}
+
+impl<T: Payload> BytesLeg<T> {
+    fn new() -> Self {
+        Self {
+            payload: CachePadded(UnsafeCell::new(T::from_seq(0))),
+            seq: CachePadded(AtomicU64::new(0)),
+        }
+    }
+
+    /// Writes the payload for `seq`, then publishes `seq` (the writer's side).
+    #[inline(always)]
+    fn send(&self, value: T, seq: u64) {
+        // SAFETY: only this leg's writer calls `send`, and only once the reader has answered the
+        // previous `seq` on the other leg (see the `Sync` impl): nobody reads the payload now.
+        unsafe { self.payload.0.get().write(value) };
+        self.seq.store(seq, Ordering::Release);
+    }
+
+    /// Waits for `seq`, then reads the payload and checks every word (the reader's side).
+    #[inline(always)]
+    fn receive(&self, seq: u64) -> T {
+        while self.seq.load(Ordering::Acquire) != seq {}
+        // SAFETY: `seq` was published (Acquire) after its payload was written, and the writer
+        // does not write again until this side answers on the other leg.
+        let value = unsafe { self.payload.0.get().read() };
+        assert!(
+            value.holds(seq),
+            "same-bytes floor: payload out of order or torn"
+        );
+        value
+    }
+}
+
+/// The same-bytes floor: a raw ping-pong that moves a whole `T` and a sequence word each way,
+/// the least any transport of a `T`-sized message must move. Each direction has the payload on
+/// its own line(s) and the sequence word on its own line, written after the payload with Release
+/// and read with Acquire; the payload is then read and every word checked, as every contender's
+/// receipts are. For a 64-byte `T` that is two lines each way, where [`ping_pong_floor`] moves
+/// one: the extra line is a cost of the bytes, not of any queue.
+///
+/// With `slots` above 1 the exchange walks: round trip `k` uses pair `k % slots` of `slots`
+/// such pairs per direction, as a ring of that many slots does, so its lines are not the ones
+/// the last round trip used. That is still no queue (no indices, no checks of room), only the
+/// memory a ring's ping-pong cycles through; with one slot it is the floor.
+pub fn ping_pong_same_bytes_floor<T: Payload, M: RoundTripTimer>(
+    slots: usize,
+    warmup: u64,
+    n: u64,
+    timer: M,
+) -> (Duration, M) {
+    let legs = || {
+        (0..slots)
+            .map(|_| BytesLeg::<T>::new())
+            .collect::<Box<[_]>>()
+    };
+    let (ping, pong) = (legs(), legs());
+    let group = timer.group();
+    let groups = n.div_ceil(group);
+    let total = warmup + groups * group;
+    let barrier = Barrier::new(2);
+    let barrier = &barrier;
+    let ping = &ping;
+    let pong = &pong;
+    let (sender, ()) = run_pinned(
+        move || {
+            barrier.wait();
+            let round_trip = |seq: u64| {
+                let slot = (seq % slots as u64) as usize;
+                ping[slot].send(T::from_seq(seq), seq);
+                pong[slot].receive(seq);
+            };
+            // From 1: the sequence words start at 0, which must not pass for a message.
+            timed_round_trips(1, warmup, groups, timer, round_trip)
+        },
+        move || {
+            barrier.wait();
+            for seq in 1..=total {
+                let slot = (seq % slots as u64) as usize;
+                let value = ping[slot].receive(seq);
+                pong[slot].send(value, seq);
+            }
+        },
+    );
+    sender
+}
+
 /// Fills a message payload with `seq` in every 8-byte word (the whole payload is written, as an
 /// element ring's value is).
 #[inline(always)]
@@ -699,20 +824,15 @@ pub fn fill_payload(payload: &mut [u8], seq: u64) {
     }
 }
 
-/// Reads every word of a received payload (as popping an element copies all of it) and returns
-/// the sequence number in the first word.
+/// Whether every 8-byte word of a received payload is `seq`: the whole payload is loaded and
+/// compared, as every element contender's value is ([`Payload::holds`]). The words are combined
+/// without short-circuiting, so the check costs the same whatever the words hold.
 #[inline(always)]
-pub fn read_payload(payload: &[u8]) -> u64 {
-    let mut fold = 0u64;
-    for word in payload.chunks_exact(8) {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(word);
-        fold ^= u64::from_le_bytes(bytes);
-    }
-    black_box(fold);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&payload[..8]);
-    u64::from_le_bytes(first)
+pub fn payload_holds(payload: &[u8], seq: u64) -> bool {
+    let want = seq.to_le_bytes();
+    payload
+        .chunks_exact(8)
+        .fold(!payload.is_empty(), |ok, word| ok & (word == want))
 }
 
 /// Ping-pong through two [`MsgRing`]s of `L` lanes with `len`-byte payloads (a multiple of 8, at
@@ -748,7 +868,7 @@ pub fn ping_pong_message<const L: usize, M: RoundTripTimer>(
                 slot.push();
                 loop {
                     if let Ok(message) = b_rx.front() {
-                        assert_eq!(read_payload(message.payload()), seq, "echo out of order");
+                        assert!(payload_holds(message.payload(), seq), "echo out of order");
                         break;
                     }
                 }
@@ -758,12 +878,13 @@ pub fn ping_pong_message<const L: usize, M: RoundTripTimer>(
         },
         move || {
             barrier.wait();
-            for _ in 0..total {
+            for seq in 0..total {
                 let message = loop {
                     if let Ok(message) = a_rx.front() {
                         break message;
                     }
                 };
+                assert!(payload_holds(message.payload(), seq), "ping out of order");
                 let mut slot = loop {
                     if let Ok(slot) = b_tx.alloc(len, message.tag()) {
                         break slot;
@@ -871,7 +992,7 @@ pub fn stream<T: Payload, C: Channel<T>>(n: u64, budget: Duration, batch: bool) 
                 while expected < budget.limit() {
                     let got = rx.pop_batch(&mut buf);
                     for value in black_box(&buf[..got]) {
-                        assert_eq!(value.seq(), expected, "stream out of order");
+                        assert!(value.holds(expected), "stream out of order");
                         expected += 1;
                     }
                 }
@@ -879,7 +1000,7 @@ pub fn stream<T: Payload, C: Channel<T>>(n: u64, budget: Duration, batch: bool) 
                 while expected < budget.limit() {
                     if let Some(value) = rx.try_pop() {
                         let value = black_box(value);
-                        assert_eq!(value.seq(), expected, "stream out of order");
+                        assert!(value.holds(expected), "stream out of order");
                         expected += 1;
                     }
                 }
@@ -925,7 +1046,7 @@ pub fn stream_message<const L: usize>(len: u32, n: u64, budget: Duration) -> (u6
             let mut expected = 0u64;
             while expected < budget.limit() {
                 if let Ok(message) = rx.front() {
-                    assert_eq!(read_payload(message.payload()), expected, "out of order");
+                    assert!(payload_holds(message.payload(), expected), "out of order");
                     rx.pop().expect("front was there");
                     expected += 1;
                 }
