@@ -22,18 +22,13 @@ use common::{
 };
 use hdrhistogram::Histogram;
 
-/// Round-trip message size.
+/// Round-trip message size, unless `SHM_BENCH_RT_SIZE` says otherwise (the targets are for 64).
 const RT_SIZE: usize = 64;
 /// Streaming message sizes.
 const STREAM_SIZES: [usize; 3] = [64, 1024, 64 * 1024];
 /// The issue's target: the busy-polled channel's 64 B round trip p50 ÷ the paired same-bytes
 /// floor's, median over the rounds of one placement.
 const TARGET_RATIO: f64 = 1.25;
-/// Only to name a run that saw a single placement: on the AMD EPYC (Zen 4) guest of
-/// BENCHMARKS.md, near 8-byte floor trials measured up to 250 ns and far ones from 485 ns. It
-/// never splits a run (the gap rule of `placements` does that), and means nothing elsewhere.
-const NEAR_BELOW_NS: f64 = 350.0;
-
 // ---------------------------------------------------------------------------------------------
 // Round-trip timer
 // ---------------------------------------------------------------------------------------------
@@ -121,6 +116,10 @@ struct Config {
     rt_max: u64,
     rt_budget: Duration,
     stream_budget: Duration,
+    /// `SHM_BENCH_RT_SIZE`: the round-trip message size (default [`RT_SIZE`]; 8 to 2040 bytes,
+    /// which a 16-lane ring of 64 KiB holds). An 8-byte message, say, shows what the channel
+    /// adds to the floor when both move one line each way.
+    rt_size: usize,
     /// `SHM_BENCH_ONLY`: the scenario keys to run (`rt`, `s64`, `s1k`, `s64k`); all if unset.
     only: Option<Vec<String>>,
 }
@@ -140,6 +139,11 @@ impl Config {
             rt_max: if quick { 50_000 } else { 500_000 },
             rt_budget: Duration::from_millis(if quick { 100 } else { 400 }),
             stream_budget: Duration::from_millis(if quick { 60 } else { 250 }),
+            rt_size: std::env::var("SHM_BENCH_RT_SIZE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|size| (8..=2040).contains(size))
+                .unwrap_or(RT_SIZE),
             only: std::env::var("SHM_BENCH_ONLY")
                 .ok()
                 .map(|v| v.split(',').map(|k| k.trim().to_string()).collect()),
@@ -194,7 +198,7 @@ fn round_trip_trial(contender: Contender, config: &Config, ns_per_tick: f64) -> 
     let mut timer = HistTimer::new(ns_per_tick);
     let (round_trips, elapsed) = round_trips(
         contender,
-        RT_SIZE,
+        config.rt_size,
         config.rt_warmup,
         config.rt_max,
         config.rt_budget,
@@ -347,49 +351,29 @@ fn classify(triples: &[Triple]) -> Classified {
     }
     let rule = format!(
         "told from the 8-byte floor trials' p50s: sorted, a gap of more than {PLACEMENT_GAP}× \
-         between neighbours starts another placement"
+         between neighbours starts another placement; named by this project's EPYC guest's \
+         bands: nearest below 100 ns, near below 350 ns, far above"
     );
-    let mut summary = if clusters.is_empty() {
-        "no steady triple to tell it from".to_string()
-    } else if clusters.len() == 1 {
-        let c = &clusters[0];
-        let hint = if c.high < NEAR_BELOW_NS {
+    let parts: Vec<String> = clusters
+        .iter()
+        .zip(&groups)
+        .map(|(c, g)| {
             format!(
-                "; below {NEAR_BELOW_NS:.0} ns, which on the EPYC guest of BENCHMARKS.md is its \
-                 near placement"
+                "{} {}–{} ({} triples)",
+                c.name,
+                ns_cell(c.low),
+                ns_cell(c.high),
+                g.triples
             )
-        } else if c.low >= NEAR_BELOW_NS {
-            format!(
-                "; from {NEAR_BELOW_NS:.0} ns up, which on the EPYC guest of BENCHMARKS.md is \
-                 its far placement"
-            )
-        } else {
-            String::new()
-        };
-        format!(
-            "one placement throughout: 8-byte floor trials {}–{}{hint} ({rule})",
-            ns_cell(c.low),
-            ns_cell(c.high)
-        )
-    } else {
-        let parts: Vec<String> = clusters
-            .iter()
-            .zip(&groups)
-            .map(|(c, g)| {
-                format!(
-                    "{} {}–{} ({} triples)",
-                    c.name,
-                    ns_cell(c.low),
-                    ns_cell(c.high),
-                    g.triples
-                )
-            })
-            .collect();
-        format!(
-            "{} placements: {} ({rule}); reported per placement",
-            clusters.len(),
+        })
+        .collect();
+    let mut summary = match clusters.len() {
+        0 => "no steady triple to tell it from".to_string(),
+        1 => format!("one placement throughout: {} ({rule})", parts[0]),
+        n => format!(
+            "{n} placements: {} ({rule}); reported per placement",
             parts.join(", ")
-        )
+        ),
     };
     if switched > 0 {
         summary.push_str(&format!(
@@ -580,8 +564,9 @@ fn print_report(
         config.stream_budget.as_millis()
     );
     println!(
-        "- every byte of each {RT_SIZE}-byte round-trip message changes from one message to the \
-         next, and every byte of the echo is checked, by every contender and the same-bytes floor"
+        "- every byte of each {}-byte round-trip message changes from one message to the \
+         next, and every byte of the echo is checked, by every contender and the same-bytes floor",
+        config.rt_size
     );
     let classified = (!triples.is_empty()).then(|| classify(triples));
     if let Some(classified) = &classified {
@@ -600,7 +585,7 @@ fn print_report(
     if let Some(classified) = &classified {
         if classified.groups.len() > 1 {
             for group in &classified.groups {
-                print_round_trips(group, true);
+                print_round_trips(group, config.rt_size, true);
             }
             println!(
                 "The run's trials of every placement together (placements mixed: for the \
@@ -608,19 +593,19 @@ fn print_report(
             );
             println!();
         }
-        print_round_trips(&classified.all, false);
+        print_round_trips(&classified.all, config.rt_size, false);
     }
     for (size, rates) in streams {
         print_stream(*size, rates);
     }
     if let Some(classified) = &classified {
-        print_targets(classified);
+        print_targets(classified, config.rt_size);
     }
 }
 
-fn print_round_trips(group: &Group, per_placement: bool) {
+fn print_round_trips(group: &Group, size: usize, per_placement: bool) {
     println!(
-        "#### Cross-process round trip, {RT_SIZE} B messages: {} ({} triples)",
+        "#### Cross-process round trip, {size} B messages: {} ({} triples)",
         group.title, group.triples
     );
     println!();
@@ -707,7 +692,7 @@ fn print_stream(size: usize, rates: &[Rate]) {
     println!();
 }
 
-fn print_targets(classified: &Classified) {
+fn print_targets(classified: &Classified, size: usize) {
     println!("#### Targets (median per-trial ratios of this run; printed, never asserted)");
     println!();
     let placements: &[Group] = &classified.groups;
@@ -721,7 +706,9 @@ fn print_targets(classified: &Classified) {
             }
             let (bytes, floor) = (median(&shm.vs_bytes), median(&shm.vs_floor));
             let pass = bytes <= TARGET_RATIO;
-            let verdict = if pass {
+            let verdict = if size != RT_SIZE {
+                format!("the target is set for {RT_SIZE} B messages")
+            } else if pass {
                 format!(
                     "PASS ({:.0}% to spare)",
                     (1.0 - bytes / TARGET_RATIO) * 100.0
@@ -730,7 +717,7 @@ fn print_targets(classified: &Classified) {
                 format!("MISS by {:.0}%", (bytes / TARGET_RATIO - 1.0) * 100.0)
             };
             println!(
-                "- {}: shm channel, {name}, busy-poll, {RT_SIZE} B round trip p50 = {bytes:.2}× \
+                "- {}: shm channel, {name}, busy-poll, {size} B round trip p50 = {bytes:.2}× \
                  the same-bytes floor (target ≤ {TARGET_RATIO:.2}×): {verdict}; {floor:.2}× the \
                  8-byte floor; same-bytes floor = {:.2}× the 8-byte floor",
                 group.title,

@@ -135,7 +135,7 @@ impl Contender {
         match (self.transport, self.mode, self.lanes) {
             (Transport::Floor, _, _) => ("floor, 8 B (2 atomics, 2 lines)", "floor"),
             (Transport::SameBytesFloor, _, _) => {
-                ("floor, same bytes (64 B + seq each way)", "floor-bytes")
+                ("floor, same bytes (payload + seq each way)", "floor-bytes")
             }
             (Transport::Shm, Mode::Busy, 16) => ("shm channel, 16 lanes (busy-poll)", "shm16-busy"),
             (Transport::Shm, Mode::Busy, _) => ("shm channel, 1 lane (busy-poll)", "shm-busy"),
