@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Defaults: 200 000 round trips, 64-byte message payloads. Each round trip is timed with
-//! `Instant` (about 20 ns of timer cost is included in every figure, the floor's too); the
-//! criterion and report benches (`cargo bench -p spsc-core`) measure more carefully.
+//! `Instant` (about 20 ns of timer cost is included in every figure, the floor's too), and every
+//! byte of every echoed message is checked. The criterion and report benches (`cargo bench -p
+//! spsc-core`) measure more carefully; the report also runs a floor that moves a 64-byte payload
+//! and a sequence word, the fairer reference for 64-byte messages (BENCHMARKS.md).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,6 +128,20 @@ fn ring_u64(round_trips: usize) -> (Samples, Duration) {
     result
 }
 
+/// Writes `i` into every 8-byte word of `bytes` (and its low bytes into a shorter tail).
+fn fill(bytes: &mut [u8], i: u64) {
+    for word in bytes.chunks_mut(8) {
+        word.copy_from_slice(&i.to_le_bytes()[..word.len()]);
+    }
+}
+
+/// Whether `bytes` holds what [`fill`] wrote for `i`.
+fn holds(bytes: &[u8], i: u64) -> bool {
+    bytes
+        .chunks(8)
+        .all(|word| word == &i.to_le_bytes()[..word.len()])
+}
+
 /// Capacity of each message ring.
 const MESSAGE_RING_BYTES: usize = 1 << 16;
 
@@ -167,15 +183,13 @@ fn message_ring<const L: usize>(round_trips: usize, payload: u32) -> (Samples, D
     });
     let result = measure(round_trips, |i| {
         let mut slot = there.alloc(payload, 0).unwrap();
-        let bytes = slot.payload_mut();
-        bytes.fill(0);
-        let stamp = 8.min(bytes.len());
-        bytes[..stamp].copy_from_slice(&i.to_le_bytes()[..stamp]);
+        fill(slot.payload_mut(), i);
         slot.push();
         loop {
             match back.front() {
                 Ok(echoed) => {
-                    assert_eq!(echoed.len(), payload as usize);
+                    // Every byte is checked, so the whole message is read back, not its first word.
+                    assert!(holds(echoed.payload(), i), "echo out of order or torn");
                     break;
                 }
                 Err(_) => spin_hint(),
