@@ -29,9 +29,11 @@
 //! (one word each way, two cache lines) and the **same-bytes floor** (the message's payload and a
 //! sequence word each way, each on lines of their own: the least any transport of that message
 //! must move). The table shows, for each transport, the placement of the two CPUs told from the
-//! 8-byte floor run right before it (this project's 2-vCPU guest switches by itself between a
-//! near and a far placement, 137–250 ns and 485–770 ns for that floor), and the summary gives
-//! the busy channel's ratio to the floors of its own pair. Every byte of every message changes
+//! 8-byte floor run right before it (this project's 2-vCPU EPYC guest switches by itself between
+//! placements: "near", about 107–150 ns for that floor, "far", about 470–530 ns, and now and
+//! then "nearest", 70–80 ns; `benches/common/peers.rs` has the rule), and the summary gives the
+//! busy channel's ratio to the floors of its own pair. The same-bytes floor is the yardstick for
+//! messages of a cache line or more; below that, the 8-byte floor already carries the bytes. Every byte of every message changes
 //! from one round trip to the next and every byte of each echo is checked, for every transport
 //! and the same-bytes floor alike.
 //!
