@@ -16,10 +16,12 @@
 //! them, block `b` sits in region `b % 16` of 16 equal regions, at place `b / 16` in it, so two
 //! consecutive positions never share a cache line (a 68-byte block shares one with each
 //! neighbour in memory, which now holds the position 16 earlier or later). A hand-off then
-//! moves lines that neither side has touched for 16 messages, and on this project's machines
-//! that takes a `[u8; 64]` round trip from 1.22-1.28× the two-line floor to 0.96-1.02× (0.83-0.89×
-//! in the machine's far placement, where blocks in order measured 1.20×). Spreading by 8 gave
-//! 1.07-1.13×. The price is in batches: 64 consecutive positions are 16 runs of 4 blocks instead
+//! moves lines that neither side has touched for 16 messages, and on this project's earlier
+//! machine (Zen 1) that took a `[u8; 64]` round trip from 1.22-1.28× the two-line floor to
+//! 0.96-1.02× (0.83-0.89× in the machine's far placement, where blocks in order measured 1.20×);
+//! spreading by 8 gave 1.07-1.13×. On its Zen 4 machine the walk of a 1024-slot ring past the L1
+//! cache weighs more than the layout (a side experiment measured bare 72-byte stamped slots at
+//! 1.79× the two-line floor in order and 1.50-1.79× spread; BENCHMARKS.md). The price is in batches: 64 consecutive positions are 16 runs of 4 blocks instead
 //! of one run, so they share 16 lines with the neighbouring batches instead of one (two-thread
 //! 64-byte batches went from 0.79-0.90× to 0.73-0.76× `rtrb`). Dense blocks are not spread:
 //! their elements share lines by design, and their round trip is already within 1.1× the floor.

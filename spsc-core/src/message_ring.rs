@@ -29,8 +29,11 @@
 //! message still costs its header plus its payload rounded up to 8, but consecutive messages
 //! never share a cache line: a record's neighbours in memory are the messages `L` before and
 //! after it. That is what a round trip needs: a hand-off is slow when it moves a line the other
-//! side touched one message earlier, which with packed records in one lane is every hand-off
-//! (BENCHMARKS.md has the figures). The price is the largest message, which is set by a lane.
+//! side touched one message earlier, which with packed records in one lane is every hand-off.
+//! That held for every size on the project's earlier (Zen 1) machine; on its Zen 4 machine it
+//! holds for records of a line or more, while 8-byte messages are faster packed in one lane,
+//! whose shared line both cores have just held (BENCHMARKS.md has the figures). The price is the
+//! largest message, which is set by a lane.
 //!
 //! The consumer publishes one index word per lane, all on one line. Bit 0 of each holds the
 //! parity of the messages popped from that lane (bit 0 of a position is always 0), so a handle
@@ -103,8 +106,10 @@ enum Record {
 ///
 /// `L`, the number of lanes (a power of two up to 16, default 1), trades the largest message for
 /// round-trip latency: with `L = 16` consecutive messages never share a cache line, and a 64-byte
-/// ping-pong takes 10–25% less time than with one lane, while streaming runs at about 60% of the
-/// one-lane rate (module docs, BENCHMARKS.md). Messages stay in order whatever `L` is.
+/// ping-pong took 10–25% less time than with one lane on a Zen 1 machine and 8–14% less on a
+/// Zen 4 one, while streaming ran at about 60% and 75–86% of the one-lane rate; on the Zen 4
+/// machine 8-byte messages are slower with 16 lanes (module docs, BENCHMARKS.md). Messages stay
+/// in order whatever `L` is.
 ///
 /// ```
 /// use spsc_core::{MessageReceiver, MessageRing, MessageSender, SendError};
