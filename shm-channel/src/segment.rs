@@ -693,7 +693,8 @@ impl Segment {
             Err(SegmentError::NotFound { .. }) => return Ok(Reclaim::NotFound),
             Err(error) => return Err(error),
         };
-        file_len(&file, place)?;
+        // `open_file` refused anything but a regular file; `check_is_segment` checks again on
+        // the descriptor, under the lock.
         match fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(Errno::WOULDBLOCK) => return Ok(Reclaim::InUse),

@@ -849,6 +849,31 @@ fn removal_refuses_what_is_not_a_segment() {
     ));
     assert!(notes.symlink_metadata().is_ok() && original.exists());
 
+    std::fs::remove_file(&notes).unwrap();
+
+    // A FIFO under the name is never opened (opening one could block): reported as what it is.
+    let made = Command::new("mkfifo").arg(&notes).status().unwrap();
+    assert!(made.success());
+    assert!(matches!(
+        Chan::open("notes", End::A, &options(&dir)),
+        Err(ChannelError::Segment(SegmentError::NotAFile {
+            kind: "a FIFO",
+            ..
+        }))
+    ));
+    assert!(matches!(
+        Segment::reclaim_stale("notes", &seg_options),
+        Err(SegmentError::NotAFile { kind: "a FIFO", .. })
+    ));
+    assert!(notes.symlink_metadata().is_ok());
+
+    // A segment too small to hold even a creator's marker is refused before any file is made.
+    assert_eq!(
+        Segment::create("tiny", 16, &seg_options).unwrap_err(),
+        SegmentError::SizeTooLarge { size: 16 }
+    );
+    assert!(!dir.path().join("tiny").exists());
+
     // A real segment, stale or not, is removed.
     drop(Chan::create("real", End::A, &options(&dir)).unwrap());
     Chan::unlink("real", &options(&dir)).unwrap();
