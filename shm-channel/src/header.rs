@@ -37,6 +37,24 @@ pub const HEADER_SIZE: usize = core::mem::size_of::<SegmentHeader>();
 /// Alignment of every ring inside the segment (the rings' own alignment).
 pub const RING_ALIGN: u64 = 128;
 
+/// The layout to expect, and record, for a ring the segment does not have: a segment of one ring
+/// (the TCP transport's persisted send queue) passes it as the second of the two layouts, with
+/// the placement `RingPlacement { offset: 0, size: 0 }`. Every field is 0, so its fingerprint
+/// matches no real ring's: a one-ring segment opened as a channel (or the reverse) is refused as
+/// a [`HeaderError::LayoutMismatch`].
+pub const ABSENT_RING: RingLayout = RingLayout {
+    version: 0,
+    kind: 0,
+    capacity: 0,
+    elem_size: 0,
+    elem_align: 0,
+    block_len: 0,
+    block_size: 0,
+    block_spread: 0,
+    data_offset: 0,
+    total_size: 0,
+};
+
 const STATE_UNSET: u32 = 0;
 const STATE_INITIALISING: u32 = 1;
 const STATE_READY: u32 = 2;
@@ -725,6 +743,15 @@ impl SegmentHeader {
         }
         let mut placements = [RingPlacement { offset: 0, size: 0 }; 2];
         for (i, (&(offset, size), layout)) in descs.iter().zip(expected).enumerate() {
+            if *layout == ABSENT_RING {
+                // Matched fingerprints: the creator recorded the ring as absent too.
+                if (offset, size) != (0, 0) {
+                    return Err(HeaderError::Impossible {
+                        reason: "an absent ring has a recorded place",
+                    });
+                }
+                continue;
+            }
             if size != u64::from(layout.total_size) {
                 return Err(HeaderError::Impossible {
                     reason: "recorded ring size does not match the ring's layout",
@@ -757,7 +784,11 @@ impl SegmentHeader {
             placements[i] = RingPlacement { offset, size };
         }
         let [a, b] = placements;
-        if a.offset < b.offset + b.size && b.offset < a.offset + a.size {
+        if a.size != 0
+            && b.size != 0
+            && a.offset < b.offset + b.size
+            && b.offset < a.offset + a.size
+        {
             return Err(HeaderError::Impossible {
                 reason: "the two rings overlap",
             });
@@ -885,8 +916,12 @@ impl SegmentHeader {
     }
 
     /// Records `end`'s name (creator, while initialising; later writers must make sure nobody
-    /// reads concurrently, as a reader may otherwise see a mix of two names and reject it).
-    pub(crate) fn set_end_name(&self, end: End, name: &SegmentName) {
+    /// reads concurrently, as a reader may otherwise see a mix of two names and reject it). The
+    /// length is stored last, so a writer killed half-way leaves a name that reads as invalid
+    /// or as the old one's length over new bytes, which [`end_name`](Self::end_name)'s checks
+    /// catch only if the mix is not itself a valid name: upper layers that rewrite a name after
+    /// creation must tolerate that.
+    pub fn set_end_name(&self, end: End, name: &SegmentName) {
         let bytes = name.as_str().as_bytes();
         let words = &self.session.names[end.index()];
         for (word, chunk) in words.iter().zip(bytes.chunks(8)) {

@@ -74,8 +74,8 @@ pub use channel::{Channel, ChannelError, ChannelOptions};
 pub use endpoint::Endpoint;
 pub use header::{
     Direction, DirectionStats, End, HeaderError, Identity, Liveness, RecvCounters, RingDescriptor,
-    RingPlacement, SegmentHeader, SendCounters, SessionArea, WaitWords, ABI_VERSION, HEADER_SIZE,
-    RING_ALIGN, SEGMENT_MAGIC,
+    RingPlacement, SegmentHeader, SendCounters, SessionArea, WaitWords, ABI_VERSION, ABSENT_RING,
+    HEADER_SIZE, RING_ALIGN, SEGMENT_MAGIC,
 };
 pub use name::{NameError, SegmentName, MAX_NAME_LEN};
 pub use pid::{is_process_alive, is_process_alive_since, process_start_time};

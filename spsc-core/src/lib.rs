@@ -65,6 +65,7 @@ mod dense_ring;
 mod layout;
 mod message_ring;
 mod padded;
+mod read_ahead;
 mod ring;
 mod shared_layout;
 mod sync;
@@ -74,5 +75,6 @@ pub use dense_ring::{DenseConsumer, DenseProducer, DenseReadChunk, DenseRing, De
 pub use layout::{AttachError, ClaimError, RingKind, RingLayout, RING_FORMAT_VERSION, RING_MAGIC};
 pub use message_ring::{MessageConsumer, MessageProducer, MessageRing, MessageSlot};
 pub use padded::CachePadded;
+pub use read_ahead::{PublishedRun, ReadAhead};
 pub use ring::{Consumer, Drain, Full, Producer, ReadChunk, Ring};
 pub use sync::spin_hint;

@@ -62,7 +62,7 @@ use crate::padded::CachePadded;
 use crate::sync::{AtomicU32, Ordering};
 
 /// Size of a record header, and the alignment of every record and payload.
-const HEADER: u32 = 8;
+pub(crate) const HEADER: u32 = 8;
 const PUBLISHED: u32 = 1;
 const PADDING: u32 = 2;
 /// The low half of the commit word holds flags; any other bit set there is corruption.
@@ -325,13 +325,13 @@ impl<const C: usize, const L: usize> MessageRing<C, L> {
     /// would not meet in the same L1 set, a 64-byte round trip measured 1.05–1.11× the floor
     /// instead of 0.85–0.96× (far placement, BENCHMARKS.md).
     #[inline(always)]
-    const fn offset_in_lane(position: u32) -> u32 {
+    pub(crate) const fn offset_in_lane(position: u32) -> u32 {
         position & Self::LANE_MASK
     }
 
     /// Where byte `offset` of lane `lane` sits in the buffer.
     #[inline(always)]
-    const fn at(lane: usize, offset: u32) -> u32 {
+    pub(crate) const fn at(lane: usize, offset: u32) -> u32 {
         lane as u32 * Self::LANE + offset
     }
 
@@ -426,13 +426,13 @@ impl<const C: usize, const L: usize> MessageRing<C, L> {
     }
 
     #[inline(always)]
-    fn base(&self) -> *mut u8 {
+    pub(crate) fn base(&self) -> *mut u8 {
         self.buf.0.get().cast()
     }
 
     /// The commit word of the record at `offset` (8-aligned, below `C`).
     #[inline(always)]
-    fn commit_word(&self, offset: u32) -> &AtomicU32 {
+    pub(crate) fn commit_word(&self, offset: u32) -> &AtomicU32 {
         debug_assert!(offset < C as u32 && offset.is_multiple_of(HEADER));
         #[cfg(loom)]
         {
@@ -498,6 +498,20 @@ impl<const C: usize, const L: usize> MessageRing<C, L> {
         })
     }
 
+    /// [`decode`](Self::decode) for the read-ahead: whether the record is padding, and its size.
+    #[inline(always)]
+    pub(crate) fn decode_record(
+        &self,
+        lane: usize,
+        offset: u32,
+        commit: u32,
+    ) -> Result<(bool, u32), &'static str> {
+        Ok(match self.decode(lane, offset, commit)? {
+            Record::Padding { size } => (true, size),
+            Record::Message { size, .. } => (false, size),
+        })
+    }
+
     /// Loom bookkeeping of a write to the record bytes `offset..offset + size`.
     #[inline(always)]
     fn track_write(&self, _offset: u32, _size: u32) {
@@ -509,7 +523,7 @@ impl<const C: usize, const L: usize> MessageRing<C, L> {
 
     /// Loom bookkeeping of a read of the record bytes `offset..offset + size`.
     #[inline(always)]
-    fn track_read(&self, _offset: u32, _size: u32) {
+    pub(crate) fn track_read(&self, _offset: u32, _size: u32) {
         #[cfg(loom)]
         for unit in _offset / HEADER..(_offset + _size) / HEADER {
             self.loom.units[unit as usize].with(|_| ());
@@ -859,7 +873,7 @@ impl<const C: usize, const L: usize> fmt::Debug for MessageSlot<'_, '_, C, L> {
 
 /// The receiving side of a [`MessageRing`]; implements [`MessageReceiver`]. At most one per ring.
 pub struct MessageConsumer<'a, const C: usize, const L: usize = 1> {
-    ring: &'a MessageRing<C, L>,
+    pub(crate) ring: &'a MessageRing<C, L>,
     /// The lane the next message comes from (below `L`).
     lane: usize,
     /// Per lane: the index word (position, and pop parity with several lanes); mirrors
@@ -955,6 +969,11 @@ impl<'a, const C: usize, const L: usize> MessageConsumer<'a, C, L> {
             lane += 1;
         }
         sum
+    }
+
+    /// The address of the ring this consumer reads, telling rings apart.
+    pub(crate) fn ring_address(&self) -> usize {
+        core::ptr::from_ref(self.ring) as usize
     }
 
     /// `true` if there is no message to read right now.

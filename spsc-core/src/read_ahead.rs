@@ -1,0 +1,204 @@
+//! Reading a one-lane [`MessageRing`](crate::MessageRing)'s published records ahead of its front,
+//! as raw bytes, without popping them: what a transport that forwards the queue itself (the TCP
+//! transport sends its persisted send queue to the socket straight from the ring) needs.
+//!
+//! The records of a one-lane ring between the consumer's position and the producer's are
+//! contiguous in the buffer except where the producer wrapped to the start (a padding record
+//! fills the rest of the buffer there). [`MessageConsumer::published_run`] returns the longest
+//! run of whole message records from a [`ReadAhead`] cursor, each header checked, stopping at the
+//! buffer's end, at the first record not yet published, or at a byte limit.
+
+use core::fmt;
+
+use crate::api::RecvError;
+use crate::message_ring::{MessageConsumer, MessageRing, HEADER};
+use crate::sync::Ordering;
+
+/// A record boundary among a one-lane ring's published records, at or after the consumer's
+/// position: where [`MessageConsumer::published_run`] starts reading.
+///
+/// A cursor is made only by [`MessageConsumer::read_ahead`] (at the front) and by
+/// [`PublishedRun::cursor_after`] (past records the run checked), so it always sits on a record
+/// boundary of the ring that made it; pops that overtake it move it to the front.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ReadAhead {
+    position: u32,
+    /// The address of the ring it belongs to: a cursor of another ring is refused, since its
+    /// position need not be a record boundary here.
+    ring: usize,
+}
+
+impl ReadAhead {
+    /// The cursor's wrapping byte position, on the scale of
+    /// [`MessageConsumer::position`].
+    pub const fn position(&self) -> u32 {
+        self.position
+    }
+}
+
+impl fmt::Debug for ReadAhead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadAhead")
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Consecutive whole message records, as the ring holds them: each an 8-byte header (commit
+/// word, then payload length, both little-endian `u32`) and the payload padded to 8 bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishedRun<'r> {
+    start: ReadAhead,
+    bytes: &'r [u8],
+    messages: u32,
+}
+
+impl<'r> PublishedRun<'r> {
+    /// The records' bytes, headers included; empty when no record is published at the cursor.
+    pub const fn bytes(&self) -> &'r [u8] {
+        self.bytes
+    }
+
+    /// Where the run starts (past any padding the cursor stood on).
+    pub const fn start(&self) -> ReadAhead {
+        self.start
+    }
+
+    /// How many message records the run holds.
+    pub const fn messages(&self) -> u32 {
+        self.messages
+    }
+
+    /// The cursor just past the records that end within the run's first `bytes` bytes, and how
+    /// many bytes of the next record those `bytes` include: what a caller that wrote `bytes` of
+    /// the run somewhere (a socket may take part of a record) continues from. `bytes` beyond the
+    /// run count as the whole run. Cost: one step per record passed.
+    pub fn cursor_after(&self, bytes: usize) -> (ReadAhead, usize) {
+        let bytes = bytes.min(self.bytes.len());
+        let mut offset = 0usize;
+        loop {
+            let Some(size) = record_size_at(self.bytes, offset) else {
+                break;
+            };
+            if offset + size > bytes {
+                break;
+            }
+            offset += size;
+        }
+        let cursor = ReadAhead {
+            position: self.start.position.wrapping_add(offset as u32),
+            ring: self.start.ring,
+        };
+        (cursor, bytes - offset)
+    }
+}
+
+/// The size of the record at `offset` of a run (its header was checked when the run was made).
+fn record_size_at(bytes: &[u8], offset: usize) -> Option<usize> {
+    let len = bytes.get(offset + 4..offset + 8)?;
+    let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+    Some(HEADER as usize + len.next_multiple_of(HEADER as usize))
+}
+
+impl<'a, const C: usize> MessageConsumer<'a, C, 1> {
+    /// A cursor at the oldest unpopped record, for [`published_run`](Self::published_run).
+    pub fn read_ahead(&self) -> ReadAhead {
+        ReadAhead {
+            position: self.position(),
+            ring: self.ring_address(),
+        }
+    }
+
+    /// The longest run of whole, published message records from `from`, at most `max_bytes`
+    /// long (but at least one record when one is published there, whatever its size), without
+    /// popping anything. A padding record at `from` is skipped: the run then starts at the
+    /// buffer's start. The run stops before the buffer's end, the first unpublished record, or
+    /// the record that would pass `max_bytes`.
+    ///
+    /// A cursor the consumer has since popped past reads from the front instead. Cost: one
+    /// Acquire load and a header check per record.
+    ///
+    /// # Errors
+    /// [`RecvError::Corrupt`] for an impossible record (another process wrote the ring) or a
+    /// cursor that belongs to another ring.
+    pub fn published_run(
+        &mut self,
+        from: ReadAhead,
+        max_bytes: usize,
+    ) -> Result<PublishedRun<'_>, RecvError> {
+        if from.ring != self.ring_address() {
+            return Err(RecvError::Corrupt {
+                reason: "read-ahead cursor belongs to another ring",
+            });
+        }
+        let ring = self.ring;
+        let head = self.position();
+        let lane_bytes = C as u32;
+        // Popped past (or never ahead): start at the front, a record boundary.
+        let mut position = if from.position.wrapping_sub(head) > lane_bytes {
+            head
+        } else {
+            from.position
+        };
+        let mut start = None;
+        let mut end = position;
+        let mut messages = 0u32;
+        loop {
+            // Never walk more than a buffer's worth past the front: records beyond would be
+            // impossible, and the bound keeps a corrupt ring from looping.
+            if end.wrapping_sub(head) > lane_bytes - HEADER {
+                return Err(RecvError::Corrupt {
+                    reason: "published records overrun the buffer",
+                });
+            }
+            let offset = MessageRing::<C, 1>::offset_in_lane(end);
+            if start.is_some() && offset == 0 {
+                break; // the next record is at the buffer's start: not contiguous
+            }
+            let commit = ring
+                .commit_word(MessageRing::<C, 1>::at(0, offset))
+                .load(Ordering::Acquire);
+            if commit == 0 {
+                break;
+            }
+            match ring.decode_record(0, offset, commit) {
+                Err(reason) => return Err(RecvError::Corrupt { reason }),
+                Ok((true, size)) => {
+                    if start.is_some() {
+                        break; // padding after messages: the run ends at the buffer's end
+                    }
+                    end = end.wrapping_add(size);
+                    position = end;
+                }
+                Ok((false, size)) => {
+                    let run_start = *start.get_or_insert(position);
+                    let run_len = end.wrapping_sub(run_start) as usize;
+                    if messages > 0 && run_len + size as usize > max_bytes {
+                        break;
+                    }
+                    ring.track_read(MessageRing::<C, 1>::at(0, offset), size);
+                    end = end.wrapping_add(size);
+                    messages += 1;
+                }
+            }
+        }
+        let run_start = start.unwrap_or(position);
+        let len = end.wrapping_sub(run_start) as usize;
+        let offset = MessageRing::<C, 1>::offset_in_lane(run_start) as usize;
+        // SAFETY: the run is `len` bytes of whole records from `offset`, each checked by
+        // `decode_record` to lie inside the buffer, and none crossing its end (the walk stops
+        // where the next record would start at offset 0), so `offset + len <= C`. Each record's
+        // commit word was read with Acquire and found published, so the producer's writes of
+        // those bytes happened before, and it cannot reuse them until the consumer's position
+        // passes them, which takes `pop` (`&mut self`), ending this borrow first.
+        let bytes = unsafe { core::slice::from_raw_parts(ring.base().add(offset), len) };
+        Ok(PublishedRun {
+            start: ReadAhead {
+                position: run_start,
+                ring: self.ring_address(),
+            },
+            bytes,
+            messages,
+        })
+    }
+}
