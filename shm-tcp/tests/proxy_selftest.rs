@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 // Works with or without a `tests/common/mod.rs`: a crate root's inline module looks for
 // `common/proxy.rs` next to this file.
-mod common {
-    pub mod proxy;
-}
+mod common;
 use common::proxy::{CutBudget, CutScope, FaultPlan, Proxy, SplitMix64};
 
 /// Upper bound on any single blocking read in these tests (a hang fails instead of stalling).
