@@ -101,6 +101,10 @@ pub struct Connection<const C: usize> {
     now: u64,
     last_rx: u64,
     last_tx: u64,
+    /// Set by reads and writes made outside `poll` (which has no clock): the next `poll`
+    /// counts them as activity at its `now`.
+    rx_seen: bool,
+    tx_seen: bool,
     /// A disconnect noticed outside `poll` (by `front`, `push`, `alloc`), reported by the next
     /// `poll`.
     pending_error: Option<ConnectionError>,
@@ -178,7 +182,12 @@ impl<const C: usize> Connection<C> {
         let start = shm_channel::monotonic_nanos();
         loop {
             let now = shm_channel::monotonic_nanos();
-            conn.poll(now)?;
+            match conn.poll(now) {
+                // A refused or failed TCP connect is retried (the acceptor may be starting).
+                Err(ConnectionError::Io { .. } | ConnectionError::Closed { .. }) => {}
+                Err(error) => return Err(error),
+                Ok(()) => {}
+            }
             if conn.state == LinkState::Connected {
                 return Ok(conn);
             }
@@ -264,6 +273,8 @@ impl<const C: usize> Connection<C> {
             now: 0,
             last_rx: 0,
             last_tx: 0,
+            rx_seen: false,
+            tx_seen: false,
             pending_error: None,
             stats: ConnectionStats::default(),
         }
@@ -352,6 +363,12 @@ impl<const C: usize> Connection<C> {
     }
 
     fn poll_state(&mut self, now: u64) -> Result<(), ConnectionError> {
+        if core::mem::take(&mut self.rx_seen) {
+            self.last_rx = now;
+        }
+        if core::mem::take(&mut self.tx_seen) {
+            self.last_tx = now;
+        }
         match self.state {
             LinkState::Disconnected => {
                 if let Role::Client { addr, .. } = self.role {
@@ -378,6 +395,9 @@ impl<const C: usize> Connection<C> {
             }
             LinkState::Connected => {
                 self.receive()?;
+                if core::mem::take(&mut self.rx_seen) {
+                    self.last_rx = now;
+                }
                 if now.saturating_sub(self.last_rx) > self.options.peer_timeout_ns {
                     return Err(ConnectionError::TimedOut {
                         peer: self.peer,
@@ -574,7 +594,8 @@ impl<const C: usize> Connection<C> {
         self.state = LinkState::Disconnected;
         if let Role::Client { backoff_ns, .. } = &mut self.role {
             self.state_at = now.saturating_add(*backoff_ns);
-            *backoff_ns = (*backoff_ns * 2).min(self.options.reconnect_max_ns);
+            *backoff_ns = (*backoff_ns * 2)
+                .clamp(self.options.reconnect_min_ns, self.options.reconnect_max_ns);
         } else {
             self.state_at = now;
         }
@@ -660,7 +681,7 @@ impl<const C: usize> Connection<C> {
             if self.ctrl_start == self.ctrl_end {
                 (self.ctrl_start, self.ctrl_end) = (0, 0);
             }
-            self.last_tx = self.now;
+            self.tx_seen = true;
             if written < total {
                 return Ok(()); // the socket's buffer is full: the next poll continues
             }
@@ -674,13 +695,16 @@ impl<const C: usize> Connection<C> {
         };
         let room = self.recv.free_space();
         if room.is_empty() {
-            return Ok(()); // full: TCP's flow control holds the peer back until pops make room
+            // Full: TCP's flow control holds the peer back until pops make room. The peer's
+            // silence is then ours, not a sign that it is gone.
+            self.rx_seen = true;
+            return Ok(());
         }
         match stream.read(room) {
             Ok(0) => return Err(ConnectionError::Closed { peer: self.peer }),
             Ok(n) => {
                 self.recv.wrote(n);
-                self.last_rx = self.now;
+                self.rx_seen = true;
             }
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => return Ok(()),

@@ -291,8 +291,11 @@ impl<const C: usize> SendQueue<C> {
                 _ => break,
             }
         }
-        self.first_unacked = acked;
-        self.next_seq = acked;
+        // The first record left is `acked` itself, unless pops outran the store of `acked` on
+        // the disk (power loss: pages reach it in any order): the peer had acknowledged those.
+        let first = self.front_seq()?.map_or(acked, |seq| seq.max(acked));
+        self.first_unacked = first;
+        self.next_seq = first;
         let mut cursor = self.consumer.read_ahead();
         loop {
             let path = &self.path;
