@@ -76,10 +76,7 @@ impl<'r> PublishedRun<'r> {
     pub fn cursor_after(&self, bytes: usize) -> (ReadAhead, usize) {
         let bytes = bytes.min(self.bytes.len());
         let mut offset = 0usize;
-        loop {
-            let Some(size) = record_size_at(self.bytes, offset) else {
-                break;
-            };
+        while let Some(size) = record_size_at(self.bytes, offset) {
             if offset + size > bytes {
                 break;
             }
@@ -121,6 +118,45 @@ impl<'a, const C: usize> MessageConsumer<'a, C, 1> {
     /// # Errors
     /// [`RecvError::Corrupt`] for an impossible record (another process wrote the ring) or a
     /// cursor that belongs to another ring.
+    ///
+    /// # Example
+    ///
+    /// Forwarding the queue's records as they are, where the writer may take part of a record:
+    ///
+    /// ```
+    /// use spsc_core::{MessageReceiver, MessageRing, MessageSender};
+    ///
+    /// let mut ring = MessageRing::<1024>::new();
+    /// let (mut tx, mut rx) = ring.split();
+    /// tx.send(7, b"hello").unwrap();
+    /// tx.send(8, b"world!!!").unwrap();
+    ///
+    /// // Both records, as the ring holds them: the commit word `1 | tag << 16` and the payload
+    /// // length (little-endian `u32`s), then the payload padded to 8 bytes.
+    /// let cursor = rx.read_ahead();
+    /// let run = rx.published_run(cursor, usize::MAX).unwrap();
+    /// assert_eq!(run.messages(), 2);
+    /// let bytes = run.bytes();
+    /// assert_eq!(bytes.len(), (8 + 8) + (8 + 8));
+    /// assert_eq!(bytes[0..4], (1u32 | 7 << 16).to_le_bytes());
+    /// assert_eq!(bytes[4..8], 5u32.to_le_bytes());
+    /// assert_eq!(&bytes[8..13], b"hello");
+    ///
+    /// // The writer took 20 bytes: the first record and 4 bytes of the second's header.
+    /// let (next, partial) = run.cursor_after(20);
+    /// assert_eq!(partial, 4);
+    /// let rest = rx.published_run(next, usize::MAX).unwrap();
+    /// assert_eq!(rest.messages(), 1);
+    /// assert_eq!(&rest.bytes()[8..], b"world!!!");
+    /// // Continue the write from `rest.bytes()[partial..]`.
+    ///
+    /// // A byte limit keeps the run short, but it always holds one whole record.
+    /// assert_eq!(rx.published_run(cursor, 1).unwrap().messages(), 1);
+    ///
+    /// // Nothing was popped: the receiver still reads both, in order.
+    /// assert_eq!(rx.recv_with(|m| m.tag()), Ok(7));
+    /// assert_eq!(rx.recv_with(|m| m.tag()), Ok(8));
+    /// ```
     pub fn published_run(
         &mut self,
         from: ReadAhead,
