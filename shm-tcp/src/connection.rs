@@ -549,11 +549,14 @@ impl<const C: usize> Connection<C> {
             self.parse()?;
             self.flush()
         })();
-        if result.is_err() {
+        if let Err(error) = result {
             let _ = self.flush();
-            self.disconnect_at(now);
+            // The login was handed over, so (as when the handshake completes in `poll`, with a
+            // key) its failure is this connection's to report, at its next `poll`, while the
+            // acceptor reports the login and any state file it moved aside for it.
+            self.fail(error);
         }
-        result
+        Ok(())
     }
 
     fn own_hello(&self) -> Hello {
