@@ -799,9 +799,27 @@ impl<const C: usize> Connection<C> {
         };
         let payload =
             &self.recv.unparsed()[FRAME_OVERHEAD..FRAME_OVERHEAD + info.payload_len as usize];
-        let step = handshake
-            .on_frame(info, payload)
-            .map_err(|error| handshake_error(peer, error))?;
+        let step = match handshake.on_frame(info, payload) {
+            Ok(step) => step,
+            // With a key, the acceptor's side waits for the client's code after sending its own:
+            // a refusal then is the client's verdict on that code.
+            Err(HandshakeError::Rejected(_))
+                if matches!(self.role, Role::Accepted) && self.options.key.is_some() =>
+            {
+                return Err(ConnectionError::Authentication {
+                    peer,
+                    reason: "the peer refused this side's authentication code: the keys differ",
+                });
+            }
+            Err(error) => {
+                let error = handshake_error(peer, error);
+                if let ConnectionError::Authentication { reason, .. } = error {
+                    // The peer waits for this side's code: tell it why none comes.
+                    self.reject(reason);
+                }
+                return Err(error);
+            }
+        };
         match step {
             Step::Wait => Ok(()),
             Step::SendAuth(code) => {
