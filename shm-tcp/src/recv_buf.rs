@@ -150,10 +150,14 @@ mod tests {
     use super::*;
 
     /// Frames of `size` bytes, each filled with its number, fed in pieces of `piece` bytes while
-    /// the consumer lags: every frame comes out whole, in order, 8-aligned.
+    /// the consumer holds `lag` complete frames before it pops one: every frame comes out whole,
+    /// in order, 8-aligned. Held frames stay in place, so the next frame needs contiguous room
+    /// beside them: two maximum frames serve a consumer that pops whatever is complete (`lag`
+    /// 0), and one holding `lag` frames needs `lag + 2` (with less, the held frames and the
+    /// wrapped tail can leave no room for the next frame, and the buffer waits for a pop).
     fn stream(sizes: &[usize], piece: usize, lag: usize) {
         let max = *sizes.iter().max().unwrap();
-        let mut buf = RecvBuffer::new(2 * max + 8, max);
+        let mut buf = RecvBuffer::new((lag + 2) * max, max);
         let wire: Vec<u8> = sizes
             .iter()
             .enumerate()
