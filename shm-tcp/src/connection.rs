@@ -643,7 +643,13 @@ impl<const C: usize> Connection<C> {
                 self.ack_sent = popped;
                 self.unacked_bytes = 0;
             }
-            let ctrl = &self.ctrl[self.ctrl_start..self.ctrl_end];
+            // A data frame partly written goes out whole first: a control frame (an ack, a
+            // heartbeat) written now would land inside it on the wire.
+            let ctrl = if self.partial > 0 {
+                &[][..]
+            } else {
+                &self.ctrl[self.ctrl_start..self.ctrl_end]
+            };
             let run = if connected {
                 Some(self.queue.run(self.cursor, self.options.max_write)?)
             } else {
