@@ -260,7 +260,7 @@ impl<const C: usize> Connection<C> {
             stream: None,
             peer: None,
             handshake: None,
-            recv: RecvBuffer::new(options.recv_buffer, max_frame),
+            recv: RecvBuffer::new(receive_buffer_size(options, max_frame), max_frame),
             cursor,
             partial: 0,
             ctrl: Box::new([0; CTRL_CAP]),
@@ -1016,6 +1016,17 @@ impl<const C: usize> Connection<C> {
             }
         }
     }
+}
+
+/// The receive buffer's size: the options', raised to hold everything the largest peer queue
+/// accepted can have unacknowledged, plus two of the largest frames. Then the peer can never fill
+/// it, so its acknowledgements (which travel behind its data) are always read: an application
+/// that holds a message at the front while it waits for room to push cannot deadlock.
+fn receive_buffer_size(options: &ConnectionOptions, max_frame: usize) -> usize {
+    // A queue of `C` bytes sends payloads of up to `C / 2 - 24` bytes (its hello says so, and
+    // larger ones are refused), so the largest peer queue accepted is this many bytes.
+    let largest_peer_queue = 2 * (options.max_recv_payload as usize + FRAME_OVERHEAD);
+    options.recv_buffer.max(largest_peer_queue + 2 * max_frame)
 }
 
 fn handshake_error(peer: Option<SocketAddr>, error: HandshakeError) -> ConnectionError {

@@ -80,9 +80,16 @@ impl ConnectionOptions {
         self
     }
 
-    /// The receive buffer's size in bytes and the largest payload accepted from the peer; the
-    /// buffer is made at least two of the largest frames. A peer whose queue allows larger
-    /// messages is refused at the handshake ([`ConnectionError::MessageSizeMismatch`](crate::ConnectionError::MessageSizeMismatch)).
+    /// The receive buffer's size in bytes and the largest payload accepted from the peer. A
+    /// peer whose queue allows larger messages is refused at the handshake
+    /// ([`ConnectionError::MessageSizeMismatch`](crate::ConnectionError::MessageSizeMismatch)).
+    ///
+    /// The buffer is made at least as large as the largest peer queue accepted (a queue of `C`
+    /// bytes sends payloads of up to `C / 2 - 24`, so `2 × (max_payload + 24)` bytes) plus two of
+    /// the largest frames: then everything the peer may have unacknowledged fits, its
+    /// acknowledgements (which travel behind its data) are always read, and an application that
+    /// holds a message at the front while it waits for room to push never deadlocks. The default
+    /// (64 KiB payloads, 1 MiB) is above that bound.
     pub fn receive_buffer(mut self, bytes: usize, max_payload: u32) -> Self {
         self.recv_buffer = bytes;
         self.max_recv_payload = max_payload;
