@@ -510,7 +510,7 @@ impl Tested<'_> {
     fn answer(&mut self) {
         assert!(self.acceptor && !self.answered);
         self.answered = true;
-        let step = self.hs.answer(&self.own);
+        let step = self.hs.answer(&self.own).expect("answered in turn");
         assert_eq!(self.hs.own_hello(), &self.own_bytes[..]);
         match self.key {
             Some(_) => {
@@ -554,7 +554,7 @@ fn run_pair(pair: &Pair) {
     let outcome = (|| -> Result<(), HandshakeError> {
         let (info, payload) = through_codec(Kind::Hello, 0, 0, client.own_hello()).unwrap();
         assert_eq!(acceptor.on_frame(&info, &payload)?, Step::NeedAnswer);
-        let acceptor_code = match acceptor.answer(&acceptor_hello) {
+        let acceptor_code = match acceptor.answer(&acceptor_hello)? {
             Step::Done => None,
             Step::SendAuth(code) => Some(code),
             other => panic!("answer gave {other:?}"),

@@ -313,23 +313,7 @@ impl<const C: usize> Acceptor<C> {
         let step = pending
             .handshake
             .on_frame(&info, payload)
-            .map_err(|error| match error {
-                crate::handshake::HandshakeError::Hello(error) => {
-                    ConnectionError::Hello { peer, error }
-                }
-                crate::handshake::HandshakeError::Authentication(reason) => {
-                    ConnectionError::Authentication { peer, reason }
-                }
-                crate::handshake::HandshakeError::Rejected(reason) => {
-                    ConnectionError::Rejected { peer, reason }
-                }
-                crate::handshake::HandshakeError::Unexpected { kind, waiting_for } => {
-                    ConnectionError::Protocol {
-                        peer,
-                        reason: format!("a {kind:?} frame while waiting for {waiting_for}"),
-                    }
-                }
-            });
+            .map_err(|error| crate::connection::handshake_error(peer, error));
         let step = match step {
             Ok(step) => step,
             Err(error) => {

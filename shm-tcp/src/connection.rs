@@ -528,7 +528,9 @@ impl<const C: usize> Connection<C> {
         self.state_at = now;
         self.last_rx = now;
         let hello = self.own_hello();
-        let step = handshake.answer(&hello);
+        let step = handshake
+            .answer(&hello)
+            .map_err(|error| handshake_error(Some(peer), error))?;
         self.push_ctrl(Kind::Hello, 0, handshake.own_hello());
         self.handshake = Some(handshake);
         let result = (|| {
@@ -1029,7 +1031,7 @@ fn receive_buffer_size(options: &ConnectionOptions, max_frame: usize) -> usize {
     options.recv_buffer.max(largest_peer_queue + 2 * max_frame)
 }
 
-fn handshake_error(peer: Option<SocketAddr>, error: HandshakeError) -> ConnectionError {
+pub(crate) fn handshake_error(peer: Option<SocketAddr>, error: HandshakeError) -> ConnectionError {
     match error {
         HandshakeError::Hello(error) => ConnectionError::Hello { peer, error },
         HandshakeError::Rejected(reason) => ConnectionError::Rejected { peer, reason },
@@ -1038,6 +1040,10 @@ fn handshake_error(peer: Option<SocketAddr>, error: HandshakeError) -> Connectio
             reason: format!("a {kind:?} frame while waiting for {waiting_for}"),
         },
         HandshakeError::Authentication(reason) => ConnectionError::Authentication { peer, reason },
+        HandshakeError::OutOfTurn => ConnectionError::Protocol {
+            peer,
+            reason: "the handshake was answered out of turn".into(),
+        },
     }
 }
 

@@ -49,6 +49,8 @@ pub enum HandshakeError {
     },
     /// Authentication failed.
     Authentication(&'static str),
+    /// [`Handshake::answer`] was called when no client hello awaited an answer.
+    OutOfTurn,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,8 +192,14 @@ impl Handshake {
 
     /// (Acceptor) Sets this side's hello, once the client's hello said who it is; returns what
     /// to send after the hello.
-    pub fn answer(&mut self, own: &Hello) -> Step {
-        debug_assert_eq!(self.stage, Stage::AwaitAnswer);
+    ///
+    /// # Errors
+    /// [`HandshakeError::OutOfTurn`] unless the client's hello has just arrived
+    /// ([`Step::NeedAnswer`]); the handshake is left as it was.
+    pub fn answer(&mut self, own: &Hello) -> Result<Step, HandshakeError> {
+        if self.stage != Stage::AwaitAnswer {
+            return Err(HandshakeError::OutOfTurn);
+        }
         self.own_len = own.encode(&mut self.own[..]);
         match self.key.as_deref() {
             Some(key) => {
@@ -201,11 +209,11 @@ impl Handshake {
                     &self.own[..self.own_len],
                     &self.peer_bytes[..self.peer_len],
                 );
-                Step::SendAuth(code)
+                Ok(Step::SendAuth(code))
             }
             None => {
                 self.stage = Stage::Done;
-                Step::Done
+                Ok(Step::Done)
             }
         }
     }

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use crate::queue::Durability;
 
+/// The largest payload any send queue has (`MessageRing<{1 << 31}>`'s, less the frame header).
+const MAX_QUEUE_PAYLOAD: u32 = (1 << 30) - 8 - 16;
+
 /// What happens when the two sides' persisted states cannot both be right
 /// ([`RecoveryError`](crate::RecoveryError)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,7 +95,9 @@ impl ConnectionOptions {
     /// (64 KiB payloads, 1 MiB) is above that bound.
     pub fn receive_buffer(mut self, bytes: usize, max_payload: u32) -> Self {
         self.recv_buffer = bytes;
-        self.max_recv_payload = max_payload;
+        // A queue's largest payload is below 2^30 (`C <= 2^31`): more could never be sent, and
+        // the bound keeps every frame size computation far from overflowing.
+        self.max_recv_payload = max_payload.min(MAX_QUEUE_PAYLOAD);
         self
     }
 
@@ -130,7 +135,8 @@ impl ConnectionOptions {
 
     /// A pre-shared key: each hello is then authenticated with HMAC-SHA256, so a process
     /// without the key can neither take the pair over nor receive its queued messages. Both
-    /// sides need the same key.
+    /// sides need the same key. Use 32 random bytes: HMAC treats a key and the same key with
+    /// trailing zero bytes as one key, and hashes keys longer than 64 bytes.
     pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
         self.key = Some(key.into());
         self
