@@ -51,7 +51,19 @@ impl<const C: usize> Connection<C> {
                 None
             };
             let data = match &run {
-                Some(run) => &run.bytes()[self.partial.min(run.bytes().len())..],
+                Some(run) => {
+                    let bytes = run.bytes();
+                    let rest = &bytes[self.partial.min(bytes.len())..];
+                    if self.partial > 0 && self.ctrl_start != self.ctrl_end {
+                        // Only the partly written record, so the waiting control frame (an ack
+                        // the peer's queue may wait for) follows right after it.
+                        let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+                        let size = 8 + (len as usize).next_multiple_of(8);
+                        &rest[..size.saturating_sub(self.partial).min(rest.len())]
+                    } else {
+                        rest
+                    }
+                }
                 None => &[][..],
             };
             if ctrl.is_empty() && data.is_empty() {
