@@ -1,20 +1,24 @@
-//! The plumbing of a measurement between two processes, shared by the benches (as
-//! `common::peers`) and by `examples/pingpong.rs` (through
-//! `#[path = "../benches/common/peers.rs"] mod peers;`): the peer process (this very program,
-//! re-executed) and its CPU, the channel's attach handshake, the sockets (TCP loopback with
-//! `TCP_NODELAY`, a Unix socket in the abstract namespace) and their polled reads and writes, and
-//! the sending of a ping or an echo on the channel ([`filled_slot!`], which is why both declare
+//! The plumbing of a measurement between two processes, shared by these benches (as
+//! `common::peers`), by the workspace's `pingpong` example, which lives in `shm-tcp` because it
+//! measures that crate too (`shm-tcp/examples/pingpong.rs`, through
+//! `#[path = "../../shm-channel/benches/common/peers.rs"] mod peers;`), and by `shm-tcp`'s
+//! benches, for their raw TCP reference: the peer process (this very program, re-executed) and
+//! its CPU, the channel's attach handshake, the sockets (TCP loopback with `TCP_NODELAY`, a Unix
+//! socket in the abstract namespace) and their polled reads and writes, and the sending of a ping
+//! or an echo on the channel ([`filled_slot!`], which is why the benches and the example declare
 //! this module `#[macro_use]`).
 //!
-//! One file included twice, not a crate or a module of the library: an example and a bench cannot
-//! depend on each other, and none of this belongs in `shm_channel`'s API. Each includer keeps what
-//! only it needs (the example its table and `--child` arguments, the benches their contenders,
-//! the floor and the streaming test), so everything here is used by both and neither needs to
-//! silence dead code for it. What idles inside a timed loop takes its `relax` from the caller (a
-//! generic closure, or an expression in the macro), so each includer keeps its own way of idling
-//! and its loops compile to what they were before they were shared.
+//! One file included three times, not a crate or a module of the library: an example and a bench
+//! cannot depend on each other, and none of this belongs in `shm_channel`'s API. Each includer
+//! keeps what only it needs (the example its table and `--child` arguments, the benches their
+//! contenders, the floor and the streaming test), so everything here is used by these benches
+//! and by the example, and neither needs to silence dead code for it (`shm-tcp`'s benches use the
+//! processes, pinning, sockets and message contents only, and allow the rest). What idles inside
+//! a timed loop takes its `relax` from the caller (a generic closure, or an expression in the
+//! macro), so each includer keeps its own way of idling and its loops compile to what they were
+//! before they were shared.
 //!
-//! Also here, because both report what they measured the same way: the message contents every
+//! Also here, because all of them report what they measured the same way: the message contents every
 //! round trip writes and checks ([`fill`], [`filled_with`]), the two raw floors ([`Floor`]), and
 //! what a reader needs to reproduce a figure: the CPU model ([`cpu_model`]), the load
 //! ([`load_average`]) and the placement of the two processes' CPUs, told from the floor trials of

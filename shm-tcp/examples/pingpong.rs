@@ -1,12 +1,17 @@
-//! Two processes ping-pong messages over a shared-memory [`Channel`], then over TCP loopback and
-//! a Unix domain socket, and print the round-trip percentiles of each beside two raw floors, so
-//! the differences show in one run.
+//! Two processes ping-pong messages over a shared-memory [`Channel`], over TCP loopback, over
+//! this crate's [`Connection`] (TCP with a persisted send queue and acknowledgements) and over a
+//! Unix domain socket, and print the round-trip percentiles of each beside two raw floors, so the
+//! differences show in one run: among them what recovery (every message delivered exactly once
+//! across disconnects and restarts) costs over raw TCP.
 //!
 //! ```text
-//! cargo run --release -p shm-channel --example pingpong
-//! cargo run --release -p shm-channel --example pingpong -- --lanes 16
-//! cargo run --release -p shm-channel --example pingpong -- --size 1024 --count 50000 --pin
+//! cargo run --release -p shm-tcp --example pingpong
+//! cargo run --release -p shm-tcp --example pingpong -- --lanes 16
+//! cargo run --release -p shm-tcp --example pingpong -- --size 1024 --count 50000 --pin
 //! ```
+//!
+//! (This was `shm-channel`'s example. It lives here because it measures this crate as well, and
+//! dependencies flow `shm-channel` ← `shm-tcp`, not the other way.)
 //!
 //! The program re-executes itself as the echoing peer (`--child ...`, not for direct use), one
 //! child process per measurement. Each process has exactly one thread, so busy-polling spins at
@@ -16,7 +21,13 @@
 //! Transports, in two groups compared against the shared-memory channel of their group:
 //! - busy-polling: the channel with [`WaitStrategy::BusyPoll`]; TCP loopback (`TCP_NODELAY`) and
 //!   a Unix stream socket, both non-blocking, their reads retried in a loop (one `recv` system
-//!   call per poll);
+//!   call per poll); and this crate's [`Connection`] over TCP loopback (`TCP_NODELAY`,
+//!   non-blocking too), polled with `front`, which reads the socket when nothing is buffered (one
+//!   `read` per poll), its `push` one `writev` carrying the message and the acknowledgement of the
+//!   last pop. Its state files (each side's persisted send queue) live in a fresh folder under
+//!   the system's temporary folder, with [`Durability::ProcessCrash`], the default (stores into a
+//!   shared file mapping, no system call; the header says which file system the folder is on).
+//!   The closing lines give its p50 ÷ raw TCP's: what recovery costs;
 //! - blocking: the channel with [`WaitStrategy::Block`] (futex in the segment, no spinning
 //!   first), and TCP and Unix sockets with blocking reads.
 //!
@@ -31,24 +42,28 @@
 //! must move). The table shows, for each transport, the placement of the two CPUs told from the
 //! 8-byte floor run right before it (this project's 2-vCPU EPYC guest switches by itself between
 //! placements: "near", about 107–150 ns for that floor, "far", about 470–530 ns, and now and
-//! then "nearest", 70–80 ns; `benches/common/peers.rs` has the rule), and the summary gives the
-//! busy channel's ratio to the floors of its own pair. The same-bytes floor is the yardstick for
-//! messages of a cache line or more; below that, the 8-byte floor already carries the bytes. Every byte of every message changes
-//! from one round trip to the next and every byte of each echo is checked, for every transport
-//! and the same-bytes floor alike.
+//! then "nearest", 70–80 ns; `shm-channel/benches/common/peers.rs` has the rule), and the summary
+//! gives the busy channel's ratio to the floors of its own pair. The same-bytes floor is the
+//! yardstick for messages of a cache line or more; below that, the 8-byte floor already carries
+//! the bytes. Every byte of every message changes from one round trip to the next and every byte
+//! of each echo is checked, for every transport and the same-bytes floor alike.
 //!
 //! The segment lives in `/dev/shm` under a name unique to this run, and is unlinked as soon as the
 //! child has attached (so even Ctrl-C or a crash afterwards leaves no file), and on errors; the
 //! floors' files likewise. The Unix socket uses Linux's abstract namespace, which leaves no file
-//! either.
+//! either. The shm-tcp state folder is removed when its run ends (a crash or Ctrl-C leaves it in
+//! the temporary folder).
 //!
 //! The process plumbing (peer process, pinning, the channel's attach handshake and echo, the
-//! sockets, the floors, the placement rule) is shared with the benches:
-//! `benches/common/peers.rs`.
+//! sockets, the floors, the placement rule) is shared with `shm-channel`'s benches:
+//! `shm-channel/benches/common/peers.rs`; the shm-tcp side with this crate's benches:
+//! `benches/common/ours.rs`.
 
 #[macro_use]
-#[path = "../benches/common/peers.rs"]
+#[path = "../../shm-channel/benches/common/peers.rs"]
 mod peers;
+#[path = "../benches/common/ours.rs"]
+mod ours;
 
 use std::env;
 use std::io::{self, IsTerminal};
@@ -62,6 +77,7 @@ use peers::{
     PLACEMENT_GAP,
 };
 use shm_channel::{Channel, WaitOptions, WaitStrategy};
+use shm_tcp::{Connection, Durability};
 use spsc_core::{MessageReceiver, RecvError, SendSlot};
 
 /// Ring capacity for small messages (up to 32 KiB with one lane, 2 KiB with 16): small, so the
@@ -72,6 +88,11 @@ const SMALL: usize = 1 << 16;
 const LARGE: usize = 1 << 24;
 /// The channel's target: its busy-polled round trip p50 ÷ the same-bytes floor's.
 const TARGET_RATIO: f64 = 1.25;
+/// shm-tcp's target: its busy-polled round trip p50 ÷ raw TCP's (busy-polled too).
+const TCP_TARGET_RATIO: f64 = 1.05;
+/// shm-tcp message tags: a ping or its echo, and the end of a run.
+const TAG_DATA: u16 = 1;
+const TAG_STOP: u16 = 2;
 
 const USAGE: &str = "\
 usage: pingpong [--size BYTES] [--count ROUND_TRIPS] [--lanes N] [--pin]
@@ -88,7 +109,7 @@ Prints p50, p99, p99.9 and max of each transport's round trip; 10^9 / p50 (round
 second at the median round trip) and the mean rate (all timed round trips / their total time,
 stalls included); each transport's ratio to the shm channel of its group; and, from the two
 raw floors run before each transport, the placement of the two CPUs and the channel's ratio
-to the floors.";
+to the floors; and shm-tcp's ratio to raw TCP (what its persisted queue and acks cost).";
 
 /// The lane counts `--lanes` accepts: `Channel<C, L>` takes 1 to 16, powers of two.
 const LANES: [usize; 5] = [1, 2, 4, 8, 16];
@@ -123,6 +144,8 @@ fn fits_small(lanes: usize, size: usize) -> bool {
 enum Kind {
     Shm,
     Tcp,
+    /// This crate's [`Connection`] (busy-polled only).
+    Ours,
     Uds,
     /// Either floor: the 8-byte one with no payload, the same-bytes one with the message's.
     Floor,
@@ -133,13 +156,14 @@ impl Kind {
         match self {
             Kind::Shm => "shm",
             Kind::Tcp => "tcp",
+            Kind::Ours => "shm-tcp",
             Kind::Uds => "uds",
             Kind::Floor => "floor",
         }
     }
 
     fn parse(arg: &str) -> Result<Self, Error> {
-        [Kind::Shm, Kind::Tcp, Kind::Uds, Kind::Floor]
+        [Kind::Shm, Kind::Tcp, Kind::Ours, Kind::Uds, Kind::Floor]
             .into_iter()
             .find(|kind| kind.arg() == arg)
             .ok_or_else(|| format!("unknown transport {arg:?}").into())
@@ -154,6 +178,7 @@ impl Kind {
         match (self, mode) {
             (Kind::Shm, Mode::Busy) => format!("shm channel (BusyPoll, {lanes})"),
             (Kind::Tcp, Mode::Busy) => "TCP loopback (non-blocking, polled)".to_string(),
+            (Kind::Ours, _) => "shm-tcp (persisted, acked, polled)".to_string(),
             (Kind::Uds, Mode::Busy) => "Unix socket (non-blocking, polled)".to_string(),
             (Kind::Shm, Mode::Block) => format!("shm channel (futex Block, {lanes})"),
             (Kind::Tcp, Mode::Block) => "TCP loopback (blocking reads)".to_string(),
@@ -269,7 +294,9 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, Error> {
     if !LANES.contains(&config.lanes) {
         return Err(format!("--lanes must be one of {LANES:?}\n{USAGE}").into());
     }
-    let max = with_lanes!(config.lanes, max_payload::<LARGE>());
+    // shm-tcp's largest message is 16 bytes less than the one-lane channel's (its frame header).
+    let max = with_lanes!(config.lanes, max_payload::<LARGE>())
+        .min(Connection::<LARGE>::MAX_PAYLOAD as usize);
     if config.size == 0 || config.size > max {
         return Err(format!(
             "--size must be from 1 to {max} bytes with {} lane(s)",
@@ -300,6 +327,7 @@ impl Stats {
 
 /// One transport's run and the two floors run right before it.
 struct Run {
+    kind: Kind,
     mode: Mode,
     floor: Stats,
     bytes: Stats,
@@ -357,11 +385,19 @@ fn parent(args: &[String]) -> Result<(), Error> {
         "every round trip is timed with Instant::now(); its overhead (~20-30 ns) is included for \
          every transport and floor"
     );
+    let temp = env::temp_dir();
+    println!(
+        "shm-tcp: state files in a fresh folder under {} ({}), Durability::ProcessCrash (the \
+         default), TCP_NODELAY, polled with front()",
+        temp.display(),
+        ours::filesystem(&temp)
+    );
     println!();
 
     let runs = [
         (Kind::Shm, Mode::Busy),
         (Kind::Tcp, Mode::Busy),
+        (Kind::Ours, Mode::Busy),
         (Kind::Uds, Mode::Busy),
         (Kind::Shm, Mode::Block),
         (Kind::Tcp, Mode::Block),
@@ -378,6 +414,7 @@ fn parent(args: &[String]) -> Result<(), Error> {
         let stats = run(kind, mode, &config, params, child_cpu)
             .map_err(|error| format!("{label}: {error}"))?;
         results.push(Run {
+            kind,
             mode,
             floor,
             bytes,
@@ -509,6 +546,43 @@ fn print_table(results: &[Run], config: &Config) {
         bytes / floor.max(1.0),
         placement_of(0),
     );
+    // What recovery costs: shm-tcp against raw TCP, both busy-polled.
+    let find = |kind: Kind| {
+        results
+            .iter()
+            .position(|r| r.kind == kind && r.mode == Mode::Busy)
+    };
+    if let (Some(ours), Some(tcp)) = (find(Kind::Ours), find(Kind::Tcp)) {
+        let (o, t) = (&results[ours].stats, &results[tcp].stats);
+        let ratio = o.p50() / t.p50().max(1.0);
+        let p99 = |s: &Stats| s.histogram.value_at_quantile(0.99) as f64;
+        println!(
+            "{}: p50 = {:.2}x {}'s (target <= {TCP_TARGET_RATIO:.2}x: {}), p99 = {:.2}x: what \
+             exactly-once delivery across disconnects and restarts costs over raw TCP; one run \
+             of each, one after the other, so the ratio moves by about 10% between runs: `cargo \
+             bench -p shm-tcp --bench report` alternates the two within one pair of processes{}",
+            o.label,
+            ratio,
+            t.label,
+            if ratio <= TCP_TARGET_RATIO {
+                format!(
+                    "PASS, {:.0}% to spare",
+                    (1.0 - ratio / TCP_TARGET_RATIO) * 100.0
+                )
+            } else {
+                format!("MISS by {:.0}%", (ratio / TCP_TARGET_RATIO - 1.0) * 100.0)
+            },
+            p99(o) / p99(t).max(1.0),
+            if which[ours] == which[tcp] {
+                String::new()
+            } else {
+                format!(
+                    " (the two ran in different placements, {} and {}: run again to compare)",
+                    clusters[which[tcp]].name, clusters[which[ours]].name
+                )
+            },
+        );
+    }
     println!();
 }
 
@@ -557,6 +631,10 @@ fn run(
             };
             run_socket(socket, child, mode, config, params, &mut progress)
         }
+        Kind::Ours if params.size <= Connection::<SMALL>::MAX_PAYLOAD as usize => {
+            run_ours::<SMALL>(config, params, child_cpu, &mut progress)
+        }
+        Kind::Ours => run_ours::<LARGE>(config, params, child_cpu, &mut progress),
         Kind::Floor => unreachable!("floors run through run_floor"),
     };
     progress.clear();
@@ -696,6 +774,45 @@ fn run_socket(
     Ok(result)
 }
 
+/// shm-tcp's run: this process is the acceptor, the child connects; both keep their state files
+/// in a fresh folder under the system's temporary folder, removed at the end.
+fn run_ours<const C: usize>(
+    config: &Config,
+    params: Params,
+    child_cpu: Option<usize>,
+    progress: &mut Progress,
+) -> Result<(Histogram<u64>, Duration), Error> {
+    let dir = tempfile::Builder::new()
+        .prefix("shm-tcp-pingpong-")
+        .tempdir()?;
+    let options = ours::options::<C>(dir.path(), Durability::ProcessCrash);
+    let mut acceptor = ours::bind::<C>(&options)?;
+    let address = ours::address(acceptor.local_addr().port(), dir.path());
+    let mut child = spawn(Kind::Ours, Mode::Busy, &address, params, child_cpu)?;
+    let id = ours::await_login(&mut acceptor, || child.check_running())?;
+    let conn = acceptor
+        .connection(id)
+        .ok_or("the child's connection is gone")?;
+    let size = params.size;
+    let mut poller = ours::Poller::new();
+    let mut message = vec![0u8; size];
+    let result = measure(config, progress, |seq| {
+        fill(&mut message, seq);
+        ours::send(conn, TAG_DATA, &message, false, &mut poller, || {
+            params.relax()
+        })?;
+        ours::recv(
+            conn,
+            &mut poller,
+            || params.relax(),
+            |_, echo| check_echo(echo, seq, size),
+        )?
+    })?;
+    ours::send(conn, TAG_STOP, &[], false, &mut poller, || params.relax())?;
+    child.finish()?;
+    Ok(result)
+}
+
 /// Starts the echoing child of one run (`--child ...`).
 fn spawn(
     kind: Kind,
@@ -789,6 +906,10 @@ fn child(args: &[String]) -> Result<(), Error> {
         Kind::Shm => with_lanes!(params.lanes, echo_shm::<LARGE>(address, mode, params)),
         Kind::Tcp => echo_socket(Socket::connect_tcp(address)?, mode, params),
         Kind::Uds => echo_socket(Socket::connect_uds(address)?, mode, params),
+        Kind::Ours if params.size <= Connection::<SMALL>::MAX_PAYLOAD as usize => {
+            echo_ours::<SMALL>(address, params)
+        }
+        Kind::Ours => echo_ours::<LARGE>(address, params),
         Kind::Floor => {
             let parent = rustix::process::getppid();
             floor_echo(
@@ -817,6 +938,34 @@ fn echo_shm<const C: usize, const L: usize>(
         echo.push();
     }
     Ok(())
+}
+
+/// shm-tcp's echo: pops each message before pushing its copy back, so the `writev` of the echo
+/// carries the acknowledgement of that pop in front of it. Stops at the parent's stop message.
+fn echo_ours<const C: usize>(address: &str, params: Params) -> Result<(), Error> {
+    let mut conn = ours::connect::<C>(address, Durability::ProcessCrash)?;
+    let mut poller = ours::Poller::new();
+    let mut buf = vec![0u8; params.size];
+    loop {
+        let (tag, len) = ours::recv(
+            &mut conn,
+            &mut poller,
+            || params.relax(),
+            |tag, payload| {
+                let len = payload.len().min(buf.len());
+                buf[..len].copy_from_slice(&payload[..len]);
+                (tag, payload.len())
+            },
+        )?;
+        match tag {
+            TAG_STOP => return Ok(()),
+            TAG_DATA if len == params.size => {}
+            _ => return Err(format!("unexpected message: tag {tag}, {len} bytes").into()),
+        }
+        ours::send(&mut conn, TAG_DATA, &buf, false, &mut poller, || {
+            params.relax()
+        })?;
+    }
 }
 
 fn echo_socket(mut socket: Socket, mode: Mode, params: Params) -> Result<(), Error> {
