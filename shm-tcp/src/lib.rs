@@ -82,8 +82,10 @@
 //!
 //! - Per message: the ring's push into the mapped file (no system call), one `writev` when
 //!   connected; per receive, one `read` when nothing is buffered, and one 8-byte store into the
-//!   file per pop. The acknowledgement rides in front of the next write; alone, it is sent after
-//!   a quarter of the peer's queue was popped, or as the heartbeat.
+//!   file per pop. The acknowledgement rides in front of a write once a sixty-fourth of the
+//!   peer's queue was popped since the last one; alone, it is sent after a quarter, or as the
+//!   heartbeat. (One per message would make both sides parse and apply one per message; the
+//!   hello's exact numbers make resends exact whatever the acknowledgements' pace.)
 //! - Memory is fixed when a connection is made: the queue file (`C` bytes plus 4 KiB), a
 //!   receive buffer ([`ConnectionOptions::receive_buffer`], at least two of the largest
 //!   frames). A peer faster than the application is held back by TCP's flow control.

@@ -427,20 +427,50 @@ impl<const C: usize> SendQueue<C> {
             });
         }
         self.word(WORD_ACKED).store(acked, Ordering::Release);
-        while self.first_unacked < acked {
-            match self.front_seq()? {
-                Some(seq) if seq == self.first_unacked => self.pop_record()?,
-                Some(seq) => {
-                    return Err(QueueError::SequenceGap {
-                        path: self.path.clone(),
-                        expected: self.first_unacked,
-                        found: seq,
-                    })
-                }
-                None => return Err(self.corrupt("acknowledged records are missing")),
+        // The records' sequence numbers are consecutive (checked on open, and only this queue
+        // writes them): check the first and the one after the last, and drop them all at once.
+        match self.front_seq()? {
+            Some(seq) if seq == self.first_unacked => {}
+            Some(seq) => {
+                return Err(QueueError::SequenceGap {
+                    path: self.path.clone(),
+                    expected: self.first_unacked,
+                    found: seq,
+                })
             }
-            self.first_unacked += 1;
+            None => return Err(self.corrupt("acknowledged records are missing")),
         }
+        let count = acked - self.first_unacked;
+        let front = self.consumer.read_ahead();
+        let (through, passed) = self
+            .consumer
+            .skip_published(front, count)
+            .map_err(|error| self.corrupt(recv_reason(error)))?;
+        if passed != count {
+            return Err(self.corrupt("acknowledged records are missing"));
+        }
+        let path = &self.path;
+        let next =
+            self.consumer
+                .published_run(through, 0)
+                .map_err(|error| QueueError::Corrupt {
+                    path: path.clone(),
+                    reason: recv_reason(error),
+                })?;
+        if next.messages() > 0 {
+            let seq = u64::from_le_bytes(next.bytes()[8..16].try_into().unwrap());
+            if seq != acked {
+                return Err(QueueError::SequenceGap {
+                    path: path.clone(),
+                    expected: acked,
+                    found: seq,
+                });
+            }
+        }
+        self.consumer
+            .pop_through(through)
+            .map_err(|error| self.corrupt(recv_reason(error)))?;
+        self.first_unacked = acked;
         Ok(())
     }
 

@@ -878,9 +878,9 @@ pub struct MessageConsumer<'a, const C: usize, const L: usize = 1> {
     lane: usize,
     /// Per lane: the index word (position, and pop parity with several lanes); mirrors
     /// `ring.heads`, which only we write.
-    heads: [u32; L],
+    pub(crate) heads: [u32; L],
     /// The validated record at the lane's head, once `front` has seen it.
-    front: Option<(u16, u32)>,
+    pub(crate) front: Option<(u16, u32)>,
     _not_sync: PhantomData<core::cell::Cell<()>>,
 }
 

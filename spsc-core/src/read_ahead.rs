@@ -69,6 +69,15 @@ impl<'r> PublishedRun<'r> {
         self.messages
     }
 
+    /// The cursor just past the whole run: where a caller that wrote all of its bytes
+    /// continues. Cost: none (no walk).
+    pub const fn end(&self) -> ReadAhead {
+        ReadAhead {
+            position: self.start.position.wrapping_add(self.bytes.len() as u32),
+            ring: self.start.ring,
+        }
+    }
+
     /// The cursor just past the records that end within the run's first `bytes` bytes, and how
     /// many bytes of the next record those `bytes` include: what a caller that wrote `bytes` of
     /// the run somewhere (a socket may take part of a record) continues from. `bytes` beyond the
@@ -162,11 +171,95 @@ impl<'a, const C: usize> MessageConsumer<'a, C, 1> {
         from: ReadAhead,
         max_bytes: usize,
     ) -> Result<PublishedRun<'_>, RecvError> {
-        if from.ring != self.ring_address() {
+        let walk = self.walk(from, max_bytes, u64::MAX)?;
+        let len = walk.end.wrapping_sub(walk.start) as usize;
+        let offset = MessageRing::<C, 1>::offset_in_lane(walk.start) as usize;
+        // SAFETY: the run is `len` bytes of whole records from `offset`, each checked by
+        // `decode_record` to lie inside the buffer, and none crossing its end (the walk stops
+        // where the next record would start at offset 0), so `offset + len <= C`. Each record's
+        // commit word was read with Acquire and found published, so the producer's writes of
+        // those bytes happened before, and it cannot reuse them until the consumer's position
+        // passes them, which takes `pop` (`&mut self`), ending this borrow first.
+        let bytes = unsafe { core::slice::from_raw_parts(self.ring.base().add(offset), len) };
+        Ok(PublishedRun {
+            start: self.cursor_at(walk.start),
+            bytes,
+            messages: walk.messages as u32,
+        })
+    }
+
+    /// The cursor past the next `messages` published message records from `from` (padding
+    /// skipped, across the buffer's end), and how many it passed: fewer than `messages` when
+    /// fewer are published. Nothing is popped. Cost: one Acquire load and a header check per
+    /// record passed.
+    ///
+    /// # Errors
+    /// As [`published_run`](Self::published_run).
+    pub fn skip_published(
+        &mut self,
+        from: ReadAhead,
+        messages: u64,
+    ) -> Result<(ReadAhead, u64), RecvError> {
+        let mut cursor = from;
+        let mut passed = 0u64;
+        while passed < messages {
+            let walk = self.walk(cursor, usize::MAX, messages - passed)?;
+            if walk.messages == 0 {
+                break;
+            }
+            passed += walk.messages;
+            cursor = self.cursor_at(walk.end);
+        }
+        Ok((cursor, passed))
+    }
+
+    /// Pops every message before `to` at once, with one Release store of the consumer's index:
+    /// what [`pop`](crate::MessageReceiver::pop) repeated up to the cursor does, at the cost of
+    /// one pop. A cursor the consumer has already popped past pops nothing.
+    ///
+    /// # Errors
+    /// [`RecvError::Corrupt`] for a cursor of another ring.
+    pub fn pop_through(&mut self, to: ReadAhead) -> Result<(), RecvError> {
+        self.check_cursor(to)?;
+        let ahead = to.position.wrapping_sub(self.position());
+        if ahead == 0 || ahead > C as u32 {
+            return Ok(());
+        }
+        // A cursor is a record boundary no further than the published records (only walks over
+        // them make one), so every byte before it was published and may be released.
+        debug_assert!(ahead <= C as u32 - HEADER);
+        self.heads[0] = to.position;
+        self.front = None;
+        self.ring.heads[0].store(to.position, Ordering::Release);
+        Ok(())
+    }
+
+    fn cursor_at(&self, position: u32) -> ReadAhead {
+        ReadAhead {
+            position,
+            ring: self.ring_address(),
+        }
+    }
+
+    fn check_cursor(&self, cursor: ReadAhead) -> Result<(), RecvError> {
+        if cursor.ring != self.ring_address() {
             return Err(RecvError::Corrupt {
                 reason: "read-ahead cursor belongs to another ring",
             });
         }
+        Ok(())
+    }
+
+    /// Walks the contiguous run of published message records from `from`: padding at `from`
+    /// skipped, stopping at the buffer's end, the first unpublished record, before the record
+    /// that would pass `max_bytes` (but never before the first), or after `max_messages`.
+    fn walk(
+        &mut self,
+        from: ReadAhead,
+        max_bytes: usize,
+        max_messages: u64,
+    ) -> Result<Walk, RecvError> {
+        self.check_cursor(from)?;
         let ring = self.ring;
         let head = self.position();
         let lane_bytes = C as u32;
@@ -178,8 +271,8 @@ impl<'a, const C: usize> MessageConsumer<'a, C, 1> {
         };
         let mut start = None;
         let mut end = position;
-        let mut messages = 0u32;
-        loop {
+        let mut messages = 0u64;
+        while messages < max_messages {
             // Never walk more than a buffer's worth past the front: records beyond would be
             // impossible, and the bound keeps a corrupt ring from looping.
             if end.wrapping_sub(head) > lane_bytes - HEADER {
@@ -218,23 +311,17 @@ impl<'a, const C: usize> MessageConsumer<'a, C, 1> {
                 }
             }
         }
-        let run_start = start.unwrap_or(position);
-        let len = end.wrapping_sub(run_start) as usize;
-        let offset = MessageRing::<C, 1>::offset_in_lane(run_start) as usize;
-        // SAFETY: the run is `len` bytes of whole records from `offset`, each checked by
-        // `decode_record` to lie inside the buffer, and none crossing its end (the walk stops
-        // where the next record would start at offset 0), so `offset + len <= C`. Each record's
-        // commit word was read with Acquire and found published, so the producer's writes of
-        // those bytes happened before, and it cannot reuse them until the consumer's position
-        // passes them, which takes `pop` (`&mut self`), ending this borrow first.
-        let bytes = unsafe { core::slice::from_raw_parts(ring.base().add(offset), len) };
-        Ok(PublishedRun {
-            start: ReadAhead {
-                position: run_start,
-                ring: self.ring_address(),
-            },
-            bytes,
+        Ok(Walk {
+            start: start.unwrap_or(position),
+            end,
             messages,
         })
     }
+}
+
+/// Where a walk over published records started and ended, and the messages it passed.
+struct Walk {
+    start: u32,
+    end: u32,
+    messages: u64,
 }

@@ -24,6 +24,7 @@ impl<const C: usize> Connection<C> {
     #[inline]
     pub(super) fn after_push(&mut self, send: bool) {
         self.queue.pushed();
+        self.unsent = true;
         if send && self.state == LinkState::Connected {
             if let Err(error) = self.flush() {
                 self.fail(error);
@@ -75,7 +76,7 @@ impl<const C: usize> SendSlot for TcpSlot<'_, C> {
 
     /// Publishes the message into the persisted queue (the commit), then writes it to the
     /// socket when connected. Cost: the ring's push, plus one `writev` (with the ack in front
-    /// when this side popped something since the last one).
+    /// once a sixty-fourth of the peer's queue was popped since the last one).
     #[inline]
     fn push(self) {
         let conn = self.conn;
@@ -120,7 +121,11 @@ impl<const C: usize> MessageReceiver for Connection<C> {
     #[inline]
     fn front(&mut self) -> Result<Message<'_>, RecvError> {
         if !self.front_ready() && self.state == LinkState::Connected {
-            let result = self.flush().and_then(|()| self.receive());
+            let result = if self.unsent {
+                self.flush().and_then(|()| self.receive())
+            } else {
+                self.receive()
+            };
             if let Err(error) = result {
                 self.fail(error);
             }
@@ -147,6 +152,9 @@ impl<const C: usize> MessageReceiver for Connection<C> {
         self.recv.release(size);
         self.queue.commit_pop();
         self.unacked_bytes += size;
+        if self.unacked_bytes >= self.ack_threshold / 16 {
+            self.unsent = true; // an ack is due with the next write
+        }
         if self.unacked_bytes >= self.ack_threshold && self.state == LinkState::Connected {
             if let Err(error) = self.flush() {
                 self.fail(error);

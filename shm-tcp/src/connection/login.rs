@@ -211,6 +211,7 @@ impl<const C: usize> Connection<C> {
         self.expected_seq = self.queue.popped();
         self.ack_sent = self.queue.popped();
         self.unacked_bytes = 0;
+        self.unsent = true; // the resend
         self.ack_threshold = ((hello.max_payload as usize + FRAME_OVERHEAD) / 2).max(ACK_SIZE);
         self.state = LinkState::Connected;
         self.state_at = self.now;

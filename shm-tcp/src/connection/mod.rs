@@ -98,6 +98,9 @@ pub struct Connection<const C: usize> {
     /// The pop count last sent to the peer, and the frame bytes popped since.
     ack_sent: u64,
     unacked_bytes: usize,
+    /// Something may wait to be written (a push, a control frame): cleared by a flush that
+    /// found nothing, so an empty `front` skips the flush.
+    unsent: bool,
     ack_threshold: usize,
     /// The sequence number the next data frame from the peer must carry.
     expected_seq: u64,
@@ -271,6 +274,7 @@ impl<const C: usize> Connection<C> {
             ctrl_end: 0,
             ack_sent: popped,
             unacked_bytes: 0,
+            unsent: true,
             ack_threshold: usize::MAX,
             expected_seq: popped,
             now: 0,
@@ -531,6 +535,7 @@ impl<const C: usize> Connection<C> {
             self.stats.disconnects += 1;
         }
         self.state = LinkState::Disconnected;
+        self.unsent = true;
         if let Role::Client { backoff_ns, .. } = &mut self.role {
             self.state_at = now.saturating_add(*backoff_ns);
             *backoff_ns = (*backoff_ns * 2)

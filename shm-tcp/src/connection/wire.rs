@@ -12,6 +12,7 @@ impl<const C: usize> Connection<C> {
         let end = self.ctrl_end;
         let size = frame::write_control(&mut self.ctrl[end..], kind, seq, payload);
         self.ctrl_end += size;
+        self.unsent = true;
     }
 
     /// Queues an ack frame with the current pop count (also the heartbeat).
@@ -30,7 +31,13 @@ impl<const C: usize> Connection<C> {
         };
         let connected = self.state == LinkState::Connected;
         loop {
-            if connected && self.ctrl_start == self.ctrl_end && self.queue.popped() != self.ack_sent
+            // The ack rides in front of a write once a sixteenth of the standalone threshold was
+            // popped: often enough that the peer's queue never waits on it, rarely enough that
+            // neither side parses and applies one per message.
+            if connected
+                && self.ctrl_start == self.ctrl_end
+                && self.queue.popped() != self.ack_sent
+                && self.unacked_bytes >= self.ack_threshold / 16
             {
                 let popped = self.queue.popped();
                 let size = frame::write_control(&mut self.ctrl[..], Kind::Ack, popped, &[]);
@@ -67,6 +74,7 @@ impl<const C: usize> Connection<C> {
                 None => &[][..],
             };
             if ctrl.is_empty() && data.is_empty() {
+                self.unsent = false;
                 return Ok(());
             }
             let total = ctrl.len() + data.len();
@@ -89,7 +97,12 @@ impl<const C: usize> Connection<C> {
             let from_ctrl = written.min(ctrl.len());
             let from_data = written - from_ctrl;
             if let (true, Some(run)) = (from_data > 0, &run) {
-                let (cursor, partial) = run.cursor_after(self.partial + from_data);
+                let (cursor, partial) =
+                    if from_data == data.len() && data.len() + self.partial == run.bytes().len() {
+                        (run.end(), 0) // all of it: no walk to find where it ends
+                    } else {
+                        run.cursor_after(self.partial + from_data)
+                    };
                 self.cursor = cursor;
                 self.partial = partial;
             }
