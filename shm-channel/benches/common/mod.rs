@@ -12,7 +12,7 @@
 //!
 //! The peer process, CPU pinning, the channel's attach handshake and echo, the sockets, the two
 //! raw floors, the message contents and the placement rule are in [`peers`], which
-//! `examples/pingpong.rs` includes as well.
+//! `shm-tcp/examples/pingpong.rs` includes as well.
 
 #[macro_use]
 mod peers;
