@@ -78,7 +78,15 @@ impl<const C: usize> Connection<C> {
                 return Ok(());
             }
             let total = ctrl.len() + data.len();
-            let written = match stream.write_vectored(&[IoSlice::new(ctrl), IoSlice::new(data)]) {
+            // One slice is a plain `send`; two, a `writev`.
+            let result = if ctrl.is_empty() {
+                stream.write(data)
+            } else if data.is_empty() {
+                stream.write(ctrl)
+            } else {
+                stream.write_vectored(&[IoSlice::new(ctrl), IoSlice::new(data)])
+            };
+            let written = match result {
                 Ok(0) => {
                     return Err(ConnectionError::Closed { peer: self.peer });
                 }
