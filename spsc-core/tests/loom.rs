@@ -1,4 +1,5 @@
-//! Loom models of the rings' concurrent protocols (`Ring`, `DenseRing`, `MessageRing`).
+//! Loom models of the rings' concurrent protocols (`Ring`, `DenseRing`, `MessageRing` and its
+//! read-ahead).
 //!
 //! Run with
 //! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=/tmp/target-loom cargo test -p spsc-core --test loom --release`.
@@ -26,7 +27,8 @@ use loom::sync::Arc;
 use loom::thread;
 use spsc_core::{
     spin_hint, ClaimError, DenseReadChunk, DenseRing, Full, MessageConsumer, MessageProducer,
-    MessageReceiver, MessageRing, MessageSender, Producer, RecvError, Ring, SendError, SendSlot,
+    MessageReceiver, MessageRing, MessageSender, Producer, PublishedRun, RecvError, Ring,
+    SendError, SendSlot,
 };
 
 mod common;
@@ -975,5 +977,214 @@ fn dense_push_iter_vs_read_chunk_then_drop() {
             [1, 1, 1, 1],
             "each element dropped exactly once"
         );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. The read-ahead of a one-lane message ring (`src/read_ahead.rs`).
+//
+// The consumer reads published records as raw bytes ahead of its front (`published_run` from a
+// cursor, Acquire per commit word), and releases every record before a cursor with one Release
+// store (`pop_through`), while the producer keeps pushing into the room released. Under loom
+// the commit words live in a side table (`LoomShadow` in `src/message_ring.rs`), so the first
+// four bytes of each record in a run are not its commit word here: the checks below read each
+// record's length word and payload, which identify the message (`payload` depends on both).
+
+/// The payloads of the message records `bytes` holds, back to back, checking that they are whole
+/// records: each a header, then the payload padded to 8 bytes, none cut short.
+fn record_payloads(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut payloads = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        assert!(at + 8 <= bytes.len(), "a header cut short at byte {at}");
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        let size = 8 + len.next_multiple_of(8);
+        assert!(
+            at + size <= bytes.len(),
+            "a record of {size} bytes at byte {at} runs past the {} bytes",
+            bytes.len()
+        );
+        payloads.push(bytes[at + 8..at + 8 + len].to_vec());
+        at += size;
+    }
+    payloads
+}
+
+/// The payloads of a run, checked: whole records, as many as the run says, with the bytes of
+/// the messages that follow the `seen` already read (message `i` has the payload
+/// `payload(i, lens[i])`).
+fn checked_run(run: &PublishedRun<'_>, lens: &[usize], seen: usize) -> Vec<Vec<u8>> {
+    let payloads = record_payloads(run.bytes());
+    assert_eq!(payloads.len(), run.messages() as usize);
+    assert!(
+        seen + payloads.len() <= lens.len(),
+        "more records than pushed"
+    );
+    for (k, bytes) in payloads.iter().enumerate() {
+        let i = seen + k;
+        assert_eq!(bytes, &payload(i as u8, lens[i]), "message {i}'s bytes");
+    }
+    payloads
+}
+
+/// C = 64 (MAX_PAYLOAD = 24): records of 32 and 16 bytes at 0 and 32, then the third (32 bytes)
+/// needs a padding record at 48 and goes to 0, where the first one's commit word and bytes were,
+/// once the consumer has released both (the producer spins on `Full` until then); its successor's
+/// commit word, at 32, is the second one's. The consumer reads ahead with unlimited runs from a
+/// cursor moved by `cursor_after` over each whole run, and releases the run with `pop_through` at
+/// once: every run must hold whole, published records with the bytes pushed (a stale commit word
+/// at 0 or 32 would show the first or second message again, a record read before its commit the
+/// wrong bytes, a release before the reads a race on the bytes), and the run after the padding
+/// must start at the buffer's start.
+#[test]
+fn message_ring_read_ahead_releases_and_wraps() {
+    const LENS: [usize; 3] = [24, 8, 24];
+    model(BOUNDED, || {
+        let ring = Arc::new(MessageRing::<64>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            for (i, &len) in LENS.iter().enumerate() {
+                send_spin(&mut tx, 100 + i as u16, &payload(i as u8, len));
+            }
+            tx.position()
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let mut cursor = rx.read_ahead();
+        let mut seen = 0;
+        while seen < LENS.len() {
+            let run = rx.published_run(cursor, usize::MAX).unwrap();
+            if run.messages() == 0 {
+                assert!(run.bytes().is_empty());
+                spin_hint();
+                continue;
+            }
+            let payloads = checked_run(&run, &LENS, seen);
+            // The third message is the only one after the padding, at the buffer's start.
+            let expected_start = if seen == 2 { 64 } else { cursor.position() };
+            assert_eq!(run.start().position(), expected_start);
+            let (next, partial) = run.cursor_after(run.bytes().len());
+            assert_eq!((next, partial), (run.end(), 0));
+            seen += payloads.len();
+            cursor = next;
+            rx.pop_through(cursor).unwrap();
+            assert_eq!(rx.position(), cursor.position());
+        }
+        let end = producer.join().unwrap();
+        assert_eq!((cursor.position(), end), (96, 96));
+        assert!(rx
+            .published_run(cursor, usize::MAX)
+            .unwrap()
+            .bytes()
+            .is_empty());
+        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+    });
+}
+
+/// A transport's forwarding loop, as the TCP transport runs it: each "write" takes at most 20
+/// bytes of the run from where the last one stopped (possibly inside a record: `cursor_after`'s
+/// partial count), and a record is released one write after it was written in full (an ack
+/// arriving later), or at once when nothing more is published. So the consumer reads runs ahead
+/// of its released front, re-reads a record it wrote part of, and releases records in bulk
+/// while the producer pushes: records of 32 and 8 bytes (an empty payload) at 0 and 32, padding
+/// at 40, then 32 bytes at 0 once both are released (its successor's commit word, at 32, is the
+/// second one's). The bytes written must be the records pushed, back to back.
+#[test]
+fn message_ring_read_ahead_partial_writes_lagging_release() {
+    const LENS: [usize; 3] = [24, 0, 24];
+    const WRITE: usize = 20;
+    model(BOUNDED, || {
+        let ring = Arc::new(MessageRing::<64>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            for (i, &len) in LENS.iter().enumerate() {
+                send_spin(&mut tx, 100 + i as u16, &payload(i as u8, len));
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        let mut cursor = rx.read_ahead();
+        let mut partial = 0;
+        let mut acked = cursor;
+        let mut written = Vec::new();
+        let total: usize = LENS.iter().map(|len| 8 + len.next_multiple_of(8)).sum();
+        while written.len() < total {
+            let run = rx.published_run(cursor, usize::MAX).unwrap();
+            if run.messages() == 0 {
+                assert_eq!(partial, 0, "a partly written record stays published");
+                rx.pop_through(cursor).unwrap();
+                acked = cursor;
+                spin_hint();
+                continue;
+            }
+            let bytes = run.bytes();
+            assert!(partial < bytes.len());
+            let take = WRITE.min(bytes.len() - partial);
+            written.extend_from_slice(&bytes[partial..partial + take]);
+            let (next, rest) = run.cursor_after(partial + take);
+            assert!(rest < bytes.len());
+            cursor = next;
+            partial = rest;
+            rx.pop_through(acked).unwrap();
+            assert_eq!(rx.position(), acked.position());
+            acked = cursor;
+        }
+        assert_eq!(partial, 0);
+        let payloads = record_payloads(&written);
+        let expected: Vec<Vec<u8>> = (0..LENS.len()).map(|i| payload(i as u8, LENS[i])).collect();
+        assert_eq!(payloads, expected);
+        rx.pop_through(cursor).unwrap();
+        producer.join().unwrap();
+        assert_eq!(rx.position(), 96);
+        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+    });
+}
+
+/// Dropping records unread: the consumer reads the first message with `front` (which caches its
+/// header), then skips three messages with `skip_published` from its front, releasing what it
+/// passed with `pop_through` after each partial skip, while the producer pushes: records of 24
+/// and 16 bytes at 0 and 24, padding at 40, 32 bytes at 0 (once the first two are released),
+/// then 16 bytes at 32 (once the third is: the skip across the padding) and 16 at 48. The
+/// consumer then receives the last two with `front` and `pop`: in order, their tags and bytes
+/// as pushed (a `front` cached before the release would return the first message again).
+#[test]
+fn message_ring_skip_published_then_pop() {
+    const LENS: [usize; 5] = [16, 8, 24, 8, 8];
+    const SKIP: u64 = 3;
+    model(BOUNDED, || {
+        let ring = Arc::new(MessageRing::<64>::new());
+        let producer_ring = ring.clone();
+        let producer = thread::spawn(move || {
+            let mut tx = producer_ring.claim_producer(owner(1)).unwrap();
+            for (i, &len) in LENS.iter().enumerate() {
+                send_spin(&mut tx, 100 + i as u16, &payload(i as u8, len));
+            }
+        });
+        let mut rx = ring.claim_consumer(owner(2)).unwrap();
+        assert_eq!(front_spin(&mut rx), (100, payload(0, LENS[0])));
+        let mut cursor = rx.read_ahead();
+        let mut skipped = 0;
+        while skipped < SKIP {
+            let (next, passed) = rx.skip_published(cursor, SKIP - skipped).unwrap();
+            assert!(passed <= SKIP - skipped);
+            skipped += passed;
+            cursor = next;
+            rx.pop_through(cursor).unwrap();
+            assert_eq!(rx.position(), cursor.position());
+            if skipped < SKIP {
+                spin_hint();
+            }
+        }
+        assert_eq!(
+            cursor.position(),
+            96,
+            "past the padding and the third message"
+        );
+        for (i, &len) in LENS.iter().enumerate().skip(SKIP as usize) {
+            assert_eq!(recv_spin(&mut rx), (100 + i as u16, payload(i as u8, len)));
+        }
+        producer.join().unwrap();
+        assert!(matches!(rx.front(), Err(RecvError::Empty)));
+        assert_eq!(rx.skip_published(rx.read_ahead(), 1).unwrap().1, 0);
     });
 }
