@@ -296,6 +296,7 @@ impl<'a, const C: usize> MessageConsumer<'a, C, 1> {
                     if start.is_some() {
                         break; // padding after messages: the run ends at the buffer's end
                     }
+                    ring.track_read(MessageRing::<C, 1>::at(0, offset), HEADER);
                     end = end.wrapping_add(size);
                     position = end;
                 }
