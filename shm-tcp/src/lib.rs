@@ -17,7 +17,7 @@
 //!   [`RecoveryError`] with every number, and the [`RecoveryPolicy`] decides: refuse and touch
 //!   nothing (the default), or move the old file aside and start afresh.
 //! - A frame on the wire is the queued record byte for byte, so a burst goes to the socket
-//!   straight from the queue's memory in one `writev`; the receiver reads into a fixed buffer
+//!   straight from the queue's memory in one write; the receiver reads into a fixed buffer
 //!   and hands out each message in place ([`frame`] has the format).
 //!
 //! # Use
@@ -32,9 +32,9 @@
 //!   writes, sends heartbeats, drops a silent peer and reconnects (client) with back-off. The
 //!   hot path reads no clock: [`shm_channel::monotonic_nanos`] is a fine `now`.
 //! - Sending: `alloc` reserves room in the queue, you write the payload in place, `push`
-//!   commits it and writes it to the socket at once (one `writev`). For bursts,
-//!   [`TcpSlot::push_more`] commits without writing and [`Connection::flush_queued`] sends them
-//!   all in one `writev`. `alloc` works while disconnected: messages wait in the queue. A full
+//!   commits it and writes it to the socket at once (one `send`, or a `writev` when an ack
+//!   goes in front). For bursts, [`TcpSlot::push_more`] commits without writing and
+//!   [`Connection::flush_queued`] sends them all in one write. `alloc` works while disconnected: messages wait in the queue. A full
 //!   queue is [`SendError::Full`](spsc_core::SendError::Full), never a drop.
 //! - Receiving: `front` borrows the oldest complete message in place (8-byte aligned), `pop`
 //!   commits it. When nothing is buffered, `front` reads the socket once.
@@ -80,8 +80,8 @@
 //!
 //! # Costs and choices
 //!
-//! - Per message: the ring's push into the mapped file (no system call), one `writev` when
-//!   connected; per receive, one `read` when nothing is buffered, and one 8-byte store into the
+//! - Per message: the ring's push into the mapped file (no system call), one `send` when
+//!   connected; per receive, one `recv` when nothing is buffered, and one 8-byte store into the
 //!   file per pop. The acknowledgement rides in front of a write once a sixty-fourth of the
 //!   peer's queue was popped since the last one; alone, it is sent after a quarter, or as the
 //!   heartbeat. (One per message would make both sides parse and apply one per message; the

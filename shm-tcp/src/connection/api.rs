@@ -75,7 +75,7 @@ impl<const C: usize> SendSlot for TcpSlot<'_, C> {
     }
 
     /// Publishes the message into the persisted queue (the commit), then writes it to the
-    /// socket when connected. Cost: the ring's push, plus one `writev` (with the ack in front
+    /// socket when connected. Cost: the ring's push, plus one `send` (a `writev` with the ack in front
     /// once a sixty-fourth of the peer's queue was popped since the last one).
     #[inline]
     fn push(self) {

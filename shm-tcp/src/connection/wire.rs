@@ -24,7 +24,7 @@ impl<const C: usize> Connection<C> {
     }
 
     /// Writes pending control frames and (connected) queued records, until done or the socket
-    /// is full. One `writev` per round; a push normally needs one round.
+    /// is full. One write per round (a `send`, or a `writev` for a control frame and data); a push normally needs one round.
     pub(super) fn flush(&mut self) -> Result<(), ConnectionError> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
