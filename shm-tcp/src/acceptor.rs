@@ -405,11 +405,7 @@ impl<const C: usize> Acceptor<C> {
 
 /// Tells a client why it is refused (best effort: the socket is dropped right after).
 fn send_reject(stream: &mut TcpStream, reason: &str) {
-    let mut end = reason.len().min(MAX_REJECT_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
     let mut buf = [0u8; frame::frame_size(MAX_REJECT_REASON as u32)];
-    let size = frame::write_control(&mut buf, Kind::Reject, 0, &reason.as_bytes()[..end]);
+    let size = frame::write_control(&mut buf, Kind::Reject, 0, frame::reject_reason(reason));
     let _ = stream.write(&buf[..size]);
 }

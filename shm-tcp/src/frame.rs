@@ -243,6 +243,23 @@ pub(crate) fn write_control(out: &mut [u8], kind: Kind, seq: u64, payload: &[u8]
     size
 }
 
+/// The bytes a frame (or queued record) occupies, read from its length word at bytes 4..8 of
+/// `header`. For frames already checked by [`decode`] (or records the ring checked).
+pub(crate) fn size_from_header(header: &[u8]) -> usize {
+    let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    8 + (len as usize).next_multiple_of(8)
+}
+
+/// `reason` cut to at most [`MAX_REJECT_REASON`](crate::hello::MAX_REJECT_REASON) bytes, at a
+/// character boundary: the payload of a reject frame.
+pub(crate) fn reject_reason(reason: &str) -> &[u8] {
+    let mut end = reason.len().min(crate::hello::MAX_REJECT_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason.as_bytes()[..end]
+}
+
 /// The size of an ack frame.
 pub(crate) const ACK_SIZE: usize = frame_size(0);
 

@@ -331,7 +331,7 @@ impl<const C: usize> SendQueue<C> {
                     });
                 }
                 self.next_seq += 1;
-                at += 8 + (len as usize).next_multiple_of(8);
+                at += frame::size_from_header(record);
             }
             cursor = run.cursor_after(usize::MAX).0;
         }

@@ -147,8 +147,7 @@ impl<const C: usize> MessageReceiver for Connection<C> {
             return Err(RecvError::Empty);
         }
         let frame = self.recv.front().expect("front_ready checked it");
-        let len = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let size = 8 + (len as usize).next_multiple_of(8);
+        let size = frame::size_from_header(frame);
         self.recv.release(size);
         self.queue.commit_pop();
         self.unacked_bytes += size;
@@ -175,8 +174,8 @@ impl<const C: usize> Connection<C> {
             if frame[16] == Kind::Data as u8 {
                 return true;
             }
-            let len = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-            self.recv.release(8 + (len as usize).next_multiple_of(8));
+            let size = frame::size_from_header(frame);
+            self.recv.release(size);
         }
     }
 }

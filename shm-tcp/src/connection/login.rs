@@ -10,7 +10,7 @@ use super::{Connection, LinkState, Role, CTRL_CAP};
 use crate::error::ConnectionError;
 use crate::frame::{self, FrameInfo, Kind, ACK_SIZE, FRAME_OVERHEAD};
 use crate::handshake::{Handshake, HandshakeError, Step};
-use crate::hello::{check_streams, Hello, RecoveryError, MAX_REJECT_REASON};
+use crate::hello::{check_streams, Hello, RecoveryError};
 use crate::options::RecoveryPolicy;
 use crate::queue::SendQueue;
 
@@ -272,17 +272,11 @@ impl<const C: usize> Connection<C> {
 
     /// Tells the peer why (best effort: the connection ends anyway).
     pub(super) fn reject(&mut self, reason: &str) {
-        let mut end = reason.len().min(MAX_REJECT_REASON);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
+        let reason = frame::reject_reason(reason);
+        if self.ctrl_end + frame::frame_size(reason.len() as u32) <= CTRL_CAP {
+            self.push_ctrl(Kind::Reject, 0, reason);
         }
-        if self.ctrl_end + frame::frame_size(end as u32) <= CTRL_CAP {
-            self.push_ctrl(Kind::Reject, 0, &reason.as_bytes()[..end]);
-        }
-        let state = self.state;
-        self.state = LinkState::Handshaking; // control frames only
-        let _ = self.flush();
-        self.state = state;
+        let _ = self.write_out(false); // the reject only, no data after it
     }
 }
 

@@ -26,10 +26,15 @@ impl<const C: usize> Connection<C> {
     /// Writes pending control frames and (connected) queued records, until done or the socket
     /// is full. One write per round (a `send`, or a `writev` for a control frame and data); a push normally needs one round.
     pub(super) fn flush(&mut self) -> Result<(), ConnectionError> {
+        self.write_out(self.state == LinkState::Connected)
+    }
+
+    /// Writes pending control frames, and queued records (with their ack) when `data`.
+    pub(super) fn write_out(&mut self, data: bool) -> Result<(), ConnectionError> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
-        let connected = self.state == LinkState::Connected;
+        let connected = data;
         loop {
             // The ack rides in front of a write once a sixteenth of the standalone threshold was
             // popped: often enough that the peer's queue never waits on it, rarely enough that
@@ -64,8 +69,7 @@ impl<const C: usize> Connection<C> {
                     if self.partial > 0 && self.ctrl_start != self.ctrl_end {
                         // Only the partly written record, so the waiting control frame (an ack
                         // the peer's queue may wait for) follows right after it.
-                        let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-                        let size = 8 + (len as usize).next_multiple_of(8);
+                        let size = frame::size_from_header(bytes);
                         &rest[..size.saturating_sub(self.partial).min(rest.len())]
                     } else {
                         rest
