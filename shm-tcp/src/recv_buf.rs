@@ -41,11 +41,11 @@ impl RecvBuffer {
     }
 
     fn bytes(&self) -> &[u8] {
-        bytemuck_bytes(&self.storage)
+        shm_channel::bytemuck::cast_slice(&self.storage)
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        bytemuck_bytes_mut(&mut self.storage)
+        shm_channel::bytemuck::cast_slice_mut(&mut self.storage)
     }
 
     /// Forgets everything: after a disconnect, the peer resends what was not popped.
@@ -133,16 +133,6 @@ impl RecvBuffer {
             (self.read, self.parsed, self.write) = (0, 0, 0);
         }
     }
-}
-
-fn bytemuck_bytes(words: &[u64]) -> &[u8] {
-    // SAFETY: any u64 slice is valid as bytes of 8 times its length, with the same lifetime.
-    unsafe { core::slice::from_raw_parts(words.as_ptr().cast(), words.len() * 8) }
-}
-
-fn bytemuck_bytes_mut(words: &mut [u64]) -> &mut [u8] {
-    // SAFETY: as above; every byte pattern is a valid u64, and the borrow is exclusive.
-    unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) }
 }
 
 #[cfg(test)]
