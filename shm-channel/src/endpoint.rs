@@ -98,6 +98,10 @@ impl<const C: usize, const L: usize> Endpoint<C, L> {
     /// assert!(!dir.path().join("close-doc").exists());
     /// ```
     ///
+    /// A process spawned by either user at that instant shares the file's lock until it calls
+    /// `exec`, and can make both closers see [`Reclaim::InUse`]
+    /// ([`Segment::close_and_remove_if_unused`] says more).
+    ///
     /// # Errors
     /// As [`Segment::close_and_remove_if_unused`]; the end is closed all the same.
     pub fn close_and_remove_if_last(self) -> Result<Reclaim, SegmentError> {

@@ -670,6 +670,12 @@ impl Segment {
     /// removes the file; a user still holding it sees [`Reclaim::InUse`] and the file stays for
     /// it to remove when it closes.
     ///
+    /// A process that forks while it has the segment open shares its lock with the child until
+    /// the child calls `exec` or exits (`std::process::Command::spawn` is such a fork). If a
+    /// thread of either user spawns a process at the instant both close, both may see
+    /// [`Reclaim::InUse`] and the file stays: nothing is lost, and a later
+    /// [`reclaim_stale`](Self::reclaim_stale) removes it.
+    ///
     /// # Errors
     /// [`SegmentError::Io`] if the folder or the file cannot be examined (the segment is closed
     /// all the same), [`SegmentError::NotAFile`] or [`SegmentError::NotASegment`] if the name

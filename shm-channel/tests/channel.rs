@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
@@ -14,6 +14,19 @@ use shm_channel::{
 use spsc_core::{MessageReceiver, MessageSender, RecvError, SendError};
 
 type Chan = Channel<4096>;
+
+/// Held around every process spawn of this binary, and by the test that checks which of two
+/// closing ends removes the file. Between `fork` and `exec` a child shares every open file of
+/// this process, and so its `flock`s: an end closing in that instant sees its segment still in
+/// use (correctly: for that instant it is). The test of exactly-once removal needs no child in
+/// that state while it runs; the library documents the effect on `close_and_remove_if_last`.
+static SPAWNING: Mutex<()> = Mutex::new(());
+
+fn no_spawn_meanwhile() -> MutexGuard<'static, ()> {
+    SPAWNING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn options(dir: &tempfile::TempDir) -> ChannelOptions {
     ChannelOptions::new().dir(dir.path())
@@ -222,6 +235,7 @@ fn child(role: &str, env: &[(&str, String)]) -> std::process::Child {
     for (key, value) in env {
         command.env(key, value);
     }
+    let _no_close_meanwhile = no_spawn_meanwhile();
     command.spawn().unwrap()
 }
 
@@ -449,6 +463,7 @@ fn typed_messages_in_place() {
 fn ends_closing_at_once_remove_the_file_exactly_once() {
     use shm_channel::Reclaim;
     let dir = tempfile::tempdir().unwrap();
+    let _no_spawn_meanwhile = no_spawn_meanwhile();
     for round in 0..50 {
         let name = format!("close-{round}");
         let a = Chan::create_or_open(&name, End::A, &options(&dir)).unwrap();
@@ -732,6 +747,7 @@ fn a_holder_pid_given_to_another_process_does_not_keep_the_end() {
     let path = dir.path().join("reused");
     let mut a = Chan::create("reused", End::A, &options(&dir)).unwrap();
     a.sender().send(1, b"for whoever holds b").unwrap();
+    let no_close_meanwhile = no_spawn_meanwhile();
     let mut process = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -746,6 +762,7 @@ fn a_holder_pid_given_to_another_process_does_not_keep_the_end() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    drop(no_close_meanwhile);
     assert_eq!(recv(a.receiver()), (4, b"holding".to_vec()));
     let holder = process.id();
     assert_eq!(a.peer_pid(), holder);
@@ -852,7 +869,10 @@ fn removal_refuses_what_is_not_a_segment() {
     std::fs::remove_file(&notes).unwrap();
 
     // A FIFO under the name is never opened (opening one could block): reported as what it is.
-    let made = Command::new("mkfifo").arg(&notes).status().unwrap();
+    let made = {
+        let _no_close_meanwhile = no_spawn_meanwhile();
+        Command::new("mkfifo").arg(&notes).status().unwrap()
+    };
     assert!(made.success());
     assert!(matches!(
         Chan::open("notes", End::A, &options(&dir)),
