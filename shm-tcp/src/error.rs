@@ -250,6 +250,17 @@ pub enum ConnectionError {
     },
     /// The persisted send queue refused an operation (a bad acknowledgement, corruption).
     Queue(QueueError),
+    /// A [`PendingLogin`](crate::PendingLogin) was handed to a connection that is not its
+    /// pair's accepting side ([`Connection::take_login`](crate::Connection::take_login)): an
+    /// application's routing mistake. The client was refused; the connection is untouched.
+    Misrouted {
+        /// The client's address.
+        peer: Option<SocketAddr>,
+        /// The login's pair, `<acceptor>_<client>`.
+        login: String,
+        /// The connection's pair, `<local>_<remote>`.
+        connection: String,
+    },
 }
 
 fn peer_text(peer: &Option<SocketAddr>) -> String {
@@ -330,6 +341,16 @@ impl fmt::Display for ConnectionError {
                 waited_ns / 1_000_000
             ),
             Self::Queue(error) => write!(f, "{error}"),
+            Self::Misrouted {
+                peer,
+                login,
+                connection,
+            } => write!(
+                f,
+                "the login of {} for pair {login} was handed to the connection of pair \
+                 {connection}, not its pair's accepting one; the client was refused",
+                peer_text(peer)
+            ),
         }
     }
 }

@@ -108,6 +108,7 @@ mod error;
 pub mod frame;
 pub mod handshake;
 pub mod hello;
+pub mod login;
 mod options;
 mod queue;
 mod recv_buf;
@@ -116,5 +117,6 @@ pub use acceptor::{Acceptor, AcceptorEvent, AcceptorOptions, ConnId, LoginReques
 pub use connection::{Connection, ConnectionStats, LinkState, TcpSlot};
 pub use error::{ConnectionError, QueueError};
 pub use hello::RecoveryError;
+pub use login::{ListenerEvent, LoginListener, PendingLogin};
 pub use options::{ConnectionOptions, RecoveryPolicy};
 pub use queue::{Durability, FILE_KIND};

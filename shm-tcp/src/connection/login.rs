@@ -1,7 +1,8 @@
 //! The handshake of a connection: the hellos, the checks of both sides' states, the session,
 //! and what a refused combination does.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use rustix::io::Errno;
 use shm_channel::SegmentName;
@@ -9,37 +10,117 @@ use shm_channel::SegmentName;
 use super::{Connection, LinkState, Role, CTRL_CAP};
 use crate::error::ConnectionError;
 use crate::frame::{self, FrameInfo, Kind, ACK_SIZE, FRAME_OVERHEAD};
-use crate::handshake::{Handshake, HandshakeError, Step};
+use crate::handshake::{HandshakeError, Step};
 use crate::hello::{check_streams, Hello, RecoveryError};
+use crate::login::{LoginParts, PendingLogin};
+use crate::options::ConnectionOptions;
 use crate::options::RecoveryPolicy;
 use crate::queue::SendQueue;
 
 impl<const C: usize> Connection<C> {
-    /// The acceptor hands over a client's socket whose hello it has read (`handshake`), with any
-    /// bytes that followed the hello (`rest`). Any socket this connection still had is dropped:
-    /// the client logged in again.
-    pub(crate) fn take_login(
-        &mut self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        mut handshake: Handshake,
-        rest: &[u8],
+    /// The accepting side's connection of a pair, made from the pair's first login: opens (or
+    /// creates) the pair's persisted queue in `options`' folder, named after the login's
+    /// acceptor and client names (`<acceptor>_<client>`, with its `.lock`), in the login's
+    /// acceptor session, then applies the login as [`take_login`](Self::take_login) does.
+    /// Returns the connection, `Handshaking` (or already `Connected` without a key), and where a
+    /// state file of another session was moved (a new session starts every pair afresh: the old
+    /// file is renamed `<name>.<nanoseconds>.stale`).
+    ///
+    /// `options` must have the key the [`LoginListener`](crate::LoginListener) was bound with.
+    /// Cost: the file's open (or creation) and map, the pair's lock, a receive buffer
+    /// ([`ConnectionOptions::receive_buffer`](crate::ConnectionOptions::receive_buffer)); then
+    /// the handshake's writes. `now` is the caller's clock (as for [`poll`](Self::poll)).
+    ///
+    /// # Errors
+    /// [`ConnectionError::Queue`]: an invalid pair name, a pair in use (by another live process
+    /// or another connection of this one: [`QueueError::InUse`](crate::QueueError::InUse)), a
+    /// wrong, truncated or corrupt state file (never re-initialised), or a failed move aside.
+    /// The client is then refused with the error's text (it receives it as
+    /// [`ConnectionError::Rejected`]). A failure of the handshake itself is reported by the
+    /// connection's next `poll`, as for `take_login`.
+    pub fn from_login(
+        login: PendingLogin,
+        options: &ConnectionOptions,
         now: u64,
-    ) -> Result<(), ConnectionError> {
+    ) -> Result<(Self, Option<PathBuf>), ConnectionError> {
+        let made = Self::accepted(
+            login.acceptor_name().clone(),
+            login.client_name().clone(),
+            login.acceptor_session(),
+            options,
+        );
+        match made {
+            Ok((mut conn, moved)) => {
+                conn.take_socket(login, now);
+                Ok((conn, moved))
+            }
+            Err(error) => {
+                let _ = login.reject(&error.to_string()); // best effort
+                Err(error)
+            }
+        }
+    }
+
+    /// Applies a client's login again to its pair's accepting connection (made by
+    /// [`from_login`](Self::from_login) or an [`Acceptor`](crate::Acceptor)), whatever its
+    /// state: any socket it still had is closed first (the client logged in again, so the old
+    /// and new streams never interleave), its receive buffer is forgotten (the client resends
+    /// what this side did not pop), and the handshake continues on the new socket with this
+    /// side's hello (numbers from the queue). Nothing queued is lost: after the handshake both
+    /// sides resend exactly what the other did not pop. `now` is the caller's clock.
+    ///
+    /// Cost: one hello built and written (a `write`), the bytes that followed the client's
+    /// hello parsed; no allocation.
+    ///
+    /// # Errors
+    /// [`ConnectionError::Misrouted`] if the login is not this pair's (its client and acceptor
+    /// names are not this connection's remote and local names) or this is a client's
+    /// connection: the client is refused, this connection is left as it was. A failure of the
+    /// handshake (the numbers, the session, the authentication code) is this connection's:
+    /// its next [`poll`](Self::poll) reports it, as when one happens within `poll`.
+    pub fn take_login(&mut self, login: PendingLogin, now: u64) -> Result<(), ConnectionError> {
+        let ours = matches!(self.role, Role::Accepted)
+            && login.client_name() == &self.remote
+            && login.acceptor_name() == &self.local;
+        if !ours {
+            let error = ConnectionError::Misrouted {
+                peer: Some(login.peer()),
+                login: format!("{}_{}", login.acceptor_name(), login.client_name()),
+                connection: format!("{}_{}", self.local, self.remote),
+            };
+            let _ = login.reject(&error.to_string()); // best effort
+            return Err(error);
+        }
+        self.take_socket(login, now);
+        Ok(())
+    }
+
+    /// Takes `login`'s socket, hello and following bytes; a failure is the next `poll`'s to
+    /// report.
+    fn take_socket(&mut self, login: PendingLogin, now: u64) {
         self.now = now;
         self.disconnect_at(now);
-        self.stream = Some(stream);
-        self.peer = Some(peer);
-        self.state = LinkState::Handshaking;
-        self.state_at = now;
-        self.last_rx = now;
-        let hello = self.own_hello();
-        let step = handshake
-            .answer(&hello)
-            .map_err(|error| handshake_error(Some(peer), error))?;
-        self.push_ctrl(Kind::Hello, 0, handshake.own_hello());
-        self.handshake = Some(handshake);
+        let LoginParts {
+            stream,
+            peer,
+            mut handshake,
+            rest,
+            rest_len,
+            ..
+        } = *login.0;
+        let rest = &rest[..rest_len];
         let result = (|| {
+            self.stream = Some(stream);
+            self.peer = Some(peer);
+            self.state = LinkState::Handshaking;
+            self.state_at = now;
+            self.last_rx = now;
+            let hello = self.own_hello();
+            let step = handshake
+                .answer(&hello)
+                .map_err(|error| handshake_error(Some(peer), error))?;
+            self.push_ctrl(Kind::Hello, 0, handshake.own_hello());
+            self.handshake = Some(handshake);
             match step {
                 Step::SendAuth(code) => self.push_ctrl(Kind::Auth, 0, &code),
                 Step::Done => self.finish_handshake()?,
@@ -64,7 +145,6 @@ impl<const C: usize> Connection<C> {
             // acceptor reports the login and any state file it moved aside for it.
             self.fail(error);
         }
-        Ok(())
     }
 
     pub(super) fn own_hello(&self) -> Hello {
