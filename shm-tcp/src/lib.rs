@@ -27,8 +27,17 @@
 //! - The side that listens: [`Acceptor`], which reads each client's hello, asks the
 //!   application's login check (the peer's address and name; a refusal's reason reaches the
 //!   client as [`ConnectionError::Rejected`]) and keeps one [`Connection`] per client name.
-//! - No thread runs behind either: call [`Connection::poll`] (and [`Acceptor::poll`]) with the
-//!   time from the thread that owns them. `poll` completes connects and handshakes, reads,
+//! - Logins on one thread, connections on others (a server's control and worker threads): the
+//!   acceptor's two halves, public. A [`LoginListener`] reads each hello (bounded work per
+//!   `poll`, sockets that never finish their hello dropped after the handshake timeout) and
+//!   yields a [`PendingLogin`]: owned, `Send`, one pointer wide, carrying the socket, the
+//!   client's address, name and session. The thread owning the pair applies it with
+//!   [`Connection::from_login`] (the pair's first login: opens its state file) or
+//!   [`Connection::take_login`] (a login again: the old socket is dropped, nothing queued is
+//!   lost), or refuses it with [`PendingLogin::reject`] (the client receives the reason as
+//!   [`ConnectionError::Rejected`]). [`Acceptor`] is these halves on one thread.
+//! - No thread runs behind any of them: call [`Connection::poll`] (and [`Acceptor::poll`] or
+//!   [`LoginListener::poll`]) with the time from the thread that owns them. `poll` completes connects and handshakes, reads,
 //!   writes, sends heartbeats, drops a silent peer and reconnects (client) with back-off. The
 //!   hot path reads no clock: [`shm_channel::monotonic_nanos`] is a fine `now`.
 //! - Sending: `alloc` reserves room in the queue, you write the payload in place, `push`

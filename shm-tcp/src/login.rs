@@ -5,6 +5,61 @@
 //! [`Connection::take_login`](crate::Connection::take_login) for the next ones), or refused
 //! with a reason ([`PendingLogin::reject`]). [`Acceptor`](crate::Acceptor) is the two halves on
 //! one thread.
+//!
+//! ```
+//! use std::sync::mpsc;
+//!
+//! use shm_tcp::{AcceptorOptions, Connection, ConnectionOptions, ListenerEvent, LoginListener};
+//! use spsc_core::{MessageReceiver, MessageSender};
+//!
+//! # let dir = tempfile::tempdir()?;
+//! let options = ConnectionOptions::new().dir(dir.path());
+//! let listen = AcceptorOptions::new(options.clone());
+//! let mut listener = LoginListener::bind("gateway", "2026-12-02", &listen)?;
+//! let now = shm_channel::monotonic_nanos;
+//!
+//! // A worker thread owns the pair's connection; logins reach it through a channel.
+//! let (to_worker, logins) = mpsc::channel();
+//! let server_options = options.clone();
+//! let worker = std::thread::spawn(move || -> Result<Vec<u8>, shm_tcp::ConnectionError> {
+//!     let mut conn: Option<Connection<65536>> = None;
+//!     loop {
+//!         while let Ok(login) = logins.try_recv() {
+//!             match conn.as_mut() {
+//!                 None => conn = Some(Connection::from_login(login, &server_options, now())?.0),
+//!                 Some(conn) => conn.take_login(login, now())?, // the client logged in again
+//!             }
+//!         }
+//!         if let Some(conn) = conn.as_mut() {
+//!             let _ = conn.poll(now());
+//!             if let Ok(payload) = conn.recv_with(|m| m.payload().to_vec()) {
+//!                 return Ok(payload);
+//!             }
+//!         }
+//!         std::thread::yield_now();
+//!     }
+//! });
+//!
+//! let mut client = Connection::<65536>::client(listener.local_addr(), "risk", "gateway", &options)?;
+//! client.send(7, b"order #1")?;
+//! // This thread reads the logins (and, here, also runs the client).
+//! while !worker.is_finished() {
+//!     while let Some(event) = listener.poll(now()) {
+//!         match event {
+//!             ListenerEvent::Login(login) if login.client_name().as_str() == "risk" => {
+//!                 to_worker.send(login).expect("the worker runs")
+//!             }
+//!             ListenerEvent::Login(login) => {
+//!                 let _ = login.reject("unknown client"); // the client sees `Rejected`
+//!             }
+//!             other => println!("{other:?}"),
+//!         }
+//!     }
+//!     let _ = client.poll(now());
+//! }
+//! assert_eq!(worker.join().expect("no panic")?, b"order #1");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

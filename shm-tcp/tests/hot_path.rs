@@ -1,7 +1,7 @@
 //! The hot path allocates nothing: on a connected loopback pair, in one thread, `alloc`/`push`,
-//! `front`/`pop` and `poll(now)` (the connections' and the acceptor's) run under a counting
-//! global allocator, and after a warm-up the count of allocations during thousands of rounds
-//! must be exactly zero. (The style of `shm-channel/tests/hot_path.rs`.)
+//! `front`/`pop` and `poll(now)` (the connections', the acceptor's and a login listener's) run
+//! under a counting global allocator, and after a warm-up the count of allocations during
+//! thousands of rounds must be exactly zero. (The style of `shm-channel/tests/hot_path.rs`.)
 
 mod common;
 
@@ -250,4 +250,31 @@ fn pushing_into_a_full_queue_allocates_nothing() {
         }
     });
     assert_eq!(count, 0);
+}
+
+#[test]
+fn a_login_listener_with_silent_sockets_polls_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = shm_tcp::AcceptorOptions::new(ConnectionOptions::new().dir(dir.path()));
+    let mut listener = shm_tcp::LoginListener::bind("server", "day1", &options).unwrap();
+    // Two sockets that connect and say nothing (accepted, read each poll), one half a frame.
+    let silent: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(listener.local_addr()).unwrap())
+        .collect();
+    std::io::Write::write_all(&mut &silent[1], &[1, 0, 0, 0]).unwrap();
+    let start = now();
+    while listener.pending() < 2 {
+        assert!(listener.poll(now()).is_none());
+        assert!(
+            now() - start < 5_000_000_000,
+            "the sockets were never accepted"
+        );
+    }
+    let count = allocations_during(|| {
+        for _ in 0..2000 {
+            assert!(listener.poll(now()).is_none());
+        }
+    });
+    assert_eq!(count, 0, "an idle listener's poll allocated");
+    assert_eq!(listener.pending(), 2);
 }

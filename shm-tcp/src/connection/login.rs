@@ -70,7 +70,7 @@ impl<const C: usize> Connection<C> {
     /// sides resend exactly what the other did not pop. `now` is the caller's clock.
     ///
     /// Cost: one hello built and written (a `write`), the bytes that followed the client's
-    /// hello parsed; no allocation.
+    /// hello parsed; no allocation but an error's text. The login's buffers are freed.
     ///
     /// # Errors
     /// [`ConnectionError::Misrouted`] if the login is not this pair's (its client and acceptor

@@ -68,8 +68,9 @@ pub struct ConnectionStats {
 /// peer pops them, and a [`MessageReceiver`](spsc_core::MessageReceiver) of the peer's, exactly once and in order across
 /// disconnects and restarts of either side.
 ///
-/// Made by [`Connection::connect`] / [`Connection::client`] (the side that connects) or by an
-/// [`Acceptor`](crate::Acceptor) (the side that listens). No thread runs behind it: the owner
+/// Made by [`Connection::connect`] / [`Connection::client`] (the side that connects), or (the
+/// side that listens) by an [`Acceptor`](crate::Acceptor) or from a
+/// [`PendingLogin`](crate::PendingLogin) with [`Connection::from_login`]. No thread runs behind it: the owner
 /// calls [`poll`](Self::poll) with the time, which reads, writes, sends heartbeats, times out a
 /// silent peer and (client) reconnects. `push` writes at once when connected (one `write`);
 /// `front` reads the socket only when nothing is buffered; `alloc` reads it only when the queue
