@@ -110,6 +110,12 @@ impl<const C: usize, const L: usize> Endpoint<C, L> {
         Segment::reclaim_at(&dir, &name)
     }
 
+    /// Both halves at once, borrowed: read a message in place while writing its reply in place
+    /// (a server's handler), with no split and no copy.
+    pub fn halves(&mut self) -> (&mut Sender<C, L>, &mut Receiver<C, L>) {
+        (&mut self.sender, &mut self.receiver)
+    }
+
     /// Splits the endpoint, e.g. to send and receive on different threads. Each half keeps the
     /// segment mapped; the end is released when both are dropped.
     pub fn split(self) -> (Sender<C, L>, Receiver<C, L>) {

@@ -1,0 +1,387 @@
+//! A group: the connections one thread polls, and what its handler sees.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use shm_channel::{ChannelSlot, Endpoint, SegmentName, Sender};
+use spsc_core::{
+    Message, MessageReceiver, MessageRing, MessageSender, RecvError, SendError, SendSlot,
+};
+
+use crate::handoff::{CloseReason, ConnId, GroupLink, EVENT_SLOTS};
+
+/// Events from control applied per poll: enough for a burst of logins, bounded so a flood of
+/// them never holds the group's messages back.
+const EVENTS_PER_POLL: usize = 32;
+
+/// What a connection has done, as its group counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Messages handed to the handler (and popped).
+    pub requests: u64,
+    /// Replies pushed.
+    pub replies: u64,
+    /// Replies refused because the client's ring was full (the client stopped reading).
+    pub replies_full: u64,
+}
+
+/// One client's connection as its group owns it.
+pub(crate) struct ServerConn<const C: usize> {
+    pub(crate) name: SegmentName,
+    pub(crate) endpoint: Endpoint<C>,
+    pub(crate) stats: ConnStats,
+    /// When the group first saw it (0: not yet): heartbeats older than this are a previous
+    /// incarnation's.
+    pub(crate) since: u64,
+}
+
+/// A group's counters, written by its thread only (plain stores) and readable from any thread
+/// ([`Control::group_stats`](crate::Control::group_stats)).
+#[derive(Debug, Default)]
+pub(crate) struct GroupCounters {
+    pub(crate) polls: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) replies: AtomicU64,
+    pub(crate) replies_full: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+}
+
+/// A snapshot of a group's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// `poll` calls.
+    pub polls: u64,
+    /// Messages handed to the handler.
+    pub requests: u64,
+    /// Replies pushed.
+    pub replies: u64,
+    /// Replies refused with `Full` (a client not reading).
+    pub replies_full: u64,
+    /// Connections the group holds now.
+    pub connections: u64,
+    /// Connections it closed for a missed heartbeat.
+    pub timed_out: u64,
+}
+
+impl GroupCounters {
+    pub(crate) fn snapshot(&self) -> GroupStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        GroupStats {
+            polls: load(&self.polls),
+            requests: load(&self.requests),
+            replies: load(&self.replies),
+            replies_full: load(&self.replies_full),
+            connections: load(&self.connections),
+            timed_out: load(&self.timed_out),
+        }
+    }
+}
+
+/// Adds `by` to a counter only this thread writes: a load and a store, no locked instruction.
+#[inline(always)]
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
+/// A message handed to the handler, borrowed in place from the client's ring.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    conn: ConnId,
+    client: &'a SegmentName,
+    message: Message<'a>,
+}
+
+impl<'a> Request<'a> {
+    /// The connection it came from.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// The client's name.
+    pub fn client(&self) -> &'a SegmentName {
+        self.client
+    }
+
+    /// The message's type tag.
+    pub fn tag(&self) -> u16 {
+        self.message.tag()
+    }
+
+    /// The payload, 8-byte aligned, in place in the client's ring (no copy).
+    pub fn payload(&self) -> &'a [u8] {
+        self.message.payload()
+    }
+}
+
+enum ReplyState<'a, const C: usize> {
+    Ready(&'a mut Sender<C>),
+    Allocated(ChannelSlot<'a, C>),
+    Spent,
+}
+
+/// The handler's way to answer a [`Request`] on its own connection, in place: at most one reply
+/// per request, written straight into the client's ring.
+///
+/// The reply is pushed after the request is popped (tcpshm's rule): a crash between the two
+/// loses at most this reply, never runs the request twice. See the crate docs.
+pub struct Reply<'a, const C: usize> {
+    state: ReplyState<'a, C>,
+    stats: &'a mut ConnStats,
+}
+
+impl<'a, const C: usize> Reply<'a, C> {
+    /// Reserves a reply of `len` bytes with `tag` in the client's ring and returns its payload to
+    /// write in place; it is published once the handler returns and the request is popped.
+    /// Cost: the ring's `alloc` (no syscall, no allocation).
+    ///
+    /// # Errors
+    /// [`SendError::Full`] if the client's ring has no room (the client stopped reading: the
+    /// reply is dropped and counted in [`ConnStats::replies_full`], the group goes on),
+    /// [`SendError::TooLarge`] above the ring's largest message, and `Full` again for a second
+    /// reply to the same request.
+    pub fn alloc(&mut self, len: u32, tag: u16) -> Result<&mut [u8], SendError> {
+        let state = core::mem::replace(&mut self.state, ReplyState::Spent);
+        let ReplyState::Ready(sender) = state else {
+            self.state = state;
+            return Err(SendError::Full);
+        };
+        match sender.alloc(len, tag) {
+            Ok(slot) => {
+                self.state = ReplyState::Allocated(slot);
+                match &mut self.state {
+                    ReplyState::Allocated(slot) => Ok(slot.payload_mut()),
+                    _ => unreachable!("just set"),
+                }
+            }
+            Err(error) => {
+                if error == SendError::Full {
+                    self.stats.replies_full += 1;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Copies `payload` into a reply with `tag`: [`alloc`](Self::alloc) plus a copy.
+    ///
+    /// # Errors
+    /// As [`alloc`](Self::alloc).
+    pub fn send(&mut self, tag: u16, payload: &[u8]) -> Result<(), SendError> {
+        let len = u32::try_from(payload.len()).map_err(|_| SendError::TooLarge {
+            len: payload.len() as u64,
+            max: MessageRing::<C>::MAX_PAYLOAD,
+        })?;
+        self.alloc(len, tag)?.copy_from_slice(payload);
+        Ok(())
+    }
+
+    /// Publishes the reply, if one was allocated.
+    fn finish(self) -> bool {
+        match self.state {
+            ReplyState::Allocated(slot) => {
+                slot.push();
+                self.stats.replies += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One group of connections, polled by one thread at a time with [`poll`](Self::poll). Made by
+/// [`Server::new`](crate::Server::new); move it to the thread that serves it with
+/// [`Server::split`](crate::Server::split).
+pub struct Group<const C: usize> {
+    index: usize,
+    pub(crate) link: GroupLink<Box<ServerConn<C>>, EVENT_SLOTS>,
+    budget: u32,
+    heartbeat_interval: u64,
+    heartbeat_timeout: u64,
+    next_liveness: u64,
+    /// Round-robin start, so the first connection is not always served first.
+    next_start: usize,
+    pub(crate) counters: Arc<GroupCounters>,
+}
+
+impl<const C: usize> core::fmt::Debug for Group<C> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Group")
+            .field("index", &self.index)
+            .field("connections", &self.link.table.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<const C: usize> Group<C> {
+    pub(crate) fn new(
+        index: usize,
+        link: GroupLink<Box<ServerConn<C>>, EVENT_SLOTS>,
+        budget: u32,
+        heartbeat_interval: u64,
+        heartbeat_timeout: u64,
+        counters: Arc<GroupCounters>,
+    ) -> Self {
+        Self {
+            index,
+            link,
+            budget,
+            heartbeat_interval,
+            heartbeat_timeout,
+            next_liveness: 0,
+            next_start: 0,
+            counters,
+        }
+    }
+
+    /// This group's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The connections this group holds now (its thread's view).
+    pub fn len(&self) -> usize {
+        self.link.table.len()
+    }
+
+    /// `true` if the group holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.link.table.is_empty()
+    }
+
+    /// Each connection's id, client name and counters.
+    pub fn connections(&self) -> impl Iterator<Item = (ConnId, &SegmentName, ConnStats)> {
+        self.link
+            .table
+            .iter()
+            .map(|(id, conn)| (*id, &conn.name, conn.stats))
+    }
+
+    /// A snapshot of the group's counters.
+    pub fn stats(&self) -> GroupStats {
+        self.counters.snapshot()
+    }
+
+    /// Serves the group once: applies the connection events from the control thread (new
+    /// logins, moves, closes), then hands each connection's ready messages to `handler`, at most
+    /// the configured budget per connection, then (once per heartbeat interval, by `now`) writes
+    /// the server's heartbeat into each session and closes any whose client has been silent past
+    /// the timeout. Returns the number of messages handled.
+    ///
+    /// For each message: `handler(&request, &mut reply)` runs with the message in place, then
+    /// the message is popped (the commit), then the reply, if any, is pushed. A client whose
+    /// ring is full gets no reply (counted), never a wait.
+    ///
+    /// `now` is [`shm_channel::monotonic_nanos`] (the clock clients write heartbeats with).
+    /// Cost when idle: one Acquire load per connection plus one for the event ring; no syscall,
+    /// no allocation.
+    pub fn poll<F>(&mut self, now: u64, mut handler: F) -> usize
+    where
+        F: FnMut(&Request<'_>, &mut Reply<'_, C>),
+    {
+        bump(&self.counters.polls, 1);
+        let before = self.link.table.len();
+        self.link.apply_events(EVENTS_PER_POLL, |_, _| {});
+        if self.link.table.len() != before {
+            self.counters
+                .connections
+                .store(self.link.table.len() as u64, Ordering::Relaxed);
+        }
+        let count = self.link.table.len();
+        let mut handled = 0;
+        let mut broken: Option<(usize, CloseReason)> = None;
+        let start = if self.next_start >= count {
+            0
+        } else {
+            self.next_start
+        };
+        for step in 0..count {
+            let index = (start + step) % count;
+            let (id, conn) = &mut self.link.table[index];
+            let id = *id;
+            let conn = &mut **conn;
+            let mut served = 0;
+            let (sender, receiver) = conn.endpoint.halves();
+            while served < self.budget {
+                let message = match receiver.front() {
+                    Ok(message) => message,
+                    Err(RecvError::Empty) => break,
+                    Err(_) => {
+                        broken = broken.or(Some((index, CloseReason::Corrupt)));
+                        break;
+                    }
+                };
+                let request = Request {
+                    conn: id,
+                    client: &conn.name,
+                    message,
+                };
+                let full_before = conn.stats.replies_full;
+                let mut reply = Reply {
+                    state: ReplyState::Ready(&mut *sender),
+                    stats: &mut conn.stats,
+                };
+                handler(&request, &mut reply);
+                // Pop is the commit, before the reply is published (see `Reply`).
+                if receiver.pop().is_err() {
+                    broken = broken.or(Some((index, CloseReason::Corrupt)));
+                    break;
+                }
+                if reply.finish() {
+                    bump(&self.counters.replies, 1);
+                }
+                if conn.stats.replies_full != full_before {
+                    bump(&self.counters.replies_full, 1);
+                }
+                conn.stats.requests += 1;
+                served += 1;
+            }
+            handled += served as usize;
+        }
+        self.next_start = start + 1;
+        if handled > 0 {
+            bump(&self.counters.requests, handled as u64);
+        }
+        if let Some((index, reason)) = broken {
+            drop(self.link.close_at(index, reason));
+            self.counters
+                .connections
+                .store(self.link.table.len() as u64, Ordering::Relaxed);
+        }
+        if now >= self.next_liveness {
+            self.check_liveness(now);
+        }
+        handled
+    }
+
+    /// Writes the server's heartbeat into every session and closes those whose client has been
+    /// silent past the timeout (its heartbeat, or its attach if it never wrote a newer one).
+    fn check_liveness(&mut self, now: u64) {
+        self.next_liveness = now.saturating_add(self.heartbeat_interval);
+        let mut index = 0;
+        while index < self.link.table.len() {
+            let conn = &mut self.link.table[index].1;
+            conn.endpoint.heartbeat(now);
+            if conn.since == 0 {
+                conn.since = now;
+            }
+            let since_attach = now.saturating_sub(conn.since);
+            let silent = conn
+                .endpoint
+                .peer_heartbeat_age(now)
+                .map_or(since_attach, |age| age.min(since_attach));
+            if silent > self.heartbeat_timeout {
+                drop(self.link.close_at(index, CloseReason::HeartbeatTimeout));
+                bump(&self.counters.timed_out, 1);
+                self.counters
+                    .connections
+                    .store(self.link.table.len() as u64, Ordering::Relaxed);
+            } else {
+                index += 1;
+            }
+        }
+    }
+}
