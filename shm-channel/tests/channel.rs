@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::sync::{Arc, Barrier, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
@@ -15,17 +15,41 @@ use spsc_core::{MessageReceiver, MessageSender, RecvError, SendError};
 
 type Chan = Channel<4096>;
 
-/// Held around every process spawn of this binary, and by the test that checks which of two
-/// closing ends removes the file. Between `fork` and `exec` a child shares every open file of
-/// this process, and so its `flock`s: an end closing in that instant sees its segment still in
-/// use (correctly: for that instant it is). The test of exactly-once removal needs no child in
-/// that state while it runs; the library documents the effect on `close_and_remove_if_last`.
-static SPAWNING: Mutex<()> = Mutex::new(());
+/// Taken for writing around every process spawn of this binary, and for reading by each test
+/// that closes a segment and then expects to find it unused (removed by its last closer, by
+/// `remove_on_close` or by `reclaim_stale`). A child shares every open file of this process, and
+/// so its `flock`s, from its `fork` until its `exec` has closed them (they are all close-on-exec);
+/// a segment closed meanwhile is still in use (correctly: for that instant it is), and its closer
+/// sees `Reclaim::InUse`. The library documents the effect on `close_and_remove_if_last`. A
+/// reader never spawns while it holds the guard (the lock is not reentrant).
+static SPAWNING: RwLock<()> = RwLock::new(());
 
-fn no_spawn_meanwhile() -> MutexGuard<'static, ()> {
-    SPAWNING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The guard of a test that closes a segment and expects it unused: no child of this process
+/// holds any of its descriptors while it is held.
+fn no_spawn_meanwhile() -> RwLockReadGuard<'static, ()> {
+    SPAWNING.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The guard of a process spawn. `spawn` returning is not enough to release it: the parent of a
+/// `vfork`-style spawn resumes as soon as the child's `exec` has replaced its memory, before the
+/// `exec` closes the inherited descriptors (and a file's last close, which drops its `flock`, is
+/// finished only on the child's way back to user space). Hence [`spawn_test_child`] and
+/// `status` (which returns once the child is gone).
+fn spawning() -> RwLockWriteGuard<'static, ()> {
+    SPAWNING.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Spawns `command`, a run of this test binary, and returns once the child runs the test
+/// harness: when its first output (the harness's "running 1 test") arrives, its `exec` has
+/// closed every descriptor it inherited. The rest of its output is discarded.
+fn spawn_test_child(command: &mut Command) -> std::process::Child {
+    let _no_close_meanwhile = spawning();
+    let mut process = command.stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = process.stdout.take().unwrap();
+    // 0 bytes: the child ended before printing anything, its descriptors closed all the same.
+    let _ = std::io::Read::read(&mut stdout, &mut [0u8; 1]).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    process
 }
 
 fn options(dir: &tempfile::TempDir) -> ChannelOptions {
@@ -223,20 +247,17 @@ fn create_or_open_race_between_threads() {
 /// Runs this test binary's ignored test `role` as a child process, with `env` set.
 fn child(role: &str, env: &[(&str, String)]) -> std::process::Child {
     let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            role,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .stdout(Stdio::null());
+    command.args([
+        "--exact",
+        role,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     for (key, value) in env {
         command.env(key, value);
     }
-    let _no_close_meanwhile = no_spawn_meanwhile();
-    command.spawn().unwrap()
+    spawn_test_child(&mut command)
 }
 
 fn child_env(key: &str) -> String {
@@ -490,6 +511,7 @@ fn ends_closing_at_once_remove_the_file_exactly_once() {
 #[test]
 fn closing_an_end_the_peer_still_holds_leaves_the_file_and_its_messages() {
     use shm_channel::Reclaim;
+    let _no_spawn_meanwhile = no_spawn_meanwhile();
     let dir = tempfile::tempdir().unwrap();
     let mut a = Chan::create_or_open("close-held", End::A, &options(&dir)).unwrap();
     let mut b = Chan::create_or_open("close-held", End::B, &options(&dir)).unwrap();
@@ -509,6 +531,7 @@ fn closing_an_end_the_peer_still_holds_leaves_the_file_and_its_messages() {
 #[test]
 fn a_segment_closed_by_its_last_user_is_removed() {
     use shm_channel::{Reclaim, Segment, SegmentOptions};
+    let _no_spawn_meanwhile = no_spawn_meanwhile();
     let dir = tempfile::tempdir().unwrap();
     let seg_options = SegmentOptions::default().dir(dir.path());
     let first = Segment::create("seg-close", 8192, &seg_options).unwrap();
@@ -542,6 +565,8 @@ fn a_stale_segment_is_reclaimed_only_when_no_live_process_holds_it() {
         ],
     );
     assert!(process.wait().unwrap().success());
+    // From here on the segment is expected unused once `a` is dropped.
+    let _no_spawn_meanwhile = no_spawn_meanwhile();
     // We still hold end A: the segment is in use, whatever the dead child left.
     assert_eq!(
         Segment::reclaim_stale("stale", &seg_options).unwrap(),
@@ -747,22 +772,19 @@ fn a_holder_pid_given_to_another_process_does_not_keep_the_end() {
     let path = dir.path().join("reused");
     let mut a = Chan::create("reused", End::A, &options(&dir)).unwrap();
     a.sender().send(1, b"for whoever holds b").unwrap();
-    let no_close_meanwhile = no_spawn_meanwhile();
-    let mut process = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "role_hold_b_until_stdin_closes",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SHM_DIR", dir.path())
-        .env("SHM_NAME", "reused")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    drop(no_close_meanwhile);
+    let mut process = spawn_test_child(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "role_hold_b_until_stdin_closes",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SHM_DIR", dir.path())
+            .env("SHM_NAME", "reused")
+            .stdin(Stdio::piped()),
+    );
     assert_eq!(recv(a.receiver()), (4, b"holding".to_vec()));
     let holder = process.id();
     assert_eq!(a.peer_pid(), holder);
@@ -870,7 +892,7 @@ fn removal_refuses_what_is_not_a_segment() {
 
     // A FIFO under the name is never opened (opening one could block): reported as what it is.
     let made = {
-        let _no_close_meanwhile = no_spawn_meanwhile();
+        let _no_close_meanwhile = spawning();
         Command::new("mkfifo").arg(&notes).status().unwrap()
     };
     assert!(made.success());
@@ -914,6 +936,7 @@ fn unlinking_through_an_endpoint_spares_a_newer_segment_under_the_name() {
 
 #[test]
 fn remove_on_close_removes_the_file_when_the_last_end_closes_and_never_after_a_kill() {
+    let no_spawn_meanwhile_guard = no_spawn_meanwhile();
     let dir = tempfile::tempdir().unwrap();
     let removing = options(&dir).remove_on_close(true);
     let path = dir.path().join("tidy");
@@ -950,6 +973,9 @@ fn remove_on_close_removes_the_file_when_the_last_end_closes_and_never_after_a_k
     let mut a = Chan::open("tidy", End::A, &options(&dir)).unwrap();
     a.sender().send(4, b"kept").unwrap();
     drop(a);
+    // This test spawns a child of its own: no guard meanwhile (`child` takes the lock's write
+    // side); the file is expected to stay until after the child is gone.
+    drop(no_spawn_meanwhile_guard);
     let ready = dir.path().join("child-ready");
     let mut process = child(
         "role_hold_b_removing_until_killed",
@@ -966,6 +992,7 @@ fn remove_on_close_removes_the_file_when_the_last_end_closes_and_never_after_a_k
     }
     process.kill().unwrap();
     process.wait().unwrap();
+    let _no_spawn_meanwhile = no_spawn_meanwhile();
     assert!(path.exists(), "a killed end removed the file");
     let mut a = Chan::open("tidy", End::A, &removing).unwrap();
     assert_eq!(recv(a.receiver()), (5, b"from the killed".to_vec()));
