@@ -25,6 +25,7 @@ pub struct ServerConfig {
     pub(crate) budget: u32,
     pub(crate) allowed_uids: heapless::Vec<u32, MAX_ALLOWED_UIDS>,
     pub(crate) socket_mode: u32,
+    pub(crate) segment_mode: u32,
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -54,6 +55,7 @@ impl ServerConfig {
             budget: 32,
             allowed_uids: heapless::Vec::new(),
             socket_mode: 0o600,
+            segment_mode: 0o600,
         })
     }
 
@@ -99,8 +101,9 @@ impl ServerConfig {
     }
 
     /// Admits clients running as `uid` besides the server's own (at most
-    /// [`MAX_ALLOWED_UIDS`]; more are ignored). The socket's mode must let them connect too:
-    /// see [`socket_mode`](Self::socket_mode).
+    /// [`MAX_ALLOWED_UIDS`]; more are ignored). The socket's mode must let them connect too
+    /// (see [`socket_mode`](Self::socket_mode)), and the session segments' mode must let them
+    /// open their segment (see [`segment_mode`](Self::segment_mode)).
     pub fn allow_uid(mut self, uid: u32) -> Self {
         let _ = self.allowed_uids.push(uid);
         self
@@ -110,6 +113,16 @@ impl ServerConfig {
     /// connect; the `SO_PEERCRED` check applies on top).
     pub fn socket_mode(mut self, mode: u32) -> Self {
         self.socket_mode = mode;
+        self
+    }
+
+    /// The permission bits of the session segments the server creates (default `0600`: only
+    /// the server's uid can open them, so a client of another uid admitted by
+    /// [`allow_uid`](Self::allow_uid) is refused by the file system when it opens its segment).
+    /// E.g. `0660` with the server and its clients sharing a group, or `0666`. Applies when a
+    /// segment is created: a session segment left by an earlier run keeps its mode.
+    pub fn segment_mode(mut self, mode: u32) -> Self {
+        self.segment_mode = mode;
         self
     }
 

@@ -218,7 +218,6 @@ pub struct Control<const C: usize> {
     listener: UnixListener,
     _lock: OwnedFd,
     epoll: OwnedFd,
-    epoll_events: Vec<epoll::Event>,
     pending: heapless::Vec<Box<Pending>, MAX_PENDING_LOGINS>,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -308,7 +307,6 @@ impl<const C: usize> Control<C> {
             listener,
             _lock: lock,
             epoll,
-            epoll_events: Vec::with_capacity(EPOLL_BATCH),
             pending: heapless::Vec::new(),
             slots: (0..capacity)
                 .map(|_| Slot {
@@ -691,7 +689,6 @@ impl<const C: usize> Control<C> {
 
     /// Answers one complete login record.
     fn login(&mut self, mut pending: Box<Pending>, now: u64) {
-        let _ = now;
         let hello = match ClientRecord::decode(&pending.buf) {
             Ok(ClientRecord::Login(hello)) => hello,
             Ok(ClientRecord::Logout) => {
@@ -778,6 +775,7 @@ impl<const C: usize> Control<C> {
         }
         let endpoint = match ChannelOptions::new()
             .dir(self.config.session_folder())
+            .mode(self.config.segment_mode)
             .end_names(self.config.name.as_str(), name.as_str())
             .map_err(shm_channel::ChannelError::from)
             .and_then(|options| Channel::<C>::create_or_open(name.as_str(), End::A, &options))
@@ -788,6 +786,11 @@ impl<const C: usize> Control<C> {
                 return self.reject(pending, Some(name), answer);
             }
         };
+        // The server's heartbeat in the session may be a previous server's, as old as the
+        // outage: renew it before the client resumes judging it. The group's first heartbeat
+        // comes up to an interval after the attach, and a client whose server timeout is
+        // shorter than the outage would otherwise drop the fresh login at once.
+        endpoint.heartbeat(now);
         let accepted = Answer::Accepted {
             server: self.config.name.clone(),
             group: group as u32,
@@ -843,23 +846,19 @@ impl<const C: usize> Control<C> {
 
     /// Notices live login sockets that closed (or carried a logout).
     fn watch_live(&mut self) -> usize {
-        self.epoll_events.clear();
+        // On the stack, not a field: `epoll::Event` holds a pointer-typed union, which is not
+        // `Send`, and a field of it made `Control` not `Send` (so not movable to its thread).
+        let mut ready = [const { core::mem::MaybeUninit::<epoll::Event>::uninit() }; EPOLL_BATCH];
         let zero = rustix::time::Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        if epoll::wait(
-            &self.epoll,
-            rustix::buffer::spare_capacity(&mut self.epoll_events),
-            Some(&zero),
-        )
-        .is_err()
-        {
+        let Ok((ready, _)) = epoll::wait(&self.epoll, &mut ready, Some(&zero)) else {
             return 0;
-        }
+        };
         let mut work = 0;
-        for index in 0..self.epoll_events.len() {
-            let slot = self.epoll_events[index].data.u64() as usize;
+        for event in ready.iter() {
+            let slot = event.data.u64() as usize;
             work += 1;
             let reason = {
                 let stream = match &mut self.slots[slot].entry {
