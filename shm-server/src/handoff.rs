@@ -236,3 +236,180 @@ impl<T: 'static, const N: usize> GroupLink<T, N> {
         }
     }
 }
+
+/// The hand-off protocol under loom: the control thread and two group threads, running the real
+/// rings and the real group side ([`GroupLink`]) on a stand-in connection that records which
+/// group polled it. Loom explores the interleavings (and the rings' memory orderings) and checks
+/// that a connection moved between groups is polled by one group at a time, never after it was
+/// given back, arrives exactly once, and that a close is confirmed exactly once.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+
+    /// A stand-in connection: which groups polled it, in order.
+    struct Fake {
+        name: char,
+        polled_by: Vec<usize>,
+    }
+
+    type Link = GroupLink<Box<Fake>, 4>;
+
+    /// One group thread: applies events and "polls" every connection held, until it has
+    /// applied the `expected` events control will send it (bounded, so loom's search is too).
+    /// Returns its table.
+    fn run_group(index: usize, mut link: Link, expected: usize) -> Vec<(ConnId, Box<Fake>)> {
+        let mut applied = 0;
+        while applied < expected {
+            let now = link.apply_events(8, |_, conn| {
+                assert!(conn.polled_by.iter().all(|&group| group == index));
+            });
+            applied += now;
+            for (_, conn) in &mut link.table {
+                if conn.polled_by.last() != Some(&index) {
+                    conn.polled_by.push(index);
+                }
+            }
+            if now == 0 {
+                loom::thread::yield_now();
+            }
+        }
+        assert!(
+            link.unsent.is_empty(),
+            "a ring of 4 overflowed with 2 replies"
+        );
+        core::mem::take(&mut link.table)
+    }
+
+    fn pop_wait<T: 'static, const N: usize>(receiver: &mut EventReceiver<T, N>) -> T {
+        loop {
+            if let Some(event) = receiver.pop() {
+                return event;
+            }
+            loom::thread::yield_now();
+        }
+    }
+
+    fn fake(name: char) -> Box<Fake> {
+        Box::new(Fake {
+            name,
+            polled_by: Vec::new(),
+        })
+    }
+
+    type ToFake = EventSender<ToGroup<Box<Fake>>, 4>;
+    type FromFake = EventReceiver<FromGroup<Box<Fake>>, 4>;
+
+    fn link(table: Vec<(ConnId, Box<Fake>)>) -> (ToFake, Link, FromFake) {
+        let (to_tx, to_rx) = event_ring::<ToGroup<Box<Fake>>, 4>();
+        let (from_tx, from_rx) = event_ring::<FromGroup<Box<Fake>>, 4>();
+        let mut with_room = Vec::with_capacity(4);
+        with_room.extend(table);
+        let link = GroupLink {
+            inbox: to_rx,
+            outbox: from_tx,
+            unsent: std::collections::VecDeque::new(),
+            table: with_room,
+        };
+        (to_tx, link, from_rx)
+    }
+
+    fn push(sender: &mut EventSender<ToGroup<Box<Fake>>, 4>, event: ToGroup<Box<Fake>>) {
+        assert!(sender.push(event).is_ok(), "a ring of 4 full");
+    }
+
+    const A: ConnId = ConnId {
+        slot: 0,
+        generation: 0,
+    };
+    const B: ConnId = ConnId {
+        slot: 1,
+        generation: 0,
+    };
+
+    /// Control and one group: two connections attached while the group polls, one asked back,
+    /// one closed. The group polls only what it owns, gives back exactly what was asked, and
+    /// confirms the close exactly once; nothing else comes back.
+    #[test]
+    fn attach_detach_and_close_between_control_and_a_group() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(4);
+        builder.check(|| {
+            let (mut to_group, group, mut from_group) = link(Vec::new());
+            let thread = loom::thread::spawn(move || run_group(0, group, 4));
+            push(
+                &mut to_group,
+                ToGroup::Attach {
+                    id: A,
+                    conn: fake('a'),
+                },
+            );
+            push(
+                &mut to_group,
+                ToGroup::Attach {
+                    id: B,
+                    conn: fake('b'),
+                },
+            );
+            push(&mut to_group, ToGroup::Detach { id: A, to: 1 });
+            match pop_wait(&mut from_group) {
+                FromGroup::Detached { id, conn, to } => {
+                    assert_eq!((id, conn.name, to), (A, 'a', 1));
+                    assert!(conn.polled_by.iter().all(|&group| group == 0));
+                }
+                FromGroup::Closed { .. } => panic!("nothing was closed yet"),
+            }
+            push(
+                &mut to_group,
+                ToGroup::Close {
+                    id: B,
+                    reason: CloseReason::Logout,
+                },
+            );
+            match pop_wait(&mut from_group) {
+                FromGroup::Closed { id, reason } => {
+                    assert_eq!((id, reason), (B, CloseReason::Logout))
+                }
+                FromGroup::Detached { .. } => panic!("only one move was asked"),
+            }
+            let table = thread.join().unwrap();
+            assert!(table.is_empty(), "the group kept a connection");
+            assert!(from_group.pop().is_none(), "an event nobody asked for");
+        });
+    }
+
+    /// A move across two group threads: group 0 owns `a` and polls it, control asks it back and
+    /// forwards it to group 1. `a` is polled by group 0, then only by group 1, never both, and
+    /// arrives exactly once.
+    #[test]
+    fn a_moved_connection_has_one_owner_at_a_time() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let (mut to_0, group_0, mut from_0) = link(vec![(A, fake('a'))]);
+            let (mut to_1, group_1, mut from_1) = link(Vec::new());
+            let thread_0 = loom::thread::spawn(move || run_group(0, group_0, 1));
+            let thread_1 = loom::thread::spawn(move || run_group(1, group_1, 1));
+            push(&mut to_0, ToGroup::Detach { id: A, to: 1 });
+            match pop_wait(&mut from_0) {
+                FromGroup::Detached { id, conn, to } => {
+                    assert_eq!((id, to), (A, 1));
+                    push(&mut to_1, ToGroup::Attach { id, conn });
+                }
+                FromGroup::Closed { .. } => panic!("nothing was closed"),
+            }
+            let (table_0, table_1) = (thread_0.join().unwrap(), thread_1.join().unwrap());
+            assert!(table_0.is_empty());
+            assert_eq!(table_1.len(), 1);
+            let (id, conn) = &table_1[0];
+            assert_eq!((*id, conn.name), (A, 'a'));
+            let first_of_1 = conn
+                .polled_by
+                .iter()
+                .position(|&group| group == 1)
+                .expect("group 1 polled it");
+            assert!(conn.polled_by[first_of_1..].iter().all(|&group| group == 1));
+            assert!(conn.polled_by[..first_of_1].iter().all(|&group| group == 0));
+            assert!(from_0.pop().is_none() && from_1.pop().is_none());
+        });
+    }
+}
