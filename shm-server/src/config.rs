@@ -26,6 +26,7 @@ pub struct ServerConfig {
     pub(crate) allowed_uids: heapless::Vec<u32, MAX_ALLOWED_UIDS>,
     pub(crate) socket_mode: u32,
     pub(crate) segment_mode: u32,
+    pub(crate) tcp: Option<shm_tcp::AcceptorOptions>,
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -55,6 +56,7 @@ impl ServerConfig {
             budget: 32,
             allowed_uids: heapless::Vec::new(),
             socket_mode: 0o600,
+            tcp: None,
             segment_mode: 0o600,
         })
     }
@@ -123,6 +125,18 @@ impl ServerConfig {
     /// segment is created: a session segment left by an earlier run keeps its mode.
     pub fn segment_mode(mut self, mode: u32) -> Self {
         self.segment_mode = mode;
+        self
+    }
+
+    /// Also serves TCP clients (`shm-tcp` connections, made with
+    /// [`shm_tcp::Connection::connect`] to this server's name), listening as `options` say
+    /// (loopback unless set otherwise). They log in through the same check into the same groups
+    /// and reach the same handler; their session is the server's name (a new name starts each
+    /// pair afresh), their persisted queues live in `options`' connection folder. A TCP
+    /// client's death or silence is seen by its group (the link's own timeout), not by a login
+    /// socket.
+    pub fn tcp(mut self, options: shm_tcp::AcceptorOptions) -> Self {
+        self.tcp = Some(options);
         self
     }
 

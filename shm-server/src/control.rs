@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -16,11 +17,12 @@ use shm_channel::{Channel, ChannelOptions, End, SegmentName};
 
 use crate::config::{socket_path, ServerConfig, MAX_PENDING_LOGINS};
 use crate::error::{MoveError, ServerError};
-use crate::group::{GroupCounters, GroupStats, ServerConn};
+use crate::group::{GroupCounters, GroupStats, ServerConn, Transport};
 use crate::handoff::{
     CloseReason, ConnId, EventReceiver, EventSender, FromGroup, ToGroup, EVENT_SLOTS,
 };
-use crate::wire::{Answer, ClientRecord, LoginHello, RECORD_LEN};
+use crate::wire::{Answer, ClientRecord, RECORD_LEN};
+use shm_tcp::{ConnectionOptions, ListenerEvent, LoginListener};
 
 /// Ready live sockets taken per `epoll_wait`.
 const EPOLL_BATCH: usize = 64;
@@ -28,23 +30,40 @@ const EPOLL_BATCH: usize = 64;
 /// What a login check sees of a client asking to log in.
 #[derive(Debug)]
 pub struct LoginRequest<'a> {
-    hello: &'a LoginHello,
-    pid: u32,
-    uid: u32,
+    name: &'a SegmentName,
+    last_server: Option<&'a SegmentName>,
+    transport: LoginTransport,
     server: &'a SegmentName,
     group_loads: &'a [usize],
     per_group: usize,
 }
 
+/// How a client asking to log in reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginTransport {
+    /// On this host, through the login socket; its session is a shared-memory segment.
+    SharedMemory {
+        /// The client's pid, from the socket's `SO_PEERCRED`.
+        pid: u32,
+        /// Its uid, from `SO_PEERCRED` (already checked against the allow list).
+        uid: u32,
+    },
+    /// Over TCP (`shm-tcp`); its session is the pair's persisted queues.
+    Tcp {
+        /// The client's address.
+        peer: SocketAddr,
+    },
+}
+
 impl<'a> LoginRequest<'a> {
     /// The client's name (one half of the session's name pair).
     pub fn name(&self) -> &'a SegmentName {
-        &self.hello.name
+        self.name
     }
 
-    /// The server name the client last logged in to, if it said.
+    /// The server name (TCP: the session) the client last logged in to, if it said.
     pub fn last_server(&self) -> Option<&'a SegmentName> {
-        self.hello.last_server.as_ref()
+        self.last_server
     }
 
     /// `true` if the client last logged in to a server of another name: its session starts
@@ -53,14 +72,34 @@ impl<'a> LoginRequest<'a> {
         self.last_server().is_some_and(|last| last != self.server)
     }
 
-    /// The client's pid, from the socket's `SO_PEERCRED`.
-    pub fn pid(&self) -> u32 {
-        self.pid
+    /// How the client reached the server.
+    pub fn transport(&self) -> LoginTransport {
+        self.transport
     }
 
-    /// The client's uid, from `SO_PEERCRED` (already checked against the allow list).
-    pub fn uid(&self) -> u32 {
-        self.uid
+    /// A shared-memory client's pid (`SO_PEERCRED`); `None` over TCP.
+    pub fn pid(&self) -> Option<u32> {
+        match self.transport {
+            LoginTransport::SharedMemory { pid, .. } => Some(pid),
+            LoginTransport::Tcp { .. } => None,
+        }
+    }
+
+    /// A shared-memory client's uid (`SO_PEERCRED`, already checked against the allow list);
+    /// `None` over TCP.
+    pub fn uid(&self) -> Option<u32> {
+        match self.transport {
+            LoginTransport::SharedMemory { uid, .. } => Some(uid),
+            LoginTransport::Tcp { .. } => None,
+        }
+    }
+
+    /// A TCP client's address; `None` on this host.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        match self.transport {
+            LoginTransport::Tcp { peer } => Some(peer),
+            LoginTransport::SharedMemory { .. } => None,
+        }
     }
 
     /// How many connections each group holds now (the index is the group).
@@ -173,7 +212,9 @@ enum Entry {
     Live {
         name: SegmentName,
         group: usize,
-        stream: UnixStream,
+        /// A shared-memory client's login socket; `None` for TCP.
+        stream: Option<UnixStream>,
+        /// 0 for TCP.
         pid: u32,
     },
     /// Asked back from `from` for a move to `to`; `close` set if it must close on arrival.
@@ -181,7 +222,7 @@ enum Entry {
         name: SegmentName,
         from: usize,
         to: usize,
-        stream: UnixStream,
+        stream: Option<UnixStream>,
         pid: u32,
         close: Option<CloseReason>,
     },
@@ -201,6 +242,11 @@ impl Entry {
             }
         }
     }
+}
+
+struct TcpSide {
+    listener: LoginListener,
+    options: ConnectionOptions,
 }
 
 struct Slot {
@@ -228,6 +274,8 @@ pub struct Control<const C: usize> {
     group_loads: Vec<usize>,
     counters: Vec<Arc<GroupCounters>>,
     check: LoginCheck,
+    /// The TCP side, if configured: `shm-tcp`'s listener and the options its connections get.
+    tcp: Option<TcpSide>,
     events: VecDeque<ServerEvent>,
     stats: ControlStats,
     own_uid: u32,
@@ -299,6 +347,14 @@ impl<const C: usize> Control<C> {
         listener
             .set_nonblocking(true)
             .map_err(io_error("making non-blocking", &socket))?;
+        let tcp = match &config.tcp {
+            Some(options) => Some(TcpSide {
+                listener: LoginListener::bind(config.name.as_str(), config.name.as_str(), options)
+                    .map_err(|source| ServerError::Tcp { source })?,
+                options: options.connection().clone(),
+            }),
+            None => None,
+        };
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
             .map_err(|errno| io_error("creating an epoll set for", &socket)(errno.into()))?;
         let capacity = config.groups * config.connections_per_group;
@@ -321,6 +377,7 @@ impl<const C: usize> Control<C> {
             group_loads: vec![0; groups],
             counters,
             check,
+            tcp,
             events: VecDeque::with_capacity(1024),
             stats: ControlStats::default(),
             own_uid: rustix::process::getuid().as_raw(),
@@ -331,6 +388,12 @@ impl<const C: usize> Control<C> {
     /// The configuration the server runs with.
     pub fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// The address TCP clients connect to, if the server serves them
+    /// ([`ServerConfig::tcp`]).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().map(|tcp| tcp.listener.local_addr())
     }
 
     /// What the control thread counted.
@@ -437,10 +500,10 @@ impl<const C: usize> Control<C> {
     }
 
     /// Runs the control side once: takes what the groups sent back (closed and moved
-    /// connections), accepts new clients on the login socket and answers complete logins (at
-    /// most the configured number of each), drops logins past their timeout, and notices closed
-    /// login sockets (a client died or logged out). Returns the amount of work done (0 when
-    /// idle).
+    /// connections), notices closed login sockets (a client died or logged out), then accepts
+    /// new clients on the login socket and answers complete logins (at most the configured
+    /// number of each) and drops logins past their timeout. Returns the amount of work done (0
+    /// when idle).
     ///
     /// `now` is [`shm_channel::monotonic_nanos`]. Cost when idle: an `accept` and an
     /// `epoll_wait` (two syscalls that return at once), plus a load per group ring. Logins
@@ -448,9 +511,14 @@ impl<const C: usize> Control<C> {
     pub fn poll_control(&mut self, now: u64) -> usize {
         let mut work = self.take_group_events();
         work += self.retry_backlog();
+        // Deaths before logins: a client restarted after a crash logs in again under its name
+        // at once, and its dead predecessor's socket closed before the new process even
+        // started. Seen first, the old login is already closing and the new one gets "retry
+        // later" (which `Client::connect` retries), not "already logged in from <dead pid>".
+        work += self.watch_live();
         work += self.accept_new(now);
         work += self.read_pending(now);
-        work += self.watch_live();
+        work += self.poll_tcp(now);
         work
     }
 
@@ -568,10 +636,12 @@ impl<const C: usize> Control<C> {
         self.record(ServerEvent::Closed { id, name, reason });
     }
 
-    fn forget_socket(&self, stream: &UnixStream) {
+    fn forget_socket(&self, stream: &Option<UnixStream>) {
         // Closing the descriptor would remove it from the set too; this keeps the set exact
         // even if the stream were shared.
-        let _ = epoll::delete(&self.epoll, stream);
+        if let Some(stream) = stream {
+            let _ = epoll::delete(&self.epoll, stream);
+        }
     }
 
     fn accept_new(&mut self, now: u64) -> usize {
@@ -667,16 +737,7 @@ impl<const C: usize> Control<C> {
     fn reject(&mut self, mut pending: Box<Pending>, name: Option<SegmentName>, answer: Answer) {
         self.answer(&mut pending.stream, &answer);
         self.stats.rejected += 1;
-        let reason = match &answer {
-            Answer::Rejected { reason, .. } | Answer::RetryLater { reason, .. } => reason.clone(),
-            Answer::CapacityMismatch {
-                server_capacity, ..
-            } => format!("capacity mismatch: the server's is {server_capacity}"),
-            Answer::AlreadyLoggedIn { holder_pid, .. } => {
-                format!("already logged in from pid {holder_pid}")
-            }
-            Answer::Accepted { .. } => String::new(),
-        };
+        let reason = describe(&answer);
         self.record(ServerEvent::Rejected { name, reason });
     }
 
@@ -687,7 +748,146 @@ impl<const C: usize> Control<C> {
         }
     }
 
-    /// Answers one complete login record.
+    /// The checks every login passes whatever its transport: no live login of this name, room
+    /// in the server, the login check's verdict, room in the chosen group. Returns the group
+    /// and whether the session starts afresh, or the answer to refuse with.
+    #[allow(clippy::result_large_err)] // once per login, answered at once
+    fn admit(
+        &mut self,
+        name: &SegmentName,
+        last_server: Option<&SegmentName>,
+        transport: LoginTransport,
+    ) -> Result<(usize, bool), Answer> {
+        if let Some(index) = self
+            .slots
+            .iter()
+            .position(|slot| slot.entry.name() == Some(name))
+        {
+            let slot = &self.slots[index];
+            // A TCP client that logs in again while its old link is still held by its group
+            // (the group notices a dead link only at its next read or timeout): the new login
+            // is the truth, so the old connection is closed and the client, told to retry,
+            // comes back to a free name a moment later (shm-tcp clients retry by themselves).
+            let old_tcp = matches!(slot.entry, Entry::Live { stream: None, .. });
+            if old_tcp && matches!(transport, LoginTransport::Tcp { .. }) {
+                self.begin_close(index, CloseReason::ClientGone);
+                return Err(Answer::RetryLater {
+                    server: self.config.name.clone(),
+                    reason: format!(
+                        "{name} logged in again: its previous TCP connection is being closed; retry"
+                    ),
+                });
+            }
+            let slot = &self.slots[index];
+            return Err(match &slot.entry {
+                Entry::Live { pid, .. } | Entry::Moving { pid, .. } => Answer::AlreadyLoggedIn {
+                    server: self.config.name.clone(),
+                    holder_pid: *pid,
+                },
+                _ => Answer::RetryLater {
+                    server: self.config.name.clone(),
+                    reason: format!("the previous connection of {name} is still closing"),
+                },
+            });
+        }
+        if self.free.is_empty() {
+            return Err(self.rejected(format!(
+                "the server is full: {} connections of {} allowed",
+                self.slots.len(),
+                self.slots.len()
+            )));
+        }
+        let request = LoginRequest {
+            name,
+            last_server,
+            transport,
+            server: &self.config.name,
+            group_loads: &self.group_loads,
+            per_group: self.config.connections_per_group,
+        };
+        let new_session = request.new_session();
+        let group = match (self.check)(&request) {
+            Decision::Accept { group } => group,
+            Decision::Reject(reason) => return Err(self.rejected(reason)),
+        };
+        if group >= self.group_loads.len() {
+            return Err(self.rejected(format!(
+                "the login check chose group {group}, but the server has {}",
+                self.group_loads.len()
+            )));
+        }
+        if self.group_loads[group] >= self.config.connections_per_group {
+            return Err(self.rejected(format!(
+                "group {group} is full ({} connections)",
+                self.config.connections_per_group
+            )));
+        }
+        Ok((group, new_session))
+    }
+
+    /// Puts an admitted connection in the directory and sends it to its group. `stream` is a
+    /// shared-memory client's login socket (watched for its death); a TCP connection's link is
+    /// watched by its group. Returns `false` if the socket cannot be watched (nothing installed).
+    #[allow(clippy::too_many_arguments)]
+    fn install(
+        &mut self,
+        name: SegmentName,
+        group: usize,
+        pid: u32,
+        stream: Option<UnixStream>,
+        transport: Transport<C>,
+        new_session: bool,
+    ) -> bool {
+        let Some(free) = self.free.pop() else {
+            return false; // `admit` checked; unreachable in practice
+        };
+        if let Some(stream) = &stream {
+            if epoll::add(
+                &self.epoll,
+                stream,
+                epoll::EventData::new_u64(u64::from(free)),
+                epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+            )
+            .is_err()
+            {
+                // Without a watch its death would go unseen: refuse rather than admit blind.
+                self.free.push(free);
+                self.stats.abandoned += 1;
+                return false;
+            }
+        }
+        let slot = &mut self.slots[free as usize];
+        let id = ConnId {
+            slot: free,
+            generation: slot.generation,
+        };
+        slot.entry = Entry::Live {
+            name: name.clone(),
+            group,
+            stream,
+            pid,
+        };
+        self.group_loads[group] += 1;
+        self.stats.logins += 1;
+        let conn = Box::new(ServerConn {
+            name: name.clone(),
+            transport,
+            since_link_poll: 0,
+            stats: Default::default(),
+            since: 0,
+        });
+        self.send(group, ToGroup::Attach { id, conn });
+        self.record(ServerEvent::LoggedIn {
+            id,
+            name,
+            group,
+            pid,
+            new_session,
+        });
+        true
+    }
+
+    /// Answers one complete login record from the Unix socket.
     fn login(&mut self, mut pending: Box<Pending>, now: u64) {
         let hello = match ClientRecord::decode(&pending.buf) {
             Ok(ClientRecord::Login(hello)) => hello,
@@ -718,61 +918,14 @@ impl<const C: usize> Control<C> {
             };
             return self.reject(pending, Some(name), answer);
         }
-        if let Some(slot) = self
-            .slots
-            .iter()
-            .find(|slot| slot.entry.name() == Some(&name))
-        {
-            let answer = match &slot.entry {
-                Entry::Live { pid, .. } | Entry::Moving { pid, .. } => Answer::AlreadyLoggedIn {
-                    server: self.config.name.clone(),
-                    holder_pid: *pid,
-                },
-                _ => Answer::RetryLater {
-                    server: self.config.name.clone(),
-                    reason: format!("the previous connection of {name} is still closing"),
-                },
-            };
-            return self.reject(pending, Some(name), answer);
-        }
-        let Some(&free) = self.free.last() else {
-            let answer = self.rejected(format!(
-                "the server is full: {} connections of {} allowed",
-                self.slots.len(),
-                self.slots.len()
-            ));
-            return self.reject(pending, Some(name), answer);
-        };
-        let request = LoginRequest {
-            hello: &hello,
+        let transport = LoginTransport::SharedMemory {
             pid: pending.pid,
             uid: pending.uid,
-            server: &self.config.name,
-            group_loads: &self.group_loads,
-            per_group: self.config.connections_per_group,
         };
-        let new_session = request.new_session();
-        let group = match (self.check)(&request) {
-            Decision::Accept { group } => group,
-            Decision::Reject(reason) => {
-                let answer = self.rejected(reason);
-                return self.reject(pending, Some(name), answer);
-            }
+        let (group, new_session) = match self.admit(&name, hello.last_server.as_ref(), transport) {
+            Ok(admitted) => admitted,
+            Err(answer) => return self.reject(pending, Some(name), answer),
         };
-        if group >= self.group_loads.len() {
-            let answer = self.rejected(format!(
-                "the login check chose group {group}, but the server has {}",
-                self.group_loads.len()
-            ));
-            return self.reject(pending, Some(name), answer);
-        }
-        if self.group_loads[group] >= self.config.connections_per_group {
-            let answer = self.rejected(format!(
-                "group {group} is full ({} connections)",
-                self.config.connections_per_group
-            ));
-            return self.reject(pending, Some(name), answer);
-        }
         let endpoint = match ChannelOptions::new()
             .dir(self.config.session_folder())
             .mode(self.config.segment_mode)
@@ -799,49 +952,68 @@ impl<const C: usize> Control<C> {
             self.stats.abandoned += 1;
             return; // the client left; its session stays for the next login
         }
-        self.free.pop();
-        let slot = &mut self.slots[free as usize];
-        let id = ConnId {
-            slot: free,
-            generation: slot.generation,
-        };
-        if epoll::add(
-            &self.epoll,
-            &pending.stream,
-            epoll::EventData::new_u64(u64::from(free)),
-            epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
-        )
-        .is_err()
-        {
-            // Without a watch its death would go unseen: refuse rather than admit blind.
-            self.free.push(free);
-            self.stats.abandoned += 1;
-            return;
-        }
-        let pid = pending.pid;
-        let Pending { stream, .. } = *pending;
-        slot.entry = Entry::Live {
-            name: name.clone(),
-            group,
-            stream,
-            pid,
-        };
-        self.group_loads[group] += 1;
-        self.stats.logins += 1;
-        let conn = Box::new(ServerConn {
-            name: name.clone(),
-            endpoint,
-            stats: Default::default(),
-            since: 0,
-        });
-        self.send(group, ToGroup::Attach { id, conn });
-        self.record(ServerEvent::LoggedIn {
-            id,
+        let Pending { stream, pid, .. } = *pending;
+        self.install(
             name,
             group,
             pid,
+            Some(stream),
+            Transport::Shm(endpoint),
             new_session,
-        });
+        );
+    }
+
+    /// Takes the TCP listener's completed hellos (at most the configured number) through the
+    /// same admission as shared-memory logins.
+    fn poll_tcp(&mut self, now: u64) -> usize {
+        let mut work = 0;
+        while work < self.config.logins_per_poll {
+            let Some(tcp) = &mut self.tcp else { break };
+            let Some(event) = tcp.listener.poll(now) else {
+                break;
+            };
+            work += 1;
+            let login = match event {
+                ListenerEvent::Login(login) => login,
+                ListenerEvent::Failed { .. } => {
+                    self.stats.garbage += 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            let name = login.client_name().clone();
+            let transport = LoginTransport::Tcp { peer: login.peer() };
+            let last_server = login.session().cloned();
+            let refusal = match self.admit(&name, last_server.as_ref(), transport) {
+                Ok((group, new_session)) => {
+                    let Some(tcp) = &self.tcp else { break };
+                    match shm_tcp::Connection::<C>::from_login(login, &tcp.options, now) {
+                        Ok((conn, _moved_aside)) => {
+                            self.install(name, group, 0, None, Transport::Tcp(conn), new_session);
+                            continue;
+                        }
+                        Err(error) => {
+                            // `from_login` refused the client with the error's text.
+                            self.stats.rejected += 1;
+                            self.record(ServerEvent::Rejected {
+                                name: Some(name),
+                                reason: error.to_string(),
+                            });
+                            continue;
+                        }
+                    }
+                }
+                Err(answer) => answer,
+            };
+            let reason = describe(&refusal);
+            let _ = login.reject(&reason);
+            self.stats.rejected += 1;
+            self.record(ServerEvent::Rejected {
+                name: Some(name),
+                reason,
+            });
+        }
+        work
     }
 
     /// Notices live login sockets that closed (or carried a logout).
@@ -862,7 +1034,14 @@ impl<const C: usize> Control<C> {
             work += 1;
             let reason = {
                 let stream = match &mut self.slots[slot].entry {
-                    Entry::Live { stream, .. } | Entry::Moving { stream, .. } => stream,
+                    Entry::Live {
+                        stream: Some(stream),
+                        ..
+                    }
+                    | Entry::Moving {
+                        stream: Some(stream),
+                        ..
+                    } => stream,
                     _ => continue,
                 };
                 let mut record = [0u8; RECORD_LEN];
@@ -895,7 +1074,9 @@ impl<const C: usize> Control<C> {
                 stream,
                 ..
             } => {
-                let _ = epoll::delete(&self.epoll, &stream);
+                if let Some(stream) = &stream {
+                    let _ = epoll::delete(&self.epoll, stream);
+                }
                 drop(stream);
                 slot.entry = Entry::Closing { name, reason };
                 self.send(group, ToGroup::Close { id, reason });
@@ -908,7 +1089,9 @@ impl<const C: usize> Control<C> {
                 pid,
                 ..
             } => {
-                let _ = epoll::delete(&self.epoll, &stream);
+                if let Some(stream) = &stream {
+                    let _ = epoll::delete(&self.epoll, stream);
+                }
                 slot.entry = Entry::Moving {
                     name,
                     from,
@@ -928,5 +1111,19 @@ impl<const C: usize> Drop for Control<C> {
         // Only this server (holding the lock) bound the socket: remove it so clients see
         // "no server" rather than a refused connect. The lock goes with the descriptor.
         let _ = std::fs::remove_file(self.config.socket_path());
+    }
+}
+
+/// A refusal in words (for events, and for TCP clients, which receive it as their reason).
+fn describe(answer: &Answer) -> String {
+    match answer {
+        Answer::Rejected { reason, .. } | Answer::RetryLater { reason, .. } => reason.clone(),
+        Answer::CapacityMismatch {
+            server_capacity, ..
+        } => format!("capacity mismatch: the server's is {server_capacity}"),
+        Answer::AlreadyLoggedIn { holder_pid, .. } => {
+            format!("already logged in from pid {holder_pid}")
+        }
+        Answer::Accepted { .. } => String::new(),
     }
 }

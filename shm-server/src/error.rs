@@ -22,6 +22,11 @@ pub enum ServerError {
         /// The folder.
         folder: PathBuf,
     },
+    /// The TCP listener could not start ([`ServerConfig::tcp`](crate::ServerConfig::tcp)).
+    Tcp {
+        /// `shm-tcp`'s error (the address, the system's error).
+        source: shm_tcp::ConnectionError,
+    },
     /// A system call on the folder, the socket or the lock failed.
     Io {
         /// What the server was doing.
@@ -45,6 +50,7 @@ impl fmt::Display for ServerError {
             Self::Io { what, path, source } => {
                 write!(f, "{what} {}: {source}", path.display())
             }
+            Self::Tcp { source } => write!(f, "the server's TCP listener: {source}"),
         }
     }
 }
@@ -53,6 +59,7 @@ impl std::error::Error for ServerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Io { source, .. } => Some(source),
+            Self::Tcp { source } => Some(source),
             _ => None,
         }
     }

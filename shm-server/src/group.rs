@@ -3,7 +3,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use shm_channel::bytemuck;
 use shm_channel::{ChannelSlot, Endpoint, SegmentName, Sender};
+use shm_tcp::{LinkState, TcpSlot};
 use spsc_core::{
     Message, MessageReceiver, MessageRing, MessageSender, RecvError, SendError, SendSlot,
 };
@@ -25,10 +27,24 @@ pub struct ConnStats {
     pub replies_full: u64,
 }
 
+/// How a client is connected.
+#[allow(clippy::large_enum_variant)] // always inside the boxed `ServerConn`
+pub(crate) enum Transport<const C: usize> {
+    /// A session segment on this host.
+    Shm(Endpoint<C>),
+    /// A `shm-tcp` pair connection (its persisted queue file, its socket).
+    Tcp(shm_tcp::Connection<C>),
+}
+
+/// How often a group runs a TCP connection's own `poll`.
+const LINK_POLL_INTERVAL: u64 = 1_000_000;
+
 /// One client's connection as its group owns it.
 pub(crate) struct ServerConn<const C: usize> {
     pub(crate) name: SegmentName,
-    pub(crate) endpoint: Endpoint<C>,
+    pub(crate) transport: Transport<C>,
+    /// (TCP) When the link's own `poll` is due next.
+    pub(crate) since_link_poll: u64,
     pub(crate) stats: ConnStats,
     /// When the group first saw it (0: not yet): heartbeats older than this are a previous
     /// incarnation's.
@@ -120,6 +136,8 @@ impl<'a> Request<'a> {
 enum ReplyState<'a, const C: usize> {
     Ready(&'a mut Sender<C>),
     Allocated(ChannelSlot<'a, C>),
+    ReadyTcp(&'a mut shm_tcp::Connection<C>),
+    AllocatedTcp(TcpSlot<'a, C>),
     Spent,
 }
 
@@ -144,16 +162,20 @@ impl<'a, const C: usize> Reply<'a, C> {
     /// [`SendError::TooLarge`] above the ring's largest message, and `Full` again for a second
     /// reply to the same request.
     pub fn alloc(&mut self, len: u32, tag: u16) -> Result<&mut [u8], SendError> {
-        let state = core::mem::replace(&mut self.state, ReplyState::Spent);
-        let ReplyState::Ready(sender) = state else {
-            self.state = state;
-            return Err(SendError::Full);
+        let allocated = match core::mem::replace(&mut self.state, ReplyState::Spent) {
+            ReplyState::Ready(sender) => sender.alloc(len, tag).map(ReplyState::Allocated),
+            ReplyState::ReadyTcp(tcp) => tcp.alloc(len, tag).map(ReplyState::AllocatedTcp),
+            spent_or_allocated => {
+                self.state = spent_or_allocated;
+                return Err(SendError::Full);
+            }
         };
-        match sender.alloc(len, tag) {
-            Ok(slot) => {
-                self.state = ReplyState::Allocated(slot);
+        match allocated {
+            Ok(state) => {
+                self.state = state;
                 match &mut self.state {
                     ReplyState::Allocated(slot) => Ok(slot.payload_mut()),
+                    ReplyState::AllocatedTcp(slot) => Ok(slot.payload_mut()),
                     _ => unreachable!("just set"),
                 }
             }
@@ -180,15 +202,13 @@ impl<'a, const C: usize> Reply<'a, C> {
     }
 
     /// Publishes the reply, if one was allocated.
-    fn finish(self) -> bool {
+    fn finish(self) {
         match self.state {
-            ReplyState::Allocated(slot) => {
-                slot.push();
-                self.stats.replies += 1;
-                true
-            }
-            _ => false,
+            ReplyState::Allocated(slot) => slot.push(),
+            ReplyState::AllocatedTcp(slot) => slot.push(),
+            _ => return,
         }
+        self.stats.replies += 1;
     }
 }
 
@@ -204,6 +224,8 @@ pub struct Group<const C: usize> {
     next_liveness: u64,
     /// Round-robin start, so the first connection is not always served first.
     next_start: usize,
+    /// A TCP request's copy (8-byte aligned), so its connection can take the reply.
+    scratch: Vec<u64>,
     pub(crate) counters: Arc<GroupCounters>,
 }
 
@@ -233,6 +255,7 @@ impl<const C: usize> Group<C> {
             heartbeat_timeout,
             next_liveness: 0,
             next_start: 0,
+            scratch: vec![0; (MessageRing::<C>::MAX_PAYLOAD as usize).div_ceil(8)],
             counters,
         }
     }
@@ -258,6 +281,41 @@ impl<const C: usize> Group<C> {
             .table
             .iter()
             .map(|(id, conn)| (*id, &conn.name, conn.stats))
+    }
+
+    /// Each connection's id, client name and sending half, to push messages the client did not
+    /// ask for (the server's own stream: market data, notices) outside the handler, from the
+    /// thread that polls the group, between polls. A push here is the channel's plain
+    /// `alloc`/`push` into the client's ring, `Full` when the client stopped reading, never a
+    /// wait; it is not counted in [`ConnStats`]. The sender's `position` and `header` serve
+    /// exactly-once bookkeeping across a crash (see `shm_channel`'s docs). Cost: none beyond
+    /// the iteration.
+    ///
+    /// Shared-memory connections only; see [`tcp_connections`](Self::tcp_connections) for the
+    /// others.
+    pub fn senders(&mut self) -> impl Iterator<Item = (ConnId, &SegmentName, &mut Sender<C>)> {
+        self.link
+            .table
+            .iter_mut()
+            .filter_map(|(id, conn)| match &mut conn.transport {
+                Transport::Shm(endpoint) => Some((*id, &conn.name, endpoint.sender())),
+                Transport::Tcp(_) => None,
+            })
+    }
+
+    /// Each TCP connection's id, client name and [`shm_tcp::Connection`], to push messages the
+    /// client did not ask for, from the thread that polls the group, between polls (a push is
+    /// persisted in the pair's queue and sent at once). Cost: none beyond the iteration.
+    pub fn tcp_connections(
+        &mut self,
+    ) -> impl Iterator<Item = (ConnId, &SegmentName, &mut shm_tcp::Connection<C>)> {
+        self.link
+            .table
+            .iter_mut()
+            .filter_map(|(id, conn)| match &mut conn.transport {
+                Transport::Tcp(tcp) => Some((*id, &conn.name, tcp)),
+                Transport::Shm(_) => None,
+            })
     }
 
     /// A snapshot of the group's counters.
@@ -303,41 +361,61 @@ impl<const C: usize> Group<C> {
             let (id, conn) = &mut self.link.table[index];
             let id = *id;
             let conn = &mut **conn;
-            let mut served = 0;
-            let (sender, receiver) = conn.endpoint.halves();
-            while served < self.budget {
-                let message = match receiver.front() {
-                    Ok(message) => message,
-                    Err(RecvError::Empty) => break,
-                    Err(_) => {
-                        broken = broken.or(Some((index, CloseReason::Corrupt)));
-                        break;
+            let full_before = conn.stats.replies_full;
+            let replies_before = conn.stats.replies;
+            let (served, fault) = match &mut conn.transport {
+                Transport::Shm(endpoint) => serve_shm(
+                    id,
+                    &conn.name,
+                    endpoint,
+                    &mut conn.stats,
+                    self.budget,
+                    &mut handler,
+                ),
+                Transport::Tcp(tcp) => {
+                    // The link's own work (acks, heartbeats, the peer's timeout), at most once
+                    // a millisecond: `front` reads and `push` writes by themselves.
+                    let mut fault = None;
+                    if now >= conn.since_link_poll {
+                        conn.since_link_poll = now.saturating_add(LINK_POLL_INTERVAL);
+                        match tcp.poll(now) {
+                            Ok(()) => {}
+                            Err(shm_tcp::ConnectionError::TimedOut { .. }) => {
+                                fault = Some(CloseReason::HeartbeatTimeout);
+                            }
+                            Err(_) => fault = Some(CloseReason::ClientGone),
+                        }
+                        if tcp.state() == LinkState::Disconnected {
+                            fault = fault.or(Some(CloseReason::ClientGone));
+                        }
                     }
-                };
-                let request = Request {
-                    conn: id,
-                    client: &conn.name,
-                    message,
-                };
-                let full_before = conn.stats.replies_full;
-                let mut reply = Reply {
-                    state: ReplyState::Ready(&mut *sender),
-                    stats: &mut conn.stats,
-                };
-                handler(&request, &mut reply);
-                // Pop is the commit, before the reply is published (see `Reply`).
-                if receiver.pop().is_err() {
-                    broken = broken.or(Some((index, CloseReason::Corrupt)));
-                    break;
+                    if fault.is_some() {
+                        (0, fault)
+                    } else {
+                        let scratch = bytemuck::cast_slice_mut::<u64, u8>(&mut self.scratch);
+                        serve_tcp(
+                            id,
+                            &conn.name,
+                            tcp,
+                            &mut conn.stats,
+                            self.budget,
+                            scratch,
+                            &mut handler,
+                        )
+                    }
                 }
-                if reply.finish() {
-                    bump(&self.counters.replies, 1);
-                }
-                if conn.stats.replies_full != full_before {
-                    bump(&self.counters.replies_full, 1);
-                }
-                conn.stats.requests += 1;
-                served += 1;
+            };
+            if conn.stats.replies != replies_before {
+                bump(&self.counters.replies, conn.stats.replies - replies_before);
+            }
+            if conn.stats.replies_full != full_before {
+                bump(
+                    &self.counters.replies_full,
+                    conn.stats.replies_full - full_before,
+                );
+            }
+            if let Some(reason) = fault {
+                broken = broken.or(Some((index, reason)));
             }
             handled += served as usize;
         }
@@ -364,13 +442,17 @@ impl<const C: usize> Group<C> {
         let mut index = 0;
         while index < self.link.table.len() {
             let conn = &mut self.link.table[index].1;
-            conn.endpoint.heartbeat(now);
             if conn.since == 0 {
                 conn.since = now;
             }
+            // A TCP connection's link times its peer out itself (see `poll`).
+            let Transport::Shm(endpoint) = &conn.transport else {
+                index += 1;
+                continue;
+            };
+            endpoint.heartbeat(now);
             let since_attach = now.saturating_sub(conn.since);
-            let silent = conn
-                .endpoint
+            let silent = endpoint
                 .peer_heartbeat_age(now)
                 .map_or(since_attach, |age| age.min(since_attach));
             if silent > self.heartbeat_timeout {
@@ -384,4 +466,98 @@ impl<const C: usize> Group<C> {
             }
         }
     }
+}
+
+/// Serves up to `budget` messages of a shared-memory connection, in place: the handler reads
+/// the request in the client's ring and writes its reply in the other ring, then the request is
+/// popped, then the reply pushed. Returns the count and a fault that closes the connection.
+fn serve_shm<const C: usize, F>(
+    id: ConnId,
+    name: &SegmentName,
+    endpoint: &mut Endpoint<C>,
+    stats: &mut ConnStats,
+    budget: u32,
+    handler: &mut F,
+) -> (u32, Option<CloseReason>)
+where
+    F: FnMut(&Request<'_>, &mut Reply<'_, C>),
+{
+    let (sender, receiver) = endpoint.halves();
+    let mut served = 0;
+    while served < budget {
+        let message = match receiver.front() {
+            Ok(message) => message,
+            Err(RecvError::Empty) => break,
+            Err(_) => return (served, Some(CloseReason::Corrupt)),
+        };
+        let request = Request {
+            conn: id,
+            client: name,
+            message,
+        };
+        let mut reply = Reply {
+            state: ReplyState::Ready(&mut *sender),
+            stats: &mut *stats,
+        };
+        handler(&request, &mut reply);
+        // Pop is the commit, before the reply is published (see `Reply`).
+        if receiver.pop().is_err() {
+            return (served, Some(CloseReason::Corrupt));
+        }
+        reply.finish();
+        stats.requests += 1;
+        served += 1;
+    }
+    (served, None)
+}
+
+/// Serves up to `budget` messages of a TCP connection. Its receive buffer and its send queue
+/// are one object, so the request is copied to `scratch` (a `memcpy` of its bytes, small next
+/// to the kernel's copy it already took) and popped before the handler writes the reply in
+/// place into the persisted queue; the order is the same: pop, then push.
+fn serve_tcp<const C: usize, F>(
+    id: ConnId,
+    name: &SegmentName,
+    tcp: &mut shm_tcp::Connection<C>,
+    stats: &mut ConnStats,
+    budget: u32,
+    scratch: &mut [u8],
+    handler: &mut F,
+) -> (u32, Option<CloseReason>)
+where
+    F: FnMut(&Request<'_>, &mut Reply<'_, C>),
+{
+    let mut served = 0;
+    while served < budget {
+        let (tag, len) = match tcp.front() {
+            Ok(message) => {
+                let len = message.len();
+                match scratch.get_mut(..len) {
+                    Some(copy) => copy.copy_from_slice(message.payload()),
+                    None => return (served, Some(CloseReason::Corrupt)),
+                }
+                (message.tag(), len)
+            }
+            Err(RecvError::Empty) => break,
+            Err(RecvError::Corrupt { .. }) => return (served, Some(CloseReason::Corrupt)),
+            Err(_) => return (served, Some(CloseReason::ClientGone)),
+        };
+        if tcp.pop().is_err() {
+            return (served, Some(CloseReason::ClientGone));
+        }
+        let request = Request {
+            conn: id,
+            client: name,
+            message: Message::new(tag, &scratch[..len]),
+        };
+        let mut reply = Reply {
+            state: ReplyState::ReadyTcp(&mut *tcp),
+            stats: &mut *stats,
+        };
+        handler(&request, &mut reply);
+        reply.finish();
+        stats.requests += 1;
+        served += 1;
+    }
+    (served, None)
 }

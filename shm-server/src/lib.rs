@@ -18,7 +18,9 @@ pub mod wire;
 
 pub use client::{Client, ClientEvent, ClientOptions};
 pub use config::{ServerConfig, MAX_ALLOWED_UIDS, MAX_PENDING_LOGINS};
-pub use control::{Control, ControlStats, Decision, LoginCheck, LoginRequest, ServerEvent};
+pub use control::{
+    Control, ControlStats, Decision, LoginCheck, LoginRequest, LoginTransport, ServerEvent,
+};
 pub use error::{ClientError, MoveError, ServerError};
 pub use group::{ConnStats, Group, GroupStats, Reply, Request};
 pub use handoff::{CloseReason, ConnId};

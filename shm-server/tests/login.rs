@@ -366,8 +366,8 @@ fn the_login_check_refuses_with_its_reason() {
     let calls = seen_by_check.lock().unwrap().clone();
     let pid = std::process::id();
     assert_eq!(calls.len(), 2);
-    assert_eq!((calls[0].0.as_str(), calls[0].2), ("bad-1", pid));
-    assert_eq!((calls[1].0.as_str(), calls[1].2), ("good-1", pid));
+    assert_eq!((calls[0].0.as_str(), calls[0].2), ("bad-1", Some(pid)));
+    assert_eq!((calls[1].0.as_str(), calls[1].2), ("good-1", Some(pid)));
     assert_eq!(calls[0].1, calls[1].1, "both from this process's uid");
 }
 
@@ -395,6 +395,36 @@ fn a_second_live_login_of_a_name_is_refused() {
     let again = connect::<4096>(&mut server, dir.path(), "solo", ClientOptions::new());
     assert!(again.is_ok(), "{again:?}");
     assert_eq!(server.control().stats().logins, 2);
+}
+
+#[test]
+fn a_login_right_after_the_holder_left_is_not_called_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("login.sock");
+    let mut server = start(config("gw", dir.path()));
+    for leave in ["logout", "drop"] {
+        let first = connect::<4096>(&mut server, dir.path(), "solo", ClientOptions::new())
+            .expect("first login");
+        // The holder leaves, then a new login of its name comes, both before control's next
+        // poll: the login must not be refused as a duplicate of a client already gone.
+        match leave {
+            "logout" => first.logout(),
+            _ => drop(first),
+        }
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        stream.write_all(&login_record("solo", 4096)).unwrap();
+        match read_answer(&mut server, &mut stream) {
+            Answer::RetryLater { reason, .. } => assert!(reason.contains("still closing")),
+            Answer::Accepted { .. } => {}
+            other => panic!("after a {leave}: {other:?}"),
+        }
+        drop(stream);
+        let end = deadline(20);
+        while server.control().connections() > 0 {
+            serve(&mut server);
+            check_deadline(end, "the connections to close");
+        }
+    }
 }
 
 #[test]
@@ -829,7 +859,7 @@ fn an_allowed_uid_logs_in_and_is_served() {
     );
     let outcome = child_outcome(&mut server, child);
     assert_eq!(outcome, "accepted:from another uid");
-    assert_eq!(*uids.lock().unwrap(), [NOBODY]);
+    assert_eq!(*uids.lock().unwrap(), [Some(NOBODY)]);
     let mode = std::fs::metadata(dir.path().join("gw").join("insider"))
         .unwrap()
         .permissions()

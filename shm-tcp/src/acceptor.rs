@@ -97,6 +97,12 @@ impl AcceptorOptions {
         self.max_pending = count.max(1);
         self
     }
+
+    /// The options of the connections made from its logins (for a [`LoginListener`]'s owner
+    /// calling [`Connection::from_login`]).
+    pub fn connection(&self) -> &ConnectionOptions {
+        &self.connection
+    }
 }
 
 /// The listening side of the transport, named `name`, in session `session` (module docs).
