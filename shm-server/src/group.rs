@@ -188,6 +188,28 @@ impl<'a, const C: usize> Reply<'a, C> {
         }
     }
 
+    /// Reserves the reply to request `id` in [`request`](crate::request)'s wire format (the
+    /// id first, then a body of `body_len` bytes) and returns the body to write in place.
+    ///
+    /// # Errors
+    /// As [`alloc`](Self::alloc) (`TooLarge` counts the id's 8 bytes).
+    pub fn alloc_answer(
+        &mut self,
+        id: crate::request::RequestId,
+        body_len: u32,
+        tag: u16,
+    ) -> Result<&mut [u8], SendError> {
+        const ID: usize = crate::request::REQUEST_ID_LEN;
+        let len = body_len.checked_add(ID as u32).ok_or(SendError::TooLarge {
+            len: u64::from(body_len) + ID as u64,
+            max: MessageRing::<C>::MAX_PAYLOAD,
+        })?;
+        let payload = self.alloc(len, tag)?;
+        let (head, body) = payload.split_at_mut(ID);
+        head.copy_from_slice(&id.get().to_le_bytes());
+        Ok(body)
+    }
+
     /// Copies `payload` into a reply with `tag`: [`alloc`](Self::alloc) plus a copy.
     ///
     /// # Errors
