@@ -778,6 +778,20 @@ impl<const C: usize> Control<C> {
                     ),
                 });
             }
+            // The holder may have died a moment ago: its login socket is closed, but epoll has
+            // not reported it yet (seen on Linux 6.18: a client restarted right after a
+            // `SIGKILL` logged in before `watch_live` was told its predecessor's socket closed,
+            // though a read of that socket already gave EOF). Look at the socket itself, so a
+            // dead holder means "retry later", never "already logged in from <dead pid>".
+            if let Entry::Live {
+                stream: Some(stream),
+                ..
+            } = &mut self.slots[index].entry
+            {
+                if let Some(reason) = read_live(stream) {
+                    self.begin_close(index, reason);
+                }
+            }
             let slot = &self.slots[index];
             return Err(match &slot.entry {
                 Entry::Live { pid, .. } | Entry::Moving { pid, .. } => Answer::AlreadyLoggedIn {
@@ -1044,16 +1058,9 @@ impl<const C: usize> Control<C> {
                     } => stream,
                     _ => continue,
                 };
-                let mut record = [0u8; RECORD_LEN];
-                match stream.read(&mut record) {
-                    Ok(0) => CloseReason::ClientGone,
-                    Ok(RECORD_LEN) if ClientRecord::decode(&record) == Ok(ClientRecord::Logout) => {
-                        CloseReason::Logout
-                    }
-                    Ok(_) => CloseReason::Protocol,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => CloseReason::ClientGone,
+                match read_live(stream) {
+                    Some(reason) => reason,
+                    None => continue,
                 }
             };
             self.begin_close(slot, reason);
@@ -1103,6 +1110,23 @@ impl<const C: usize> Control<C> {
             }
             other => slot.entry = other,
         }
+    }
+}
+
+/// Reads what a live login socket holds: `None` if nothing (the client lives on), else why the
+/// connection ends (EOF: the client died or closed it; a logout; anything else breaks the
+/// protocol).
+fn read_live(stream: &mut UnixStream) -> Option<CloseReason> {
+    let mut record = [0u8; RECORD_LEN];
+    match stream.read(&mut record) {
+        Ok(0) => Some(CloseReason::ClientGone),
+        Ok(RECORD_LEN) if ClientRecord::decode(&record) == Ok(ClientRecord::Logout) => {
+            Some(CloseReason::Logout)
+        }
+        Ok(_) => Some(CloseReason::Protocol),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => None,
+        Err(error) if error.kind() == io::ErrorKind::Interrupted => None,
+        Err(_) => Some(CloseReason::ClientGone),
     }
 }
 
