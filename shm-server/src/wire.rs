@@ -369,7 +369,9 @@ impl Answer {
         let server = get_name(buf, NAME_AT, 24, "server name")?;
         let reason = || -> Result<String, WireError> {
             let text = get_text(buf, SECOND_AT, 26, "reason", true)?;
-            Ok(String::from_utf8_lossy(text).into_owned())
+            // Bytes that are not UTF-8 become U+FFFD (3 bytes each), which can grow the text
+            // past the field: cut it again, so the value re-encodes to itself.
+            Ok(cut_reason(&String::from_utf8_lossy(text)).to_owned())
         };
         let status = get_u16(buf, 10);
         let (group, capacity, pid) = (get_u32(buf, 12), get_u64(buf, 16), get_u32(buf, 28));
@@ -496,6 +498,26 @@ mod tests {
             panic!("not a rejection");
         };
         assert_eq!(reason, "é".repeat(100));
+    }
+
+    #[test]
+    fn a_reason_that_is_not_utf8_decodes_within_the_field_and_round_trips() {
+        // Found by fuzz/fuzz_targets/login_records.rs: 200 bytes of which some are not UTF-8
+        // decoded to a longer reason (each bad byte is 3 bytes of U+FFFD), which re-encoded cut,
+        // so to another value.
+        let mut buf = Answer::Rejected {
+            server: name("gw"),
+            reason: "x".repeat(MAX_REASON_LEN),
+        }
+        .encode();
+        buf[SECOND_AT..SECOND_AT + 8].fill(0xff);
+        let answer = Answer::decode(&buf).unwrap();
+        let Answer::Rejected { reason, .. } = &answer else {
+            panic!("not a rejection");
+        };
+        assert!(reason.len() <= MAX_REASON_LEN);
+        assert!(reason.starts_with('\u{fffd}'));
+        assert_eq!(Answer::decode(&answer.encode()), Ok(answer));
     }
 
     #[test]
