@@ -12,6 +12,16 @@
 //! `echo-client`; run several clients side by side under different names). It waits up to a
 //! minute for a server to answer its first login.
 //!
+//! Over TCP: `echo_client --tcp ADDR [NAME]` logs in as a `shm_tcp::Connection` to an
+//! `echo_server` started with `ECHO_TCP=ADDR`; the same checks apply, the same handler answers.
+//! Its persisted queue lives in `$TMPDIR/shm-server-echo-tcp/` (so a restarted client resumes
+//! its pair: what either side had not popped is sent again by the `shm-tcp` handshake).
+//!
+//! ```sh
+//! ECHO_TCP=127.0.0.1:7070 cargo run --release -p shm-server --example echo_server -- /dev/shm/echo
+//! cargo run --release -p shm-server --example echo_client -- --tcp 127.0.0.1:7070 carol
+//! ```
+//!
 //! # The messages
 //!
 //! Each message is a request of `shm_server::request`: its request id (8 bytes; ids are
@@ -65,10 +75,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shm_channel::monotonic_nanos;
+use shm_channel::{monotonic_nanos, ChannelSlot, SegmentName};
 use shm_server::request::{Reply, Requests, REQUEST_ID_LEN};
 use shm_server::{Client, ClientEvent, ClientOptions};
-use spsc_core::{MessageReceiver, SendError};
+use shm_tcp::{Connection, ConnectionOptions, TcpSlot};
+use spsc_core::{Message, MessageReceiver, MessageSender, RecvError, SendError, SendSlot};
 
 /// The session's ring capacity (each direction): the server's.
 const C: usize = 256 * 1024;
@@ -155,30 +166,61 @@ struct State {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(folder) = args.first().filter(|a| !a.starts_with('-')) else {
-        eprintln!("usage: echo_client FOLDER [NAME]   (FOLDER: the echo_server's)");
+    let tcp = args.first().is_some_and(|arg| arg == "--tcp");
+    let args = if tcp { &args[1..] } else { &args[..] };
+    let Some(target) = args.first().filter(|a| !a.starts_with('-')) else {
+        eprintln!(
+            "usage: echo_client FOLDER [NAME]   (FOLDER: the echo_server's)\n       \
+             echo_client --tcp ADDR [NAME]   (ADDR: the echo_server's ECHO_TCP)"
+        );
         return ExitCode::from(2);
     };
-    let folder = PathBuf::from(folder);
     let name = args.get(1).cloned().unwrap_or_else(|| "echo-client".into());
-    let options = ClientOptions::new().login_timeout(Duration::from_secs(60));
     println!(
-        "echo client {name} (pid {}): logging in to the server in {}",
+        "echo client {name} (pid {}): logging in to the server at {target}",
         std::process::id(),
-        folder.display()
     );
-    let mut client = match Client::<C>::connect(&folder, &name, &options) {
-        Ok(client) => client,
-        Err(error) => {
-            eprintln!("login: {error}");
+    let mut client = if tcp {
+        let Ok(addr) = target.parse() else {
+            eprintln!("{target} is not an address such as 127.0.0.1:7070");
+            return ExitCode::from(2);
+        };
+        let dir = std::env::temp_dir().join("shm-server-echo-tcp");
+        if let Err(error) = std::fs::create_dir_all(&dir) {
+            eprintln!("{}: {error}", dir.display());
             return ExitCode::FAILURE;
         }
+        let options = ConnectionOptions::new()
+            .dir(dir)
+            .receive_buffer(0, Connection::<C>::MAX_PAYLOAD); // the server's queues are as large
+        match Connection::<C>::client(addr, &name, "echo", &options) {
+            Ok(conn) => Link::Tcp {
+                conn,
+                was_connected: false,
+            },
+            Err(error) => {
+                eprintln!("login: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let folder = PathBuf::from(target);
+        let options = ClientOptions::new().login_timeout(Duration::from_secs(60));
+        match Client::<C>::connect(&folder, &name, &options) {
+            Ok(client) => {
+                println!(
+                    "logged in to {} (group {})",
+                    client.server(),
+                    client.group()
+                );
+                Link::Shm(client)
+            }
+            Err(error) => {
+                eprintln!("login: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
     };
-    println!(
-        "logged in to {} (group {})",
-        client.server(),
-        client.group()
-    );
     let mut state = State {
         requests: Requests::from_clock(),
         in_flight: VecDeque::with_capacity(WINDOW),
@@ -208,7 +250,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(client: &mut Client<C>, state: &mut State) -> Result<(), Failure> {
+fn run(client: &mut Link, state: &mut State) -> Result<(), Failure> {
     let (mut last_line, mut echoes_before) = (monotonic_nanos(), 0u64);
     let mut last_error = String::new();
     loop {
@@ -274,7 +316,7 @@ fn run(client: &mut Client<C>, state: &mut State) -> Result<(), Failure> {
 }
 
 /// Sends messages (those to send again first) while the window allows.
-fn send(client: &mut Client<C>, state: &mut State, now: u64) -> Result<bool, Failure> {
+fn send(client: &mut Link, state: &mut State, now: u64) -> Result<bool, Failure> {
     let mut moved = false;
     while state.in_flight.len() < WINDOW && !state.requests.is_full() {
         let seq = state.resend.front().copied().unwrap_or(state.next_seq);
@@ -311,7 +353,7 @@ fn send(client: &mut Client<C>, state: &mut State, now: u64) -> Result<bool, Fai
 
 /// Takes the echoes that arrived, checking each: it must be the echo of the oldest message in
 /// flight. An echo of a later one means the earlier ones lost theirs ([`lose_front`]).
-fn receive(client: &mut Client<C>, state: &mut State, now: u64) -> Result<bool, Failure> {
+fn receive(client: &mut Link, state: &mut State, now: u64) -> Result<bool, Failure> {
     let mut moved = false;
     loop {
         let echo = match client.front() {
@@ -420,7 +462,7 @@ fn lose_front(state: &mut State, now: u64, how: &str) -> Result<(), Failure> {
 }
 
 /// The oldest message in flight timed out while the server was there: lost.
-fn check_timeout(client: &mut Client<C>, state: &mut State, now: u64) -> Result<(), Failure> {
+fn check_timeout(client: &mut Link, state: &mut State, now: u64) -> Result<(), Failure> {
     let Some(front) = state.in_flight.front() else {
         return Ok(());
     };
@@ -428,4 +470,118 @@ fn check_timeout(client: &mut Client<C>, state: &mut State, now: u64) -> Result<
         return Ok(());
     }
     lose_front(state, now, "timed out")
+}
+
+/// The client over either transport: the checks above are the same for both.
+enum Link {
+    Shm(Client<C>),
+    Tcp {
+        conn: Connection<C>,
+        was_connected: bool,
+    },
+}
+
+impl Link {
+    /// `Client::poll`, or for TCP the link's own `poll` with its state changes told as the
+    /// shared-memory client's events.
+    fn poll(&mut self, now: u64) -> Result<Option<ClientEvent>, String> {
+        match self {
+            Self::Shm(client) => client.poll(now).map_err(|error| error.to_string()),
+            Self::Tcp {
+                conn,
+                was_connected,
+            } => {
+                let polled = conn.poll(now).map_err(|error| error.to_string());
+                let connected = conn.is_connected();
+                let event = match (*was_connected, connected) {
+                    (false, true) => Some(ClientEvent::Reconnected {
+                        server: SegmentName::new("echo").expect("a valid name"),
+                        new_session: false,
+                    }),
+                    (true, false) => Some(ClientEvent::Disconnected {
+                        reason: polled
+                            .clone()
+                            .err()
+                            .unwrap_or_else(|| "the TCP link was lost".into()),
+                    }),
+                    _ => None,
+                };
+                *was_connected = connected;
+                match (event, polled) {
+                    (Some(event), _) => Ok(Some(event)),
+                    (None, polled) => polled.map(|()| None),
+                }
+            }
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        match self {
+            Self::Shm(client) => client.is_connected(),
+            Self::Tcp { conn, .. } => conn.is_connected(),
+        }
+    }
+}
+
+/// A message being written on either transport.
+enum LinkSlot<'a> {
+    Shm(ChannelSlot<'a, C>),
+    Tcp(TcpSlot<'a, C>),
+}
+
+impl SendSlot for LinkSlot<'_> {
+    fn payload_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Shm(slot) => slot.payload_mut(),
+            Self::Tcp(slot) => slot.payload_mut(),
+        }
+    }
+
+    fn tag(&self) -> u16 {
+        match self {
+            Self::Shm(slot) => slot.tag(),
+            Self::Tcp(slot) => slot.tag(),
+        }
+    }
+
+    fn push(self) {
+        match self {
+            Self::Shm(slot) => slot.push(),
+            Self::Tcp(slot) => slot.push(),
+        }
+    }
+}
+
+impl MessageSender for Link {
+    type Slot<'s> = LinkSlot<'s>;
+
+    fn alloc(&mut self, len: u32, tag: u16) -> Result<LinkSlot<'_>, SendError> {
+        match self {
+            Self::Shm(client) => client.alloc(len, tag).map(LinkSlot::Shm),
+            Self::Tcp { conn, .. } => conn.alloc(len, tag).map(LinkSlot::Tcp),
+        }
+    }
+
+    fn max_payload(&self) -> u32 {
+        match self {
+            Self::Shm(client) => client.max_payload(),
+            Self::Tcp { conn, .. } => conn.max_payload(),
+        }
+    }
+}
+
+impl MessageReceiver for Link {
+    fn front(&mut self) -> Result<Message<'_>, RecvError> {
+        match self {
+            Self::Shm(client) => client.front(),
+            Self::Tcp { conn, .. } => conn.front(),
+        }
+    }
+
+    fn pop(&mut self) -> Result<(), RecvError> {
+        match self {
+            Self::Shm(client) => client.pop(),
+            Self::Tcp { conn, .. } => conn.pop(),
+        }
+    }
 }

@@ -8,7 +8,9 @@
 //! cargo run --release -p shm-server --example echo_client -- /dev/shm/echo bob    # more clients
 //! ```
 //!
-//! Arguments: `echo_server FOLDER [GROUPS] [PER_GROUP]`. `FOLDER` (created if missing) holds the
+//! Arguments: `echo_server FOLDER [GROUPS] [PER_GROUP]`; with `ECHO_TCP=ADDR` in the
+//! environment it also serves TCP clients (`echo_client --tcp ADDR`) in the same groups, with
+//! the same handler, their persisted queues in `FOLDER/tcp/`. `FOLDER` (created if missing) holds the
 //! login socket `login.sock`, the lock `login.lock` and the session segments (`FOLDER/echo/`):
 //! put it on tmpfs (`/dev/shm/...`) so the segments are plain shared memory; on a disk they work
 //! too, as mapped files. `GROUPS` (default 2) connection groups of `PER_GROUP` (default 64)
@@ -92,8 +94,41 @@ fn main() -> ExitCode {
     let (Some(groups), Some(per_group)) = (number(1, 2), number(2, 64)) else {
         return usage();
     };
+    // TCP clients too (`echo_client --tcp ADDR`), if `ECHO_TCP=ADDR` says where to listen.
+    let tcp: Option<std::net::SocketAddr> = match std::env::var("ECHO_TCP") {
+        Ok(addr) => match addr.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                eprintln!("ECHO_TCP={addr} is not an address such as 127.0.0.1:7070");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => None,
+    };
     let config = match ServerConfig::new("echo", &folder) {
-        Ok(config) => config.groups(groups, per_group),
+        Ok(config) => {
+            let config = config.groups(groups, per_group);
+            match tcp {
+                Some(addr) => {
+                    let state = folder.join("tcp");
+                    if let Err(error) = std::fs::create_dir_all(&state) {
+                        eprintln!("{}: {error}", state.display());
+                        return ExitCode::FAILURE;
+                    }
+                    config.tcp(
+                        shm_tcp::AcceptorOptions::new(
+                            shm_tcp::ConnectionOptions::new()
+                                .dir(state)
+                                // The clients' queues are as large as ours: accept their
+                                // largest messages (the buffer grows to fit).
+                                .receive_buffer(0, shm_tcp::Connection::<C>::MAX_PAYLOAD),
+                        )
+                        .listen_on(addr),
+                    )
+                }
+                None => config,
+            }
+        }
         Err(error) => {
             eprintln!("{error}");
             return ExitCode::FAILURE;

@@ -73,7 +73,9 @@ impl core::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             Self::Logout => "the client logged out",
-            Self::ClientGone => "the client's login socket closed (the client died or closed it)",
+            Self::ClientGone => {
+                "the client is gone (its login socket or TCP link closed: it died or closed it)"
+            }
             Self::HeartbeatTimeout => "the client sent no heartbeat within the timeout",
             Self::Corrupt => "the client's ring holds an impossible record",
             Self::Protocol => "the client broke the login protocol on its socket",
