@@ -473,6 +473,7 @@ fn check_timeout(client: &mut Link, state: &mut State, now: u64) -> Result<(), F
 }
 
 /// The client over either transport: the checks above are the same for both.
+#[allow(clippy::large_enum_variant)] // one per process
 enum Link {
     Shm(Client<C>),
     Tcp {
