@@ -7,7 +7,7 @@
 //! carrying the client's index, a sequence number and its send time; the client checks that
 //! every echo is its own next one (no loss, duplicate or reordering) and records the round
 //! trip in an HDR histogram. The test checks that all 256 connections log in and exchange
-//! messages, then stops the victim with `SIGSTOP`: with heartbeats every 20 ms and a 300 ms
+//! messages, then stops the victim with `SIGSTOP`: with heartbeats every 20 ms and a 1 s
 //! timeout, group 0 must close both its connections with
 //! [`CloseReason::HeartbeatTimeout`] ([`ServerEvent::Closed`]) and no other, while every other
 //! client, those of group 0 included, keeps getting echoes (each must make progress during the
@@ -50,7 +50,9 @@ const BULK: usize = 2;
 const TAG: u16 = 7;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(20);
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(300);
+/// Long enough that a bulk client process starved by a loaded CI machine is not timed out too
+/// (300 ms was seen to be too short with two CPU hogs running).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 const CHILD_LIFETIME: Duration = Duration::from_secs(120);
 const WAIT_LIMIT: Duration = Duration::from_secs(30);
