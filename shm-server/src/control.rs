@@ -26,6 +26,8 @@ use shm_tcp::{ConnectionOptions, ListenerEvent, LoginListener};
 
 /// Ready live sockets taken per `epoll_wait`.
 const EPOLL_BATCH: usize = 64;
+/// The epoll key of the login listener (live sockets are keyed by their directory slot).
+const LISTENER_KEY: u64 = u64::MAX;
 
 /// What a login check sees of a client asking to log in.
 #[derive(Debug)]
@@ -274,6 +276,9 @@ pub struct Control<const C: usize> {
     group_loads: Vec<usize>,
     counters: Vec<Arc<GroupCounters>>,
     check: LoginCheck,
+    /// The epoll set reported a client waiting on the listener (level-triggered: reported again
+    /// while more wait).
+    listener_ready: bool,
     /// The TCP side, if configured: `shm-tcp`'s listener and the options its connections get.
     tcp: Option<TcpSide>,
     events: VecDeque<ServerEvent>,
@@ -357,6 +362,13 @@ impl<const C: usize> Control<C> {
         };
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
             .map_err(|errno| io_error("creating an epoll set for", &socket)(errno.into()))?;
+        epoll::add(
+            &epoll,
+            &listener,
+            epoll::EventData::new_u64(LISTENER_KEY),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|errno| io_error("watching", &socket)(errno.into()))?;
         let capacity = config.groups * config.connections_per_group;
         let groups = config.groups;
         Ok(Self {
@@ -377,6 +389,7 @@ impl<const C: usize> Control<C> {
             group_loads: vec![0; groups],
             counters,
             check,
+            listener_ready: false,
             tcp,
             events: VecDeque::with_capacity(1024),
             stats: ControlStats::default(),
@@ -516,7 +529,12 @@ impl<const C: usize> Control<C> {
         // started. Seen first, the old login is already closing and the new one gets "retry
         // later" (which `Client::connect` retries), not "already logged in from <dead pid>".
         work += self.watch_live();
-        work += self.accept_new(now);
+        // `accept` only when the epoll set says a client waits: an `accept` that finds nobody
+        // still costs the kernel a socket made and freed, microseconds on every idle poll.
+        if self.listener_ready {
+            self.listener_ready = false;
+            work += self.accept_new(now);
+        }
         work += self.read_pending(now);
         work += self.poll_tcp(now);
         work
@@ -1044,6 +1062,10 @@ impl<const C: usize> Control<C> {
         };
         let mut work = 0;
         for event in ready.iter() {
+            if event.data.u64() == LISTENER_KEY {
+                self.listener_ready = true;
+                continue;
+            }
             let slot = event.data.u64() as usize;
             work += 1;
             let reason = {
