@@ -518,8 +518,10 @@ impl<const C: usize> Control<C> {
     /// number of each) and drops logins past their timeout. Returns the amount of work done (0
     /// when idle).
     ///
-    /// `now` is [`shm_channel::monotonic_nanos`]. Cost when idle: an `accept` and an
-    /// `epoll_wait` (two syscalls that return at once), plus a load per group ring. Logins
+    /// `now` is [`shm_channel::monotonic_nanos`]. Cost when idle: one `epoll_wait` that returns
+    /// at once (the login socket and every live client's are in its set), a load per group
+    /// ring; with TCP on, the listener's `accept`. Call it once a millisecond or from its own
+    /// thread: on every pass of a group's loop it would sit in front of every message. Logins
     /// allocate (opening a segment); the groups' hot path never does.
     pub fn poll_control(&mut self, now: u64) -> usize {
         let mut work = self.take_group_events();

@@ -63,8 +63,10 @@
 //! - [`Group::poll`] on idle shared-memory connections: one Acquire load per connection and one
 //!   for the event ring; no syscall, no allocation. A TCP connection adds its link's `poll` (a
 //!   `read`) once a millisecond.
-//! - [`Control::poll_control`] when idle: an `accept` and an `epoll_wait`, both returning at
-//!   once. Logins allocate (a segment is opened); the groups' polls never do.
+//! - [`Control::poll_control`] when idle: one `epoll_wait` that returns at once (about 260 ns
+//!   here, more than a whole echo through a group): call it at most once a millisecond from the
+//!   loop that polls the groups, or from a thread of its own. Logins allocate (a segment is
+//!   opened); the groups' polls never do.
 //! - `BENCHMARKS.md` has the measured figures (echo through the server against the bare
 //!   channel and the cross-process floor).
 //!
