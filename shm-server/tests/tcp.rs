@@ -27,7 +27,8 @@ fn tcp_options(dir: &Path) -> ConnectionOptions {
 }
 
 /// A server with TCP on, groups chosen by transport: shared memory in group 0, TCP in group 1
-/// unless `spread` (then the least loaded), every login's transport recorded.
+/// unless `spread` (then by the name's last digit, mixing both), every login's transport
+/// recorded.
 fn server(dir: &Path, spread: bool, logins: Arc<Mutex<Vec<(String, LoginTransport)>>>) -> Srv {
     let state = dir.join("server-tcp");
     std::fs::create_dir_all(&state).unwrap();
@@ -41,7 +42,9 @@ fn server(dir: &Path, spread: bool, logins: Arc<Mutex<Vec<(String, LoginTranspor
             .unwrap()
             .push((login.name().as_str().into(), login.transport()));
         let group = match (spread, login.transport()) {
-            (true, _) => login.least_loaded_group().unwrap_or(0),
+            // "shm-0" and "tcp-0" to group 0, "shm-1" and "tcp-1" to group 1: both transports
+            // in each group (by name, not by load: a client may finish before another logs in).
+            (true, _) => usize::from(login.name().as_str().ends_with('1')),
             (false, LoginTransport::SharedMemory { .. }) => 0,
             (false, LoginTransport::Tcp { .. }) => 1,
         };
