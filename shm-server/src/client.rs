@@ -178,12 +178,14 @@ fn session_options(folder: &Path, server: &SegmentName) -> ChannelOptions {
 fn accepted(answer: Answer, name: &SegmentName) -> Result<(SegmentName, u32), ClientError> {
     match answer {
         Answer::Accepted { server, group } => Ok((server, group)),
-        Answer::Rejected { server, reason } | Answer::RetryLater { server, reason } => {
-            Err(ClientError::Rejected {
-                server: server.as_str().into(),
-                reason,
-            })
-        }
+        Answer::Rejected { server, reason } => Err(ClientError::Rejected {
+            server: server.as_str().into(),
+            reason,
+        }),
+        Answer::RetryLater { server, reason } => Err(ClientError::RetryLater {
+            server: server.as_str().into(),
+            reason,
+        }),
         Answer::CapacityMismatch {
             server_capacity, ..
         } => Err(ClientError::CapacityMismatch {
@@ -222,13 +224,10 @@ impl<const C: usize> Client<C> {
         let deadline = Instant::now() + options.login_timeout;
         loop {
             let attempt = Self::login_blocking(&socket, &name, deadline);
-            let retry = match &attempt {
-                Err(ClientError::ServerGone { .. }) => true,
-                Err(ClientError::Rejected { reason, .. }) => {
-                    reason.contains("still closing") || reason.contains("already in progress")
-                }
-                _ => false,
-            };
+            let retry = matches!(
+                &attempt,
+                Err(ClientError::ServerGone { .. } | ClientError::RetryLater { .. })
+            );
             if retry && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
@@ -336,7 +335,8 @@ impl<const C: usize> Client<C> {
     /// intervals it costs one comparison).
     ///
     /// # Errors
-    /// A refusal on a reconnect ([`ClientError::Rejected`], [`ClientError::AlreadyLoggedIn`],
+    /// A refusal on a reconnect ([`ClientError::Rejected`], [`ClientError::RetryLater`],
+    /// [`ClientError::AlreadyLoggedIn`],
     /// [`ClientError::CapacityMismatch`], [`ClientError::Protocol`], [`ClientError::Channel`]):
     /// the client keeps trying at its back-off; the error says why it is not back yet.
     pub fn poll(&mut self, now: u64) -> Result<Option<ClientEvent>, ClientError> {

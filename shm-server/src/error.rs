@@ -122,6 +122,15 @@ pub enum ClientError {
         /// The reason it gave.
         reason: String,
     },
+    /// The server cannot take this login right now (the previous connection of this name is
+    /// still closing, or too many logins are in progress); a retry shortly will do.
+    /// [`Client::connect`](crate::Client::connect) retries it until its timeout.
+    RetryLater {
+        /// The server's name.
+        server: String,
+        /// Why, as the server said.
+        reason: String,
+    },
     /// A live connection already holds this client name on the server.
     AlreadyLoggedIn {
         /// The client name.
@@ -176,6 +185,9 @@ impl fmt::Display for ClientError {
             Self::Rejected { server, reason } => {
                 write!(f, "server {server} refused the login: {reason}")
             }
+            Self::RetryLater { server, reason } => {
+                write!(f, "server {server} asks to log in again shortly: {reason}")
+            }
             Self::AlreadyLoggedIn { name, holder_pid } => write!(
                 f,
                 "client name {name} is already logged in from pid {holder_pid}: one live login per name"
@@ -222,7 +234,10 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::ServerGone { .. } | Self::Timeout { .. } | Self::Io { .. }
+            Self::ServerGone { .. }
+                | Self::Timeout { .. }
+                | Self::Io { .. }
+                | Self::RetryLater { .. }
         )
     }
 }

@@ -660,6 +660,37 @@ fn each_control_poll_handles_a_bounded_number_of_logins() {
 }
 
 #[test]
+fn a_client_told_to_retry_until_its_timeout_gets_retry_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(config("gw", dir.path()).login_timeout(Duration::from_secs(30)));
+    let socket = dir.path().join("login.sock");
+    let now = monotonic_nanos();
+    let mut silent = Vec::new();
+    for _ in 0..MAX_PENDING_LOGINS {
+        silent.push(UnixStream::connect(&socket).unwrap());
+        server.poll_control(now);
+    }
+    let folder = dir.path().to_path_buf();
+    let client = std::thread::spawn(move || {
+        let options = ClientOptions::new().login_timeout(Duration::from_millis(300));
+        Cli::connect(&folder, "late", &options)
+    });
+    let end = deadline(20);
+    while !client.is_finished() {
+        server.poll_control(now); // the silent ones never time out: the table stays full
+        check_deadline(end, "the client's retries");
+    }
+    match client.join().unwrap() {
+        Err(error @ ClientError::RetryLater { .. }) => {
+            assert!(error.is_transient());
+            assert!(error.to_string().contains("already in progress"), "{error}");
+        }
+        other => panic!("not RetryLater: {other:?}"),
+    }
+    drop(silent);
+}
+
+#[test]
 fn logins_past_the_pending_table_are_told_to_retry() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(config("gw", dir.path()).login_timeout(Duration::from_secs(30)));
