@@ -60,6 +60,7 @@ mod channel;
 mod claim;
 mod endpoint;
 mod header;
+pub mod journal;
 mod name;
 mod pid;
 mod receiver;

@@ -1,0 +1,326 @@
+//! Page files: their names, making one (under a temporary name, renamed into place once its
+//! header is whole), mapping one read-only or read-write, and listing a journal's pages.
+
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mm::{self, MapFlags, ProtFlags};
+
+use super::error::JournalError;
+use super::layout::{
+    index_stride, Expected, PageFault, PageHeader, PageInfo, PageView, INDEX_SLOTS,
+    PAGE_HEADER_SIZE, PAGE_MAGIC, PAGE_VERSION, STATE_PREPARED,
+};
+
+/// The file name of page `number`: 20 decimal digits, so names sort as numbers do.
+pub(crate) fn page_file_name(number: u64) -> String {
+    format!("{number:020}.page")
+}
+
+/// The page number a file name gives, if it is a page's name.
+pub(crate) fn parse_page_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".page")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+fn temp_file_name(number: u64) -> String {
+    format!(".{number:020}.page.tmp")
+}
+
+pub(crate) fn io(op: &'static str, path: &Path, errno: Errno) -> JournalError {
+    JournalError::Io {
+        op,
+        path: path.to_path_buf(),
+        errno,
+    }
+}
+
+/// Opens a journal folder (for `openat` and listing).
+pub(crate) fn open_folder(folder: &Path) -> Result<OwnedFd, JournalError> {
+    fs::open(
+        folder,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| io("opening the journal folder", folder, errno))
+}
+
+/// The page numbers in `folder`, ascending. Other files are ignored.
+pub(crate) fn list_pages(folder: &Path) -> Result<Vec<u64>, JournalError> {
+    let entries = std::fs::read_dir(folder).map_err(|e| io("listing", folder, errno_of(&e)))?;
+    let mut pages = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io("listing", folder, errno_of(&e)))?;
+        if let Some(number) = entry.file_name().to_str().and_then(parse_page_file_name) {
+            pages.push(number);
+        }
+    }
+    pages.sort_unstable();
+    Ok(pages)
+}
+
+/// Removes temporary files a writer that died while making a page left.
+pub(crate) fn remove_temp_files(folder: &Path) -> Result<(), JournalError> {
+    let entries = std::fs::read_dir(folder).map_err(|e| io("listing", folder, errno_of(&e)))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .is_some_and(|name| name.starts_with('.') && name.ends_with(".page.tmp"))
+        {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| io("removing", &path, errno_of(&e)))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn errno_of(error: &std::io::Error) -> Errno {
+    Errno::from_io_error(error).unwrap_or(Errno::IO)
+}
+
+/// A mapped page file.
+pub(crate) struct PageMap {
+    base: NonNull<u8>,
+    len: usize,
+    writable: bool,
+    number: u64,
+    path: PathBuf,
+    info: PageInfo,
+}
+
+// SAFETY: the mapping is process-wide memory; `PageMap` hands out only a `PageView` (atomics and
+// published frames) and, to the one writer, raw pointers used under the journal's discipline.
+unsafe impl Send for PageMap {}
+// SAFETY: as above; shared references give only read access through atomics and published bytes.
+unsafe impl Sync for PageMap {}
+
+impl PageMap {
+    /// Opens and validates page `number` of the journal in `folder`.
+    pub(crate) fn open(
+        folder: &Path,
+        number: u64,
+        expected: &Expected<'_>,
+        writable: bool,
+    ) -> Result<Self, JournalError> {
+        let path = folder.join(page_file_name(number));
+        let flags = if writable {
+            OFlags::RDWR
+        } else {
+            OFlags::RDONLY
+        };
+        let file = fs::open(
+            &path,
+            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|errno| io("opening", &path, errno))?;
+        let stat = fs::fstat(&file).map_err(|errno| io("inspecting", &path, errno))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(JournalError::Page {
+                path,
+                fault: PageFault::BadField {
+                    field: "file type (not a regular file)",
+                    value: u64::from(stat.st_mode),
+                },
+            });
+        }
+        let len = u64::try_from(stat.st_size).unwrap_or(0);
+        if len < PAGE_HEADER_SIZE as u64 {
+            return Err(JournalError::Page {
+                path,
+                fault: PageFault::Truncated {
+                    len,
+                    required: super::layout::MIN_PAGE_SIZE,
+                },
+            });
+        }
+        let (base, len) = map(&file, len, writable, &path)?;
+        let mut page = Self {
+            base,
+            len,
+            writable,
+            number,
+            path,
+            info: PageInfo {
+                page_size: 0,
+                page_number: number,
+                journal_id: 0,
+                flags: 0,
+                index_stride: 0,
+            },
+        };
+        page.info =
+            PageInfo::validate(&page.view(), expected).map_err(|fault| JournalError::Page {
+                path: page.path.clone(),
+                fault,
+            })?;
+        Ok(page)
+    }
+
+    /// Makes page `number` in `folder`: a file under a temporary name, sized, its header written
+    /// (magic last), then renamed into place. Never replaces an existing page.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create(
+        folder: &Path,
+        dir: &OwnedFd,
+        number: u64,
+        name: &str,
+        journal_id: u64,
+        page_size: u64,
+        flags: u32,
+        mode: u32,
+        sync: bool,
+    ) -> Result<Self, JournalError> {
+        let temp = temp_file_name(number);
+        let temp_path = folder.join(&temp);
+        let final_name = page_file_name(number);
+        let path = folder.join(&final_name);
+        let _ = fs::unlinkat(dir, &temp, AtFlags::empty());
+        let file = fs::openat(
+            dir,
+            &temp,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|errno| io("creating", &temp_path, errno))?;
+        // The mode is applied exactly, whatever the umask.
+        fs::fchmod(&file, Mode::from_raw_mode(mode))
+            .map_err(|errno| io("setting the mode of", &temp_path, errno))?;
+        fs::ftruncate(&file, page_size).map_err(|errno| io("sizing", &temp_path, errno))?;
+        let (base, len) = map(&file, page_size, true, &temp_path)?;
+        // SAFETY: a fresh mapping of `page_size` (≥ a header) bytes, page-aligned, that no other
+        // process can have opened yet (the name is temporary and exclusive).
+        let header = unsafe { &mut *base.as_ptr().cast::<PageHeader>() };
+        header.version = PAGE_VERSION;
+        header.header_size = PAGE_HEADER_SIZE as u32;
+        header.page_size = page_size;
+        header.page_number = number;
+        header.journal_id = journal_id;
+        header.flags = flags;
+        header.index_slots = INDEX_SLOTS as u32;
+        header.index_stride = index_stride(page_size);
+        header.creator_pid = crate::pid::current_pid().get();
+        header.state.store(STATE_PREPARED, Ordering::Relaxed);
+        header.name_len = name.len() as u32;
+        header.name[..name.len()].copy_from_slice(name.as_bytes());
+        header
+            .magic
+            .store(u64::from_ne_bytes(PAGE_MAGIC), Ordering::Release);
+        let page = Self {
+            base,
+            len,
+            writable: true,
+            number,
+            path: path.clone(),
+            info: PageInfo {
+                page_size,
+                page_number: number,
+                journal_id,
+                flags,
+                index_stride: index_stride(page_size),
+            },
+        };
+        if sync {
+            page.sync_range(0, PAGE_HEADER_SIZE)?;
+            fs::fsync(&file).map_err(|errno| io("syncing", &temp_path, errno))?;
+        }
+        match fs::renameat_with(dir, &temp, dir, &final_name, fs::RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            // Some file systems lack RENAME_NOREPLACE: a hard link never replaces either.
+            Err(Errno::INVAL | Errno::NOSYS) => {
+                fs::linkat(dir, &temp, dir, &final_name, AtFlags::empty())
+                    .map_err(|errno| io("naming", &path, errno))?;
+                let _ = fs::unlinkat(dir, &temp, AtFlags::empty());
+            }
+            Err(errno) => {
+                let _ = fs::unlinkat(dir, &temp, AtFlags::empty());
+                return Err(io("naming", &path, errno));
+            }
+        }
+        if sync {
+            fs::fsync(dir).map_err(|errno| io("syncing", folder, errno))?;
+        }
+        Ok(page)
+    }
+
+    /// The page viewed.
+    pub(crate) fn view(&self) -> PageView<'_> {
+        // SAFETY: the mapping is `len` bytes, page-aligned, and lives as long as `self`.
+        unsafe { PageView::from_raw(self.base, self.len) }
+    }
+
+    /// What its header says (validated).
+    pub(crate) fn info(&self) -> &PageInfo {
+        &self.info
+    }
+
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// A pointer to `offset` for the writer.
+    pub(crate) fn write_ptr(&self, offset: usize) -> *mut u8 {
+        debug_assert!(self.writable && offset <= self.len);
+        // SAFETY: inside the mapping (debug-asserted; the writer's bookkeeping keeps it so).
+        unsafe { self.base.as_ptr().add(offset) }
+    }
+
+    /// `msync(MS_SYNC)` of the 4 KiB pages covering `offset..offset + len`.
+    pub(crate) fn sync_range(&self, offset: usize, len: usize) -> Result<(), JournalError> {
+        let start = offset & !4095;
+        let end = (offset + len).min(self.len);
+        // SAFETY: the range lies inside our mapping; msync does not change memory.
+        unsafe {
+            mm::msync(
+                self.base.as_ptr().add(start).cast(),
+                end - start,
+                mm::MsyncFlags::SYNC,
+            )
+        }
+        .map_err(|errno| io("msync of", &self.path, errno))
+    }
+}
+
+impl Drop for PageMap {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once; every view borrowed `self` and is gone.
+        let _ = unsafe { mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+fn map(
+    file: &OwnedFd,
+    len: u64,
+    writable: bool,
+    path: &Path,
+) -> Result<(NonNull<u8>, usize), JournalError> {
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&len| len > 0 && len <= isize::MAX as usize)
+        .ok_or_else(|| io("mapping", path, Errno::FBIG))?;
+    let prot = if writable {
+        ProtFlags::READ | ProtFlags::WRITE
+    } else {
+        ProtFlags::READ
+    };
+    // SAFETY: a fresh mapping at an address of the kernel's choosing, aliasing no Rust memory.
+    let ptr = unsafe { mm::mmap(core::ptr::null_mut(), len, prot, MapFlags::SHARED, file, 0) }
+        .map_err(|errno| io("mapping", path, errno))?;
+    let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io("mapping", path, Errno::NOMEM))?;
+    Ok((base, len))
+}

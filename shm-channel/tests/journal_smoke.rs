@@ -1,0 +1,87 @@
+//! Quick end-to-end checks of the journal: rollover, seeks, restart, second writer, retention.
+
+use shm_channel::journal::*;
+
+fn payload(seq: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
+}
+
+#[test]
+fn rollover_seek_restart_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions::new()
+        .dir(dir.path())
+        .page_size(64 * 1024)
+        .checksums(true)
+        .retention(Retention::KeepPages(3));
+    let mut writer = JournalWriter::open("smoke", &options).unwrap();
+    assert!(matches!(
+        JournalWriter::open("smoke", &options),
+        Err(JournalError::WriterActive { .. })
+    ));
+    let ropts = ReaderOptions::new().dir(dir.path());
+    let mut live = JournalReader::open("smoke", &ropts, ReadFrom::End).unwrap();
+    for seq in 0..2000u64 {
+        let len = (seq * 7 % 1500) as usize;
+        assert_eq!(writer.append(3, seq * 10, &payload(seq, len)).unwrap(), seq);
+    }
+    assert!(writer.current_page() > 5, "page {}", writer.current_page());
+    for seq in 0..2000u64 {
+        let frame = live.front().unwrap();
+        assert_eq!(frame.seq(), seq);
+        assert_eq!(frame.time(), seq * 10);
+        assert_eq!(
+            frame.payload(),
+            &payload(seq, (seq * 7 % 1500) as usize)[..]
+        );
+        live.pop().unwrap();
+    }
+    assert!(matches!(live.front(), Err(ReadError::Empty)));
+    for target in [0u64, 1, 17, 999, 1500, 1999] {
+        let mut r = JournalReader::open("smoke", &ropts, ReadFrom::Seq(target)).unwrap();
+        assert_eq!(r.front().unwrap().seq(), target);
+        let mut r = JournalReader::open(
+            "smoke",
+            &ropts,
+            ReadFrom::Time(target * 10 - target.min(1) * 5),
+        )
+        .unwrap();
+        assert_eq!(r.front().unwrap().seq(), target);
+    }
+    let mut slow = JournalReader::open("smoke", &ropts, ReadFrom::Oldest).unwrap();
+    slow.pop().unwrap();
+    drop(writer);
+    let mut writer = JournalWriter::open("smoke", &options).unwrap();
+    assert_eq!(writer.next_seq(), 2000);
+    for seq in 2000..4000u64 {
+        writer
+            .append(3, seq * 10, &payload(seq, (seq * 7 % 1500) as usize))
+            .unwrap();
+        if seq % 100 == 0 {
+            writer.maintain(seq * 10).unwrap();
+        }
+    }
+    writer.maintain(40_000).unwrap();
+    assert!(writer.stats().pages_removed > 0);
+    // The slow reader reads its mapped page to the end, then lags.
+    let mut lagged = None;
+    for _ in 0..5000 {
+        match slow.front() {
+            Ok(_) => slow.pop().unwrap(),
+            Err(ReadError::Lagged {
+                missed, resume_at, ..
+            }) => {
+                lagged = Some((missed, resume_at));
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (missed, resume_at) = lagged.expect("lagged");
+    assert!(missed > 0);
+    assert_eq!(slow.front().unwrap().seq(), resume_at);
+    assert!(matches!(
+        JournalReader::open("smoke", &ropts, ReadFrom::Seq(0)),
+        Err(JournalError::Removed { .. })
+    ));
+}
