@@ -29,6 +29,7 @@
 //! taken by one wake. The cell belongs to one page: the next page starts with a zero count.
 //! `tests/loom_journal_wait.rs` checks the protocol with loom on this code.
 
+#[cfg(not(loom))]
 use core::time::Duration;
 
 #[cfg(not(loom))]
@@ -63,6 +64,13 @@ struct LoomFutex {
     woken: loom::sync::Condvar,
 }
 
+#[cfg(loom)]
+impl Default for WakeCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A snapshot of a page's wake words.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WakeStats {
@@ -76,6 +84,7 @@ pub struct WakeStats {
 
 /// First and largest poll sleep of a reader whose arm the writer has not acknowledged yet.
 const FIRST_POLL_NS: u64 = 50_000;
+#[cfg(not(loom))]
 const MAX_POLL_NS: u64 = 10_000_000;
 
 impl WakeCell {
