@@ -124,6 +124,7 @@ mod control;
 mod error;
 mod group;
 mod handoff;
+pub mod pubsub;
 pub mod request;
 mod server;
 pub mod wire;

@@ -1,0 +1,301 @@
+//! Publish/subscribe through the server: subscriptions checked by the hub, shared-memory
+//! subscribers reading the topic's journal directly, forwarded subscriptions over the
+//! connection, lag reported with exact numbers, and resumption without loss or duplicates.
+
+use std::time::{Duration, Instant};
+
+use shm_channel::journal::{JournalOptions, ReadFrom, Retention};
+use shm_channel::monotonic_nanos;
+use shm_server::pubsub::{
+    LagPolicy, PubSubConfig, SubscriptionError, Subscriptions, TopicEvent, TopicHub, TopicReader,
+};
+use shm_server::{Client, ClientOptions, Decision, Server, ServerConfig};
+use spsc_core::MessageReceiver;
+
+const C: usize = 1 << 16;
+
+fn server_and_clients(dir: &std::path::Path, names: &[&str]) -> (Server<C>, Vec<Client<C>>) {
+    let config = ServerConfig::new("pubsub", dir)
+        .unwrap()
+        .groups(1, 8)
+        .heartbeat_timeout(Duration::from_secs(30));
+    let mut server = Server::<C>::new(config, |_| Decision::Accept { group: 0 }).unwrap();
+    let mut clients = Vec::new();
+    for name in names {
+        let folder = dir.to_path_buf();
+        let name = name.to_string();
+        let login = std::thread::spawn(move || {
+            Client::<C>::connect(&folder, &name, &ClientOptions::new()).unwrap()
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !login.is_finished() {
+            assert!(Instant::now() < deadline, "login never answered");
+            let now = monotonic_nanos();
+            server.poll_control(now);
+            server.poll_group(0, now, |_, _| {});
+        }
+        clients.push(login.join().unwrap());
+    }
+    let now = monotonic_nanos();
+    server.poll_control(now);
+    server.poll_group(0, now, |_, _| {});
+    (server, clients)
+}
+
+fn hub(dir: &std::path::Path, page_size: u64, retention: Retention) -> (PubSubConfig, TopicHub) {
+    let config = PubSubConfig::new(dir.join("topics")).journal(
+        JournalOptions::new()
+            .page_size(page_size)
+            .retention(retention),
+    );
+    std::fs::create_dir_all(config.dir()).unwrap();
+    let hub = TopicHub::new(
+        config.clone(),
+        Box::new(|request| {
+            if request.topic.starts_with("secret") {
+                Err(format!("{} may not read {}", request.client, request.topic))
+            } else {
+                Ok(())
+            }
+        }),
+    );
+    (config, hub)
+}
+
+fn payload(seq: u64) -> Vec<u8> {
+    let len = (seq % 97) as usize + 8;
+    let mut bytes: Vec<u8> = (0..len).map(|i| (seq as usize + i) as u8).collect();
+    bytes[..8].copy_from_slice(&seq.to_le_bytes());
+    bytes
+}
+
+/// Polls the server (hub first in the handler, then forwarding) and collects the client's
+/// publish/subscribe events until `done` says so.
+fn pump(
+    server: &mut Server<C>,
+    hub: &mut TopicHub,
+    client: &mut Client<C>,
+    subs: &mut Subscriptions,
+    mut on_event: impl FnMut(TopicEvent<'_>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no progress");
+        let now = monotonic_nanos();
+        server.poll_group(0, now, |request, reply| {
+            assert!(hub.handle(request, reply), "only pub/sub messages here");
+        });
+        hub.forward(server.group(0).unwrap(), 64);
+        client.poll(now).unwrap();
+        while let Ok(message) = client.front() {
+            let event = subs
+                .on_message(message.tag(), message.payload())
+                .unwrap()
+                .expect("a pub/sub message");
+            let done = on_event(event);
+            client.pop().unwrap();
+            if done {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn direct_and_forwarded_subscribers_see_every_frame_once_and_the_check_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, mut clients) = server_and_clients(dir.path(), &["reader", "remote"]);
+    let (config, mut hub) = hub(dir.path(), 64 * 1024, Retention::KeepAll);
+    let mut publisher = config.publisher("quotes").unwrap();
+    for seq in 0..500 {
+        publisher.append(1, seq * 10, &payload(seq)).unwrap();
+    }
+
+    // A direct subscriber: the hub answers with the folder; the client reads it itself.
+    let mut direct = Subscriptions::new();
+    let (reader_client, rest) = clients.split_at_mut(1);
+    let sub = direct
+        .subscribe(&mut reader_client[0], "quotes", ReadFrom::Oldest, false)
+        .unwrap();
+    let mut folder = None;
+    pump(
+        &mut server,
+        &mut hub,
+        &mut reader_client[0],
+        &mut direct,
+        |event| {
+            match event {
+                TopicEvent::Subscribed {
+                    sub: s,
+                    folder: f,
+                    start_seq,
+                } => {
+                    assert_eq!((s, start_seq), (sub, 0));
+                    folder = Some(f.to_string());
+                }
+                other => panic!("{other:?}"),
+            }
+            true
+        },
+    );
+    let folder = std::path::PathBuf::from(folder.unwrap());
+    assert_eq!(folder, config.dir().join("quotes"));
+    let mut reader = TopicReader::open(
+        config.dir(),
+        "quotes",
+        ReadFrom::Oldest,
+        LagPolicy::Report,
+        None,
+    )
+    .unwrap();
+    for seq in 0..500 {
+        let frame = reader.front().unwrap();
+        assert_eq!((frame.seq(), frame.payload()), (seq, &payload(seq)[..]));
+        reader.pop().unwrap();
+    }
+    assert!(matches!(reader.front(), Err(SubscriptionError::Empty)));
+
+    // Refused by the application's check, with its reason.
+    let refused = direct
+        .subscribe(
+            &mut reader_client[0],
+            "secret-orders",
+            ReadFrom::Oldest,
+            false,
+        )
+        .unwrap();
+    pump(
+        &mut server,
+        &mut hub,
+        &mut reader_client[0],
+        &mut direct,
+        |event| {
+            match event {
+                TopicEvent::Refused { sub, reason } => {
+                    assert_eq!(sub, refused);
+                    assert!(reason.contains("may not read secret-orders"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+            true
+        },
+    );
+    assert_eq!(hub.stats().refused, 1);
+
+    // A forwarded subscriber from seq 100: every frame once, in order, then live ones.
+    let remote = &mut rest[0];
+    let mut forwarded = Subscriptions::new();
+    let sub = forwarded
+        .subscribe(remote, "quotes", ReadFrom::Seq(100), true)
+        .unwrap();
+    let mut next = 100;
+    let mut published_more = false;
+    pump(
+        &mut server,
+        &mut hub,
+        remote,
+        &mut forwarded,
+        |event| match event {
+            TopicEvent::Subscribed { start_seq, .. } => {
+                assert_eq!(start_seq, 100);
+                false
+            }
+            TopicEvent::Frame {
+                sub: s,
+                seq,
+                time,
+                payload: bytes,
+                ..
+            } => {
+                assert_eq!((s, seq, time), (sub, next, next * 10));
+                assert_eq!(bytes, &payload(seq)[..]);
+                next += 1;
+                if next == 500 && !published_more {
+                    published_more = true;
+                    for seq in 500..600 {
+                        publisher.append(1, seq * 10, &payload(seq)).unwrap();
+                    }
+                }
+                next == 600
+            }
+            other => panic!("{other:?}"),
+        },
+    );
+    assert_eq!(hub.forwarded_subscriptions(), 1);
+    assert_eq!(hub.stats().forwarded, 500);
+}
+
+#[test]
+fn a_forwarded_subscriber_that_lags_is_told_exactly_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, mut clients) = server_and_clients(dir.path(), &["slow"]);
+    let (config, mut hub) = hub(dir.path(), 64 * 1024, Retention::KeepPages(2));
+    let mut publisher = config.publisher("ticks").unwrap();
+    publisher.append(1, 0, &payload(0)).unwrap();
+    let mut subs = Subscriptions::new();
+    let client = &mut clients[0];
+    subs.subscribe(client, "ticks", ReadFrom::Oldest, true)
+        .unwrap();
+    pump(&mut server, &mut hub, client, &mut subs, |event| {
+        assert!(
+            matches!(event, TopicEvent::Subscribed { start_seq: 0, .. }),
+            "{event:?}"
+        );
+        true
+    });
+    // The hub has not forwarded anything yet (no forward call since); the topic rolls over many
+    // pages and retention removes all but two.
+    let mut seq = 1;
+    while publisher.current_page() < 6 {
+        publisher.append(1, seq, &payload(seq)).unwrap();
+        seq += 1;
+        publisher.maintain(seq).unwrap();
+    }
+    let oldest = {
+        let mut probe = TopicReader::open(
+            config.dir(),
+            "ticks",
+            ReadFrom::Oldest,
+            LagPolicy::Report,
+            None,
+        )
+        .unwrap();
+        let frame = probe.front().unwrap();
+        frame.seq()
+    };
+    assert!(oldest > 0);
+    // The hub's reader still maps page 0: it forwards page 0 to its end, then reports the lag.
+    let mut expected = 0;
+    let mut lag_seen = false;
+    pump(
+        &mut server,
+        &mut hub,
+        client,
+        &mut subs,
+        |event| match event {
+            TopicEvent::Frame {
+                seq: s,
+                payload: bytes,
+                ..
+            } => {
+                assert_eq!(s, expected, "frames in order, no gap but the reported one");
+                assert_eq!(bytes, &payload(s)[..]);
+                expected += 1;
+                expected == seq
+            }
+            TopicEvent::Lagged {
+                missed, resume_at, ..
+            } => {
+                assert!(!lag_seen);
+                lag_seen = true;
+                assert_eq!(resume_at, oldest);
+                assert_eq!(missed, oldest - expected);
+                expected = resume_at;
+                false
+            }
+            other => panic!("{other:?}"),
+        },
+    );
+    assert!(lag_seen);
+    assert_eq!(hub.stats().lagged, 1);
+}
