@@ -16,6 +16,10 @@
 //!   ([`ServerConfig::tcp`]); the handler cannot tell the two apart.
 //! - The handler given to a poll sees each message in place ([`Request`]) and may answer it in
 //!   place ([`Reply`]). [`request`] adds request ids, timeouts and late-reply detection.
+//! - [`pubsub`] publishes topics as journals ([`shm_channel::journal`]): one append per
+//!   publication whatever the number of subscribers; subscriptions checked by the server;
+//!   shared-memory subscribers read the topic directly, remote ones get it forwarded over their
+//!   connection and resume after a reconnect without loss or duplicates.
 //!
 //! # Logins and sessions
 //!
