@@ -85,3 +85,36 @@ fn rollover_seek_restart_retention() {
         Err(JournalError::Removed { .. })
     ));
 }
+
+#[test]
+fn a_blocked_reader_is_woken_and_a_reader_that_never_sleeps_costs_no_wake() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions::new().dir(dir.path()).page_size(64 * 1024);
+    let mut writer = JournalWriter::open("wake", &options).unwrap();
+    let ropts = ReaderOptions::new().dir(dir.path());
+    let mut reader = JournalReader::open("wake", &ropts, ReadFrom::End).unwrap();
+    let woken = std::thread::spawn(move || {
+        let mut seen = 0u64;
+        while seen < 3000 {
+            assert!(reader
+                .wait(
+                    shm_channel::WaitStrategy::Block { spin_first: 10 },
+                    Some(std::time::Duration::from_secs(20))
+                )
+                .unwrap());
+            assert_eq!(reader.front().unwrap().seq(), seen);
+            reader.pop().unwrap();
+            seen += 1;
+        }
+    });
+    for seq in 0..3000u64 {
+        writer.append(1, seq, &[7u8; 64]).unwrap();
+        if seq % 100 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            writer.maintain(seq).unwrap();
+        }
+    }
+    woken.join().unwrap();
+    assert!(writer.stats().wakes > 0, "{:?}", writer.stats());
+    assert!(writer.current_page() > 0);
+}

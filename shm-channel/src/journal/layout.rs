@@ -13,7 +13,6 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use static_assertions::const_assert_eq;
 
-use super::wait::WakeCell;
 use crate::name::MAX_NAME_LEN;
 
 /// The first 8 bytes of every page file.
@@ -77,9 +76,9 @@ pub struct PageHeader {
     /// Length of the journal's name in `name`.
     pub name_len: u32,
     _pad1: [u8; 52],
-    /// The park/wake words readers that block on this page sleep on (its own cache line).
-    pub wake: WakeCell,
-    _pad_wake: [u8; 64],
+    /// Reserved (zero). Readers never write a page, so the words blocking readers announce
+    /// themselves in live in the journal's wake file ([`WAKE_FILE`](super::WAKE_FILE)).
+    _reserved_wake: [u8; 128],
     /// The journal's name (`name_len` bytes), for the identity check and for error messages.
     pub name: [u8; MAX_NAME_LEN],
     _pad2: [u8; 2048 - 256 - MAX_NAME_LEN],
@@ -102,7 +101,6 @@ const_assert_eq!(offset_of!(PageHeader, creator_pid), 52);
 const_assert_eq!(offset_of!(PageHeader, state), 56);
 const_assert_eq!(offset_of!(PageHeader, first_seq), 64);
 const_assert_eq!(offset_of!(PageHeader, name_len), 72);
-const_assert_eq!(offset_of!(PageHeader, wake), 128);
 const_assert_eq!(offset_of!(PageHeader, name), 256);
 const_assert_eq!(offset_of!(PageHeader, index), 2048);
 

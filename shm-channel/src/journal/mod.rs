@@ -24,8 +24,11 @@
 //!   position in a file of its own ([`ReaderOptions::position_file`]) and resumes after a restart
 //!   exactly after its last [`pop`](JournalReader::pop).
 //! - **Merge.** [`MergedReader`] reads several journals in timestamp order.
-//! - **Waiting.** [`JournalReader::wait`] busy-polls, yields, or sleeps on a futex in the page
-//!   header; the writer makes the wake call only when a reader sleeps ([`wait`] module).
+//! - **Waiting.** [`JournalReader::wait`] busy-polls, yields, or sleeps on a futex in the
+//!   journal's wake file ([`WAKE_FILE`]: readers never write a page, so the words they announce
+//!   themselves in live there); the writer makes the wake call only when a reader sleeps
+//!   ([`wait`] module). A reader that may not write the wake file (another user, mode 0o644
+//!   pages) sleeps in short polls instead.
 //! - **Retention.** Old pages are removed by [`Retention`] (a page count or a time span) in
 //!   [`JournalWriter::maintain`]. A reader whose next frame was removed gets
 //!   [`ReadError::Lagged`] (how many it missed, where it resumes) and goes on from the oldest.
@@ -102,3 +105,7 @@ pub use options::{Durability, JournalOptions, PrepareNext, Retention, DEFAULT_JO
 pub use reader::{JournalFrame, JournalReader, ReadFrom, ReaderOptions};
 #[cfg(not(loom))]
 pub use writer::{JournalSlot, JournalWriter, WriterStats, WRITER_LOCK_FILE};
+
+/// The name of the wake file in a journal's folder: the words blocking readers announce
+/// themselves in and sleep on (the writer makes it, writable by whoever may read the pages).
+pub const WAKE_FILE: &str = "readers.wake";

@@ -324,3 +324,87 @@ fn map(
     let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io("mapping", path, Errno::NOMEM))?;
     Ok((base, len))
 }
+
+/// The journal's wake file: the words blocking readers announce themselves in and sleep on
+/// (a [`WakeCell`](super::wait::WakeCell)). Not a journal file (it holds no frame), so readers
+/// may write it: the writer makes it writable by whoever may read the pages.
+pub(crate) struct WakeMap {
+    base: NonNull<super::wait::WakeCell>,
+}
+
+// SAFETY: the mapping is owned; the cell is only accessed through atomics.
+unsafe impl Send for WakeMap {}
+// SAFETY: as above.
+unsafe impl Sync for WakeMap {}
+
+/// Bytes of the wake file (one page; the cell is at its start).
+const WAKE_FILE_SIZE: u64 = 4096;
+
+impl WakeMap {
+    /// The writer's side: opens or makes the wake file, `mode` widened so that whoever may read
+    /// the pages may write it. A file of the wrong size is set right (it holds nothing but
+    /// counters and a futex word, which start at zero).
+    pub(crate) fn create(folder: &Path, dir: &OwnedFd, mode: u32) -> Result<Self, JournalError> {
+        let path = folder.join(super::WAKE_FILE);
+        let mode = mode | ((mode & 0o044) >> 1);
+        let file = fs::openat(
+            dir,
+            super::WAKE_FILE,
+            OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|errno| io("opening the wake file", &path, errno))?;
+        let stat = fs::fstat(&file).map_err(|errno| io("inspecting", &path, errno))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(io(
+                "opening the wake file (not a regular file)",
+                &path,
+                Errno::INVAL,
+            ));
+        }
+        let _ = fs::fchmod(&file, Mode::from_raw_mode(mode));
+        if u64::try_from(stat.st_size).ok() != Some(WAKE_FILE_SIZE) {
+            fs::ftruncate(&file, 0).map_err(|errno| io("sizing", &path, errno))?;
+            fs::ftruncate(&file, WAKE_FILE_SIZE).map_err(|errno| io("sizing", &path, errno))?;
+        }
+        Self::map(&file, &path)
+    }
+
+    /// A reader's side: opens the wake file for reading and writing, if it exists and this
+    /// process may (`None` otherwise: the reader then sleeps in short polls instead).
+    pub(crate) fn open(folder: &Path) -> Option<Self> {
+        let path = folder.join(super::WAKE_FILE);
+        let file = fs::open(
+            &path,
+            OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
+        let stat = fs::fstat(&file).ok()?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile
+            || u64::try_from(stat.st_size).ok() != Some(WAKE_FILE_SIZE)
+        {
+            return None;
+        }
+        Self::map(&file, &path).ok()
+    }
+
+    fn map(file: &OwnedFd, path: &Path) -> Result<Self, JournalError> {
+        let (base, _) = map(file, WAKE_FILE_SIZE, true, path)?;
+        Ok(Self { base: base.cast() })
+    }
+
+    /// The cell.
+    pub(crate) fn cell(&self) -> &super::wait::WakeCell {
+        // SAFETY: a live, page-aligned mapping of 4096 bytes; the cell's fields are atomics and
+        // integers, valid for any bits (all zero is its initial state).
+        unsafe { self.base.as_ref() }
+    }
+}
+
+impl Drop for WakeMap {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping of WAKE_FILE_SIZE bytes, unmapped once.
+        let _ = unsafe { mm::munmap(self.base.as_ptr().cast(), WAKE_FILE_SIZE as usize) };
+    }
+}

@@ -126,6 +126,9 @@ pub struct JournalReader {
     /// The length of the frame `front` returned, for `pop`.
     front_len: Option<u32>,
     sleeper: Sleeper,
+    /// The journal's wake file, mapped at the first blocking wait (`Some(None)`: it could not
+    /// be, so blocking waits sleep in short polls).
+    wake: Option<Option<page::WakeMap>>,
     position: Option<PositionFile>,
 }
 
@@ -240,6 +243,7 @@ impl JournalReader {
             last_time: time,
             front_len: None,
             sleeper: Sleeper::new(),
+            wake: None,
             position: None,
         })
     }
@@ -394,10 +398,16 @@ impl JournalReader {
                 WaitStrategy::Block { .. } => {
                     let bound =
                         deadline.map_or(100_000_000, |d| d.saturating_sub(now).min(100_000_000));
+                    let folder = &self.folder;
+                    let wake = self.wake.get_or_insert_with(|| page::WakeMap::open(folder));
                     let view = self.page.view();
                     let offset = self.offset;
                     let mut ready = || !matches!(view.slot(offset), Ok(Slot::Empty));
-                    self.sleeper.sleep(&view.header().wake, &mut ready, bound);
+                    match wake {
+                        Some(wake) => self.sleeper.sleep(wake.cell(), &mut ready, bound),
+                        // No wake file we may write: short sleeps instead.
+                        None => std::thread::sleep(Duration::from_nanos(bound.min(200_000))),
+                    }
                 }
                 _ => std::thread::yield_now(),
             }
@@ -407,8 +417,9 @@ impl JournalReader {
     /// Stops this reader's blocking arm (the writer goes back to its fence-free path) until it
     /// blocks again.
     pub fn disarm(&mut self) {
-        let view = self.page.view();
-        self.sleeper.disarm(&view.header().wake);
+        if let Some(Some(wake)) = &self.wake {
+            self.sleeper.disarm(wake.cell());
+        }
     }
 
     /// Moves to the next page at an end-of-page word.
@@ -435,7 +446,6 @@ impl JournalReader {
                 ),
             }));
         }
-        self.disarm();
         self.page = page;
         self.offset = PAGE_HEADER_SIZE;
         Ok(())
@@ -454,7 +464,6 @@ impl JournalReader {
             Ok(page) => {
                 let first = page.view().header().first_seq.load(Ordering::Acquire);
                 let missed = first.saturating_sub(self.next_seq);
-                self.disarm();
                 self.page = page;
                 self.offset = PAGE_HEADER_SIZE;
                 self.next_seq = first;

@@ -24,9 +24,12 @@
 //! counts us, so (read-read coherence) every later publication of that writer fences; every
 //! earlier one happens before the `ack` store we Acquired, so our re-check sees it.
 //!
+//! The cell lives in the journal's wake file, not in a page: readers never write a page.
+//!
 //! Crashed readers: a reader killed while armed leaves the count raised, so the writer pays a
-//! fence per publication on that page — never a system call, since the flag it may have left is
-//! taken by one wake. The cell belongs to one page: the next page starts with a zero count.
+//! fence per publication from then on — never a system call, since the flag it may have left is
+//! taken by one wake. (A table of armed readers with their pids, swept by the writer's
+//! `maintain`, would take that back; not built yet.)
 //! `tests/loom_journal_wait.rs` checks the protocol with loom on this code.
 
 #[cfg(not(loom))]

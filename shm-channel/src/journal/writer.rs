@@ -63,6 +63,7 @@ pub struct JournalWriter {
     flags: u32,
     page: PageMap,
     next: Option<PageMap>,
+    wake: page::WakeMap,
     offset: usize,
     seq: u64,
     last_time: u64,
@@ -106,6 +107,7 @@ impl JournalWriter {
         let dir = page::open_folder(&folder)?;
         let lock = take_writer_lock(&folder, &dir, options.mode)?;
         page::remove_temp_files(&folder)?;
+        let wake = page::WakeMap::create(&folder, &dir, options.mode)?;
         let pages = page::list_pages(&folder)?;
         check_contiguous(&folder, &pages)?;
         let flags = if options.checksums { FLAG_CHECKSUMS } else { 0 };
@@ -130,7 +132,7 @@ impl JournalWriter {
                 .state
                 .store(STATE_ACTIVE, Ordering::Release);
             return Ok(Self::new(
-                folder, dir, lock, name, journal_id, options, first, None, 0, 0, 0, 0, flags,
+                folder, dir, lock, name, journal_id, options, first, None, 0, 0, 0, 0, flags, wake,
             ));
         };
         let probe = Expected {
@@ -228,6 +230,7 @@ impl JournalWriter {
             end.last_time,
             oldest,
             info.flags,
+            wake,
         );
         writer.page_size = info.page_size;
         writer.max_payload = max_payload(info.page_size);
@@ -254,10 +257,12 @@ impl JournalWriter {
         last_time: u64,
         oldest_page: u64,
         flags: u32,
+        wake: page::WakeMap,
     ) -> Self {
         let page_size = page.info().page_size;
         let stride = page.info().index_stride;
         let mut writer = Self {
+            wake,
             folder,
             dir,
             _lock: lock,
@@ -414,7 +419,7 @@ impl JournalWriter {
             }
             self.index_slot = slot + 1;
         }
-        if view.header().wake.notify() {
+        if self.wake.cell().notify() {
             self.stats.wakes += 1;
         }
         if self.options.durability == Durability::PowerLoss {
@@ -451,7 +456,7 @@ impl JournalWriter {
         let view = self.page.view();
         view.len_word(self.offset)
             .store(END_OF_PAGE, Ordering::Release);
-        if view.header().wake.notify() {
+        if self.wake.cell().notify() {
             self.stats.wakes += 1;
         }
         if sync {
