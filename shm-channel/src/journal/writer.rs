@@ -352,6 +352,8 @@ impl JournalWriter {
             self.prepare_at = usize::MAX;
             if self.make_next_page().is_ok() {
                 self.stats.prepared_in_alloc += 1;
+                // make_next_page counted it as made off the hot path; it was made here.
+                self.stats.prepared_off_path -= 1;
             }
         }
         debug_assert!(self.offset + need + 8 <= self.page.len());
