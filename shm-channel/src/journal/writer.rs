@@ -100,11 +100,19 @@ impl JournalWriter {
         let name = SegmentName::new(name)?;
         let folder = options.dir.join(name.as_str());
         let dir_mode = options.mode | ((options.mode & 0o444) >> 2);
-        match fs::mkdir(&folder, Mode::from_raw_mode(dir_mode)) {
-            Ok(()) | Err(Errno::EXIST) => {}
+        let made = match fs::mkdir(&folder, Mode::from_raw_mode(dir_mode)) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
             Err(errno) => return Err(io("creating the journal folder", &folder, errno)),
-        }
+        };
         let dir = page::open_folder(&folder)?;
+        if made {
+            // mkdir applies the umask: a umask of 0o077 would leave the folder 0o700 and
+            // other users unable to reach pages made 0o644. The mode is applied exactly, as
+            // for pages (an existing folder is left as its owner set it).
+            fs::fchmod(&dir, Mode::from_raw_mode(dir_mode))
+                .map_err(|errno| io("setting the mode of", &folder, errno))?;
+        }
         let lock = take_writer_lock(&folder, &dir, options.mode)?;
         page::remove_temp_files(&folder)?;
         let wake = page::WakeMap::create(&folder, &dir, options.mode)?;
