@@ -158,10 +158,11 @@ impl JournalReader {
                 None => fresh_position = Some(path.clone()),
             }
         }
-        let mut reader = Self::seek(&folder, name, from)?;
-        if let Some(file) = &position {
-            file.check_journal(reader.journal_id)?;
-        }
+        // The position's journal is checked inside the seek, before the position is sought: a
+        // position of another journal (one removed and made again under the same name) is a
+        // `Position` error, not whatever seeking its number in this journal gives
+        // (`BeyondEnd`, `Removed`, or worse, a wrong frame).
+        let mut reader = Self::seek(&folder, name, from, position.as_ref())?;
         if let Some(path) = fresh_position {
             position = Some(PositionFile::create(
                 &path,
@@ -173,7 +174,12 @@ impl JournalReader {
         Ok(reader)
     }
 
-    fn seek(folder: &Path, name: SegmentName, from: ReadFrom) -> Result<Self, JournalError> {
+    fn seek(
+        folder: &Path,
+        name: SegmentName,
+        from: ReadFrom,
+        position: Option<&PositionFile>,
+    ) -> Result<Self, JournalError> {
         let pages = page::list_pages(folder)?;
         let (Some(&oldest), Some(&newest)) = (pages.first(), pages.last()) else {
             return Err(JournalError::NoPages {
@@ -188,6 +194,9 @@ impl JournalReader {
         };
         let last = PageMap::open(folder, newest, &probe, false)?;
         let info = *last.info();
+        if let Some(position) = position {
+            position.check_journal(info.journal_id)?;
+        }
         let mut at = Locator {
             folder,
             name: name.as_str(),
