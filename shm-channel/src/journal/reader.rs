@@ -180,7 +180,7 @@ impl JournalReader {
         from: ReadFrom,
         position: Option<&PositionFile>,
     ) -> Result<Self, JournalError> {
-        let pages = page::list_pages(folder)?;
+        let pages = contiguous_pages(folder)?;
         let (Some(&oldest), Some(&newest)) = (pages.first(), pages.last()) else {
             return Err(JournalError::NoPages {
                 folder: folder.to_path_buf(),
@@ -463,10 +463,24 @@ impl JournalReader {
     /// The next page is gone: resume at the oldest kept page.
     fn lagged(&mut self) -> ReadError {
         let at = self.locator();
+        let missing = self.page.number() + 1;
         let resumed = page::list_pages(&self.folder).and_then(|pages| {
             let oldest = *pages.first().ok_or(JournalError::NoPages {
                 folder: self.folder.clone(),
             })?;
+            // Retention removes the oldest pages first, so once page `missing` is gone every
+            // page before it is gone too: a listing that still holds one is a hole in the
+            // journal, not a lag (resuming there would go back to an older frame).
+            if oldest <= missing {
+                return Err(JournalError::Discontinuous {
+                    folder: self.folder.clone(),
+                    what: format!(
+                        "page {} ends after frame {}, but page {missing} is missing while page {oldest} is kept",
+                        self.page.number(),
+                        self.next_seq.wrapping_sub(1)
+                    ),
+                });
+            }
             at.open(oldest)
         });
         match resumed {
@@ -744,6 +758,29 @@ impl Locator<'_> {
             }
         }
     }
+}
+
+/// The journal's page numbers, refused if one is missing between the oldest and the newest.
+/// A listing made while retention removes old pages may miss one of them and still hold an
+/// older one: a hole is listed again once before it is believed.
+fn contiguous_pages(folder: &Path) -> Result<Vec<u64>, JournalError> {
+    let mut pages = page::list_pages(folder)?;
+    for again in [true, false] {
+        let Some(hole) = pages.windows(2).find(|pair| pair[1] != pair[0] + 1) else {
+            break;
+        };
+        if !again {
+            return Err(JournalError::Discontinuous {
+                folder: folder.to_path_buf(),
+                what: format!(
+                    "page {} is followed by page {}: pages in between are missing",
+                    hole[0], hole[1]
+                ),
+            });
+        }
+        pages = page::list_pages(folder)?;
+    }
+    Ok(pages)
 }
 
 fn key_seq(page: &PageMap) -> u64 {
