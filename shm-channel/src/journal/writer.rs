@@ -185,15 +185,16 @@ impl JournalWriter {
         }
         let first_seq = header.first_seq.load(Ordering::Acquire);
         let checksums = info.checksums();
-        let previous_time = if current.number() > oldest {
-            last_time_of(
+        let previous = if current.number() > oldest {
+            Some(previous_end(
                 &folder,
                 current.number() - 1,
                 &expected(current.number() - 1),
-            )?
+            )?)
         } else {
-            0
+            None
         };
+        let previous_time = previous.as_ref().map_or(0, |(_, end)| end.last_time);
         let end = walk(
             &current.view(),
             current.path(),
@@ -219,6 +220,20 @@ impl JournalWriter {
             }
             StopAt::Torn => torn = true,
             StopAt::Empty | StopAt::Chosen => {}
+        }
+        if let Some((page, end)) = &previous {
+            if end.at == StopAt::Empty {
+                // A switch starts the next page, then ends the old one: a writer killed between
+                // the two left the old page without its end word, and readers at its end would
+                // wait there for ever. End it now (the current page was started, so nothing more
+                // goes into the old one).
+                page.view()
+                    .len_word(end.offset)
+                    .store(END_OF_PAGE, Ordering::Release);
+                if sync {
+                    page.sync_range(end.offset, 8)?;
+                }
+            }
         }
         let view = current.view();
         // A torn frame's garbage length word (power cut) goes; the publication of each frame
@@ -742,9 +757,14 @@ fn check_contiguous(folder: &Path, pages: &[u64]) -> Result<(), JournalError> {
     Ok(())
 }
 
-/// The last frame's timestamp in page `number` (0 if it has none).
-fn last_time_of(folder: &Path, number: u64, expected: &Expected<'_>) -> Result<u64, JournalError> {
-    let page = PageMap::open(folder, number, expected, false)?;
+/// Where the chain of page `number` (the one before the current page) ends, with its last
+/// frame's timestamp (0 if it has none); the page mapped writable, to end it if it must be.
+fn previous_end(
+    folder: &Path,
+    number: u64,
+    expected: &Expected<'_>,
+) -> Result<(PageMap, super::walk::Stop), JournalError> {
+    let page = PageMap::open(folder, number, expected, true)?;
     let header = page.view().header();
     let end = walk(
         &page.view(),
@@ -758,7 +778,7 @@ fn last_time_of(folder: &Path, number: u64, expected: &Expected<'_>) -> Result<u
         },
         |_| false,
     )?;
-    Ok(end.last_time)
+    Ok((page, end))
 }
 
 fn random_id(folder: &Path) -> Result<u64, JournalError> {
