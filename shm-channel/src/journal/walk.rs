@@ -69,9 +69,14 @@ pub(crate) fn walk(
             Ok(Slot::End) => return Ok(stop(StopAt::End)),
             Ok(Slot::Frame(frame)) => frame,
             Err(fault) => {
-                if checks.tolerate_torn_tail && checks.checksums {
+                if checks.tolerate_torn_tail
+                    && checks.checksums
+                    && !indexed_frame_after(view, offset, seq)
+                {
                     // After a power cut the length word may have reached the disk without the
                     // rest: garbage there with nothing valid behind it is a torn tail too.
+                    // (Which frame follows cannot be told from a garbage length, but the page's
+                    // index can say that good frames were published after it: damage, then.)
                     return Ok(stop(StopAt::Torn));
                 }
                 return Err(refuse(offset, fault));
@@ -79,7 +84,10 @@ pub(crate) fn walk(
         };
         if checks.checksums {
             if let Err(fault) = frame.check_crc() {
-                if checks.tolerate_torn_tail && !valid_frame_follows(view, offset, &frame) {
+                if checks.tolerate_torn_tail
+                    && !valid_frame_follows(view, offset, &frame)
+                    && !indexed_frame_after(view, offset, seq)
+                {
                     return Ok(stop(StopAt::Torn));
                 }
                 return Err(refuse(offset, fault));
@@ -120,6 +128,19 @@ fn valid_frame_follows(view: &PageView<'_>, offset: usize, frame: &RawFrame<'_>)
         return false;
     }
     matches!(view.slot(next), Ok(Slot::Frame(f)) if f.seq == frame.seq.wrapping_add(1) && f.check_crc().is_ok())
+}
+
+/// Whether the page's index points past `offset` at a frame with a good checksum and a
+/// sequence number after `seq`: the writer published frames after the one at `offset`, so a bad
+/// frame there is damage in the middle of the chain, not a torn tail. (Index entries are stored
+/// after their frame is published, and recovery clears those past the end, so one pointing at a
+/// good later frame is never a leftover.)
+fn indexed_frame_after(view: &PageView<'_>, offset: usize, seq: u64) -> bool {
+    let stride = view.header().index_stride;
+    (0..super::layout::INDEX_SLOTS)
+        .filter_map(|i| view.index_entry(i, stride))
+        .filter(|&at| at > offset)
+        .any(|at| matches!(view.slot(at), Ok(Slot::Frame(f)) if f.seq > seq && f.check_crc().is_ok()))
 }
 
 /// The frame offsets the page's index gives, ascending and checked (set, aligned, in their
