@@ -29,6 +29,21 @@ pub(crate) fn parse_page_file_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
+/// Sets `path` to page `number`'s path in `folder`, in its own buffer: no allocation once the
+/// buffer has held such a path (page file names all have the same length).
+pub(crate) fn set_page_path(path: &mut PathBuf, folder: &Path, number: u64) {
+    use std::io::Write as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut name = [0u8; 25];
+    let mut at = &mut name[..];
+    // 20 digits and ".page" always fit the 25 bytes.
+    let _ = write!(at, "{number:020}.page");
+    let len = 25 - at.len();
+    path.as_mut_os_string().clear();
+    path.push(folder);
+    path.push(std::ffi::OsStr::from_bytes(&name[..len]));
+}
+
 fn temp_file_name(number: u64) -> String {
     format!(".{number:020}.page.tmp")
 }
@@ -109,7 +124,18 @@ impl PageMap {
         expected: &Expected<'_>,
         writable: bool,
     ) -> Result<Self, JournalError> {
-        let path = folder.join(page_file_name(number));
+        Self::open_at(folder.join(page_file_name(number)), number, expected, writable)
+    }
+
+    /// As [`open`](Self::open), the page's path given (a reader crossing pages passes the path
+    /// buffer of the page it leaves, set by [`set_page_path`], so the crossing allocates
+    /// nothing).
+    pub(crate) fn open_at(
+        path: PathBuf,
+        number: u64,
+        expected: &Expected<'_>,
+        writable: bool,
+    ) -> Result<Self, JournalError> {
         let flags = if writable {
             OFlags::RDWR
         } else {
@@ -263,6 +289,11 @@ impl PageMap {
 
     pub(crate) fn number(&self) -> u64 {
         self.number
+    }
+
+    /// Unmaps the page and gives its path's buffer back (for [`set_page_path`]).
+    pub(crate) fn into_path(mut self) -> PathBuf {
+        core::mem::take(&mut self.path)
     }
 
     pub(crate) fn path(&self) -> &Path {

@@ -126,6 +126,9 @@ pub struct JournalReader {
     /// The length of the frame `front` returned, for `pop`.
     front_len: Option<u32>,
     sleeper: Sleeper,
+    /// The path buffer of the page last left, reused for the next (a page crossing allocates
+    /// nothing).
+    spare_path: PathBuf,
     /// The journal's wake file, mapped at the first blocking wait (`Some(None)`: it could not
     /// be, so blocking waits sleep in short polls).
     wake: Option<Option<page::WakeMap>>,
@@ -252,6 +255,7 @@ impl JournalReader {
             last_time: time,
             front_len: None,
             sleeper: Sleeper::new(),
+            spare_path: PathBuf::new(),
             wake: None,
             position: None,
         })
@@ -435,8 +439,16 @@ impl JournalReader {
     #[cold]
     fn next_page(&mut self) -> Result<(), ReadError> {
         let number = self.page.number() + 1;
-        let at = self.locator();
-        let page = match at.open(number) {
+        // The path in the buffer the page left before gave back: no allocation.
+        let mut path = core::mem::take(&mut self.spare_path);
+        page::set_page_path(&mut path, &self.folder, number);
+        let expected = Expected {
+            name: self.name.as_str(),
+            journal_id: Some(self.journal_id),
+            page_size: Some(self.page_size),
+            page_number: number,
+        };
+        let page = match PageMap::open_at(path, number, &expected, false) {
             Ok(page) => page,
             Err(JournalError::Io { errno, .. }) if errno == rustix::io::Errno::NOENT => {
                 return Err(self.lagged());
@@ -455,7 +467,8 @@ impl JournalReader {
                 ),
             }));
         }
-        self.page = page;
+        let left = core::mem::replace(&mut self.page, page);
+        self.spare_path = left.into_path();
         self.offset = PAGE_HEADER_SIZE;
         Ok(())
     }
