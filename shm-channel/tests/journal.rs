@@ -937,7 +937,7 @@ fn role_journal_writer() {
         if seq < 400_000 {
             let len = (seq * 37 % 500) as usize;
             writer.append(tag(seq), seq, &payload(seq, len)).unwrap();
-            if seq % 64 == 0 {
+            if seq.is_multiple_of(64) {
                 std::thread::yield_now();
             }
         } else {
@@ -1083,7 +1083,7 @@ fn restart_right_after_a_switch() {
     // A frame the size of a page forces a switch; dropped unpublished, the writer is left just
     // after the switch, with nothing in the new page.
     let max = writer.max_payload();
-    drop(writer.alloc(max, 0, 30).unwrap());
+    let _ = writer.alloc(max, 0, 30).unwrap(); // dropped at once, unpublished
     assert_eq!(writer.current_page(), page + 1);
     assert!(matches!(live.front(), Err(ReadError::Empty)));
     assert_eq!(
@@ -1118,7 +1118,7 @@ fn restart_after_a_kill_between_starting_the_next_page_and_ending_the_last() {
     let last = *model.frames.last().unwrap();
     let end_word = last.offset + frame_len(last.len) as usize;
     let max = writer.max_payload();
-    drop(writer.alloc(max, 0, 30).unwrap());
+    let _ = writer.alloc(max, 0, 30).unwrap(); // dropped at once, unpublished
     drop(writer);
     let folder = dir.path().join("halfswitch");
     let mut word = [0u8; 4];
@@ -1857,7 +1857,7 @@ fn readers_that_never_block_cost_no_wake() {
         writer
             .append(0, seq, &payload(seq, (seq % 300) as usize))
             .unwrap();
-        if seq % 100 == 0 {
+        if seq.is_multiple_of(100) {
             std::thread::yield_now();
         }
     }

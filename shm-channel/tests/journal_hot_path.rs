@@ -128,7 +128,7 @@ fn writer_alloc_publish_append_allocate_nothing_across_a_switch() {
         let mut after = 0;
         while after < 50 {
             let seq = writer.next_seq();
-            if seq % 2 == 0 {
+            if seq.is_multiple_of(2) {
                 let mut slot = writer.alloc(100, 1, time).unwrap();
                 fill(seq, slot.payload_mut());
                 assert_eq!(slot.publish(), seq);
