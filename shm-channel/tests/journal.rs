@@ -571,7 +571,10 @@ fn keep_pages_removes_under_a_slow_reader_which_lags_exactly() {
     for seq in 0..20 {
         model.append(&mut writer, 1000, seq);
     }
-    let mut slow = JournalReader::open("keep", &ropts(dir.path()), ReadFrom::Oldest).unwrap();
+    // The slow reader is a named one: its position follows the lag too.
+    let positions = tempfile::tempdir().unwrap();
+    let named = ropts(dir.path()).position_file(positions.path().join("slow.pos"));
+    let mut slow = JournalReader::open("keep", &named, ReadFrom::Oldest).unwrap();
     model.read_until(&mut slow, 10);
     assert_eq!(writer.maintain(20).unwrap(), 0, "only one page yet");
     while writer.current_page() < 9 {
@@ -605,6 +608,13 @@ fn keep_pages_removes_under_a_slow_reader_which_lags_exactly() {
     // The slow reader finishes page 0 (mapped), then learns what it missed: pages 1 to 6.
     let last_of_zero = model.page_first[&1] - 1;
     expect_lag(&model, &mut slow, last_of_zero, model.page_first[&7]);
+    drop(slow);
+    let mut slow = JournalReader::open("keep", &named, ReadFrom::End).unwrap();
+    assert_eq!(
+        slow.next_seq(),
+        model.page_first[&7],
+        "the lag moved the position"
+    );
     assert_eq!(model.read_to_end(&mut slow), model.next());
     // The reader of page 6 goes on into page 7 without a lag.
     assert_eq!(model.read_to_end(&mut on_six), model.next());
@@ -1943,4 +1953,34 @@ fn a_blocked_reader_crosses_the_page_end() {
     assert!(!reader
         .wait(WaitStrategy::BusyPoll, Some(Duration::from_millis(1)))
         .unwrap());
+}
+
+#[test]
+fn power_loss_durability_with_checksums_round_trips_across_restarts() {
+    let _exact_flock = no_spawn_meanwhile();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path())
+        .durability(Durability::PowerLoss)
+        .checksums(true);
+    let mut model = Model::default();
+    let mut reader = None;
+    for restart in 0..3u64 {
+        let mut writer = JournalWriter::open("durable", &opts).unwrap();
+        assert_eq!(writer.next_seq(), model.next());
+        assert!(!writer.stats().torn_tail_dropped);
+        let reader = reader.get_or_insert_with(|| {
+            JournalReader::open("durable", &ropts(dir.path()), ReadFrom::Oldest).unwrap()
+        });
+        for i in 0..150u64 {
+            let seq = model.next();
+            model.append(&mut writer, ((seq * 13) % 900) as u32, seq);
+            if i % 50 == 0 {
+                writer.maintain(seq).unwrap();
+            }
+        }
+        assert_eq!(model.read_to_end(reader), model.next(), "restart {restart}");
+    }
+    assert!(model.frames.last().unwrap().page >= 2);
+    let mut replay = JournalReader::open("durable", &ropts(dir.path()), ReadFrom::Oldest).unwrap();
+    assert_eq!(model.read_to_end(&mut replay), model.next());
 }
