@@ -49,8 +49,11 @@ pub struct HubStats {
 }
 
 struct Forward {
-    conn: ConnId,
+    /// The subscriber (a session: its connection may be lost and made again).
+    client: SegmentName,
     sub: u32,
+    /// Since when the subscriber has had no connection in the group (`now` of `forward`).
+    absent_since: Option<u64>,
     reader: JournalReader,
     /// A lag notice not sent yet (the client's ring was full): (missed, resume at).
     notice: Option<(u64, u64)>,
@@ -103,8 +106,9 @@ impl TopicHub {
             TAG_UNSUBSCRIBE => {
                 if let Some(sub) = request.payload().get(0..4) {
                     let sub = u32::from_le_bytes([sub[0], sub[1], sub[2], sub[3]]);
-                    let conn = request.conn();
-                    self.forwards.retain(|f| !(f.conn == conn && f.sub == sub));
+                    let client = request.client();
+                    self.forwards
+                        .retain(|f| !(&f.client == client && f.sub == sub));
                 }
             }
             _ => {
@@ -146,18 +150,31 @@ impl TopicHub {
         if let Err(reason) = (self.check)(&asked) {
             return refused(self, reply, &reason);
         }
-        if subscribe.forward
-            && self.forwards.len() >= self.config.max_forwarded
-            && !self
-                .forwards
-                .iter()
-                .any(|f| f.conn == request.conn() && f.sub == sub)
-        {
-            return refused(
-                self,
-                reply,
-                "the server forwards as many subscriptions as it can",
-            );
+        let client = request.client();
+        let existing = self
+            .forwards
+            .iter()
+            .position(|f| &f.client == client && f.sub == sub);
+        if subscribe.forward {
+            if let Some(index) = existing {
+                // The same session asking again (it reconnected): the subscription it has goes
+                // on where it is. Every frame forwarded before is in the connection's persisted
+                // queue, which the reconnect delivers exactly once, so starting over from the
+                // client's position would only send those frames twice.
+                let entry = &mut self.forwards[index];
+                entry.absent_since = None;
+                let (journal_id, start_seq) = (entry.reader.journal_id(), entry.reader.next_seq());
+                let folder = entry.reader.folder().to_string_lossy().into_owned();
+                self.answer_subscribed(reply, sub, &folder, journal_id, start_seq);
+                return;
+            }
+            if self.forwards.len() >= self.config.max_forwarded {
+                return refused(
+                    self,
+                    reply,
+                    "the server forwards as many subscriptions as it can",
+                );
+            }
         }
         let options = ReaderOptions::new().dir(&self.config.dir);
         let reader = match JournalReader::open(subscribe.topic, &options, subscribe.from) {
@@ -166,57 +183,89 @@ impl TopicHub {
         };
         let folder = reader.folder().to_string_lossy().into_owned();
         let (journal_id, start_seq) = (reader.journal_id(), reader.next_seq());
-        if self.scratch.len() < 24 + folder.len() {
-            self.scratch.resize(24 + folder.len(), 0);
-        }
-        let len = encode_subscribed(&mut self.scratch, sub, &folder, journal_id, start_seq);
-        if reply.send(TAG_SUBSCRIBED, &self.scratch[..len]).is_err() {
+        if !self.answer_subscribed(reply, sub, &folder, journal_id, start_seq) {
             // The client will time out and ask again; keep nothing.
             return;
         }
-        self.stats.subscribed += 1;
         if subscribe.forward {
-            // A re-subscription (after a reconnect) replaces the old one.
-            let conn = request.conn();
-            self.forwards.retain(|f| !(f.conn == conn && f.sub == sub));
             self.forwards.push(Forward {
-                conn,
+                client: client.clone(),
                 sub,
+                absent_since: None,
                 reader,
                 notice: None,
             });
         }
     }
 
+    fn answer_subscribed<const C: usize>(
+        &mut self,
+        reply: &mut Reply<'_, C>,
+        sub: u32,
+        folder: &str,
+        journal_id: u64,
+        start_seq: u64,
+    ) -> bool {
+        if self.scratch.len() < 24 + folder.len() {
+            self.scratch.resize(24 + folder.len(), 0);
+        }
+        let len = encode_subscribed(&mut self.scratch, sub, folder, journal_id, start_seq);
+        let sent = reply.send(TAG_SUBSCRIBED, &self.scratch[..len]).is_ok();
+        if sent {
+            self.stats.subscribed += 1;
+        }
+        sent
+    }
+
     /// Forwards up to `budget` frames per forwarded subscription of `group`'s connections (as
     /// many as their rings or send queues take: a full one waits for the next call, never
-    /// stalls the group), and drops subscriptions whose connection is gone. Returns the frames
-    /// forwarded.
+    /// stalls the group), and drops subscriptions whose session has had no connection in the
+    /// group for [`PubSubConfig::absent_timeout`]. Returns the frames forwarded.
+    ///
+    /// A subscription belongs to the session (the client's name), not to one connection: after
+    /// a reconnect it goes on where it was, and the connection's persisted queue delivers what
+    /// was forwarded before exactly once. `now` is the clock of the group's poll.
     ///
     /// Call it from the thread that polls `group`, after each poll. Costs: per subscription, a
     /// search of the group's connections and one [`JournalReader::front`]; per frame, one
     /// `alloc`/`push` into the connection and a copy of the payload. No allocation.
-    pub fn forward<const C: usize>(&mut self, group: &mut Group<C>, budget: u32) -> usize {
+    pub fn forward<const C: usize>(
+        &mut self,
+        group: &mut Group<C>,
+        now: u64,
+        budget: u32,
+    ) -> usize {
         let mut total = 0;
         let mut i = 0;
         while i < self.forwards.len() {
             let entry = &mut self.forwards[i];
             let mut found = false;
             let mut outcome = Ok(0);
-            for (id, _, sender) in group.senders() {
-                if id == entry.conn {
+            for (_, name, sender) in group.senders() {
+                if *name == entry.client {
                     found = true;
                     outcome = forward_into(entry, sender, budget, self.config.lag);
                     break;
                 }
             }
             if !found {
-                for (id, _, tcp) in group.tcp_connections() {
-                    if id == entry.conn {
+                for (_, name, tcp) in group.tcp_connections() {
+                    if *name == entry.client {
                         found = true;
                         outcome = forward_into(entry, tcp, budget, self.config.lag);
                         break;
                     }
+                }
+            }
+            if found {
+                entry.absent_since = None;
+            } else {
+                // Between a lost connection and the session's next login: keep the
+                // subscription where it is for a while.
+                let since = *entry.absent_since.get_or_insert(now);
+                if now.saturating_sub(since) < self.config.absent_timeout_ns {
+                    i += 1;
+                    continue;
                 }
             }
             match (found, outcome) {

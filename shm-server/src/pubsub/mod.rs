@@ -15,9 +15,12 @@
 //!   the topic's folder, or refuses with a reason.
 //! - **Remote subscribers** (over `shm-tcp`, or any connection) ask for forwarding: the hub
 //!   reads the topic for them and pushes each frame into their connection
-//!   ([`TopicHub::forward`]). After a reconnect, [`Subscriptions::resubscribe`] asks again from
-//!   the frame after the last one handed out, and frames seen before are reported as
-//!   duplicates: nothing lost or repeated within the topic's retention.
+//!   ([`TopicHub::forward`]). A forwarded subscription belongs to the client's session: after a
+//!   reconnect it goes on where it was, and the connection's persisted queue delivers what was
+//!   forwarded before exactly once. After a server restart (or a long absence),
+//!   [`Subscriptions::resubscribe`] asks again from the frame after the last one handed out, and
+//!   frames seen before are reported as duplicates: nothing lost or repeated within the topic's
+//!   retention.
 //!
 //! The messages are in [`wire`], under tags from [`wire::FIRST_RESERVED_TAG`] up, which
 //! applications leave to this module.
@@ -50,6 +53,7 @@ pub struct PubSubConfig {
     pub(crate) journal: JournalOptions,
     pub(crate) max_forwarded: usize,
     pub(crate) lag: LagPolicy,
+    pub(crate) absent_timeout_ns: u64,
 }
 
 impl PubSubConfig {
@@ -64,6 +68,7 @@ impl PubSubConfig {
             dir,
             max_forwarded: 256,
             lag: LagPolicy::Report,
+            absent_timeout_ns: 60_000_000_000,
         }
     }
 
@@ -83,6 +88,14 @@ impl PubSubConfig {
     /// What happens to a forwarded subscription that lags.
     pub fn lag_policy(mut self, lag: LagPolicy) -> Self {
         self.lag = lag;
+        self
+    }
+
+    /// How long a forwarded subscription waits for its session to log in again after its
+    /// connection was lost (60 s by default); past it the subscription is dropped, and the
+    /// client's [`Subscriptions::resubscribe`] starts a new one from its own position.
+    pub fn absent_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.absent_timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         self
     }
 
