@@ -118,3 +118,54 @@ fn a_blocked_reader_is_woken_and_a_reader_that_never_sleeps_costs_no_wake() {
     assert!(writer.stats().wakes > 0, "{:?}", writer.stats());
     assert!(writer.current_page() > 0);
 }
+
+#[test]
+fn a_named_reader_whose_position_was_removed_while_away_resumes_at_the_oldest_with_a_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions::new()
+        .dir(dir.path())
+        .page_size(64 * 1024)
+        .retention(Retention::KeepPages(2));
+    let mut writer = JournalWriter::open("away", &options).unwrap();
+    let position = dir.path().join("reader.pos");
+    let ropts = ReaderOptions::new()
+        .dir(dir.path())
+        .position_file(&position);
+    let mut reader = JournalReader::open("away", &ropts, ReadFrom::Oldest).unwrap();
+    for seq in 0..10u64 {
+        writer.append(1, seq, &payload(seq, 100)).unwrap();
+    }
+    for _ in 0..4 {
+        reader.pop().unwrap();
+    }
+    drop(reader);
+    let mut seq = 10;
+    while writer.current_page() < 5 {
+        writer.append(1, seq, &payload(seq, 100)).unwrap();
+        seq += 1;
+        writer.maintain(seq).unwrap();
+    }
+    let oldest = JournalReader::open(
+        "away",
+        &ReaderOptions::new().dir(dir.path()),
+        ReadFrom::Oldest,
+    )
+    .unwrap()
+    .next_seq();
+    assert!(oldest > 4);
+    let mut reader = JournalReader::open("away", &ropts, ReadFrom::End).unwrap();
+    match reader.front() {
+        Err(ReadError::Lagged {
+            missed, resume_at, ..
+        }) => {
+            assert_eq!((missed, resume_at), (oldest - 4, oldest));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(reader.front().unwrap().seq(), oldest);
+    reader.pop().unwrap();
+    drop(reader);
+    // The position followed: a third opening resumes after that pop, with no lag.
+    let mut reader = JournalReader::open("away", &ropts, ReadFrom::Oldest).unwrap();
+    assert_eq!(reader.front().unwrap().seq(), oldest + 1);
+}

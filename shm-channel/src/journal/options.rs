@@ -8,7 +8,7 @@ use super::error::JournalError;
 use super::layout::{MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 
 /// Which old pages the writer removes when [`JournalWriter::maintain`](super::JournalWriter::maintain)
-/// runs (or the next page is made).
+/// runs (only then: never on the hot path).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Retention {
     /// Keep every page (a recorder). The default.

@@ -64,7 +64,9 @@ impl ReaderOptions {
     /// after the last one it popped, whatever [`ReadFrom`] says; otherwise it starts at
     /// [`ReadFrom`] and creates the file. Each [`pop`](JournalReader::pop) then stores the next
     /// sequence number in the mapped file (one store; no system call), so a reader killed at any
-    /// point resumes exactly after its last pop.
+    /// point resumes exactly after its last pop. If retention removed that frame while the
+    /// reader was away, it resumes at the oldest frame kept, and its first read is
+    /// [`ReadError::Lagged`] with what it missed.
     pub fn position_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.position = Some(path.into());
         self
@@ -126,6 +128,9 @@ pub struct JournalReader {
     /// The length of the frame `front` returned, for `pop`.
     front_len: Option<u32>,
     sleeper: Sleeper,
+    /// A lag to report at the next read (a named reader whose position was removed while it
+    /// was away): (missed, resume at).
+    pending_lag: Option<(u64, u64)>,
     /// The path buffer of the page last left, reused for the next (a page crossing allocates
     /// nothing).
     spare_path: PathBuf,
@@ -165,7 +170,35 @@ impl JournalReader {
         // position of another journal (one removed and made again under the same name) is a
         // `Position` error, not whatever seeking its number in this journal gives
         // (`BeyondEnd`, `Removed`, or worse, a wrong frame).
-        let mut reader = Self::seek(&folder, name, from, position.as_ref())?;
+        let mut attempts = 0;
+        let mut reader = loop {
+            attempts += 1;
+            match Self::seek(&folder, name.clone(), from, position.as_ref()) {
+                // Retention removed the oldest page between the listing and its opening.
+                Err(JournalError::Removed { .. }) if from == ReadFrom::Oldest && attempts < 4 => {}
+                // A named reader's next frame was removed while it was away: it resumes at the
+                // oldest frame kept, and its first read says what it missed, as a reader that
+                // stayed would have been told.
+                Err(JournalError::Removed { seq, .. }) if position.is_some() && attempts < 4 => {
+                    let mut reader = match Self::seek(
+                        &folder,
+                        name.clone(),
+                        ReadFrom::Oldest,
+                        position.as_ref(),
+                    ) {
+                        Err(JournalError::Removed { .. }) => continue,
+                        other => other?,
+                    };
+                    let resume_at = reader.next_seq;
+                    reader.pending_lag = Some((resume_at.saturating_sub(seq), resume_at));
+                    break reader;
+                }
+                other => break other?,
+            }
+        };
+        if let (Some(file), Some((_, resume_at))) = (&position, reader.pending_lag) {
+            file.store(resume_at);
+        }
         if let Some(path) = fresh_position {
             position = Some(PositionFile::create(
                 &path,
@@ -255,6 +288,7 @@ impl JournalReader {
             last_time: time,
             front_len: None,
             sleeper: Sleeper::new(),
+            pending_lag: None,
             spare_path: PathBuf::new(),
             wake: None,
             position: None,
@@ -272,6 +306,13 @@ impl JournalReader {
     /// at a page's end, opening and mapping the next page.
     #[inline]
     pub fn front(&mut self) -> Result<JournalFrame<'_>, ReadError> {
+        if let Some((missed, resume_at)) = self.pending_lag.take() {
+            return Err(ReadError::Lagged {
+                folder: self.folder.clone(),
+                missed,
+                resume_at,
+            });
+        }
         loop {
             match self.page.view().slot(self.offset) {
                 Ok(Slot::Frame(_)) => break,
