@@ -169,3 +169,72 @@ fn a_named_reader_whose_position_was_removed_while_away_resumes_at_the_oldest_wi
     let mut reader = JournalReader::open("away", &ropts, ReadFrom::Oldest).unwrap();
     assert_eq!(reader.front().unwrap().seq(), oldest + 1);
 }
+
+/// Child role: a reader that blocks on the journal until killed.
+#[test]
+#[ignore = "a child role of a_blocking_reader_killed_armed_is_disarmed_by_the_writers_sweep"]
+fn role_blocking_reader() {
+    let dir = std::env::var("JOURNAL_SMOKE_DIR").expect("a child role");
+    let ropts = ReaderOptions::new().dir(dir);
+    let mut reader = JournalReader::open("swept", &ropts, ReadFrom::End).unwrap();
+    loop {
+        let _ = reader.wait(
+            shm_channel::WaitStrategy::Block { spin_first: 0 },
+            Some(std::time::Duration::from_secs(1)),
+        );
+    }
+}
+
+#[test]
+fn a_blocking_reader_killed_armed_is_disarmed_by_the_writers_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions::new().dir(dir.path()).page_size(64 * 1024);
+    let mut writer = JournalWriter::open("swept", &options).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "role_blocking_reader",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("JOURNAL_SMOKE_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while writer.wake_stats().armed == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never blocked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Still counted: the writer fences for a reader that is gone...
+    assert_eq!(writer.wake_stats().armed, 1);
+    writer.append(1, 1, b"x").unwrap();
+    // ...until its sweep (once a second by `now`) takes the arm back.
+    writer.maintain(2_000_000_000).unwrap();
+    assert_eq!(writer.stats().dead_readers_disarmed, 1);
+    assert_eq!(writer.wake_stats().armed, 0);
+    // A live blocking reader is left alone.
+    let mut reader = JournalReader::open(
+        "swept",
+        &ReaderOptions::new().dir(dir.path()),
+        ReadFrom::End,
+    )
+    .unwrap();
+    assert!(!reader
+        .wait(
+            shm_channel::WaitStrategy::Block { spin_first: 0 },
+            Some(std::time::Duration::from_millis(20))
+        )
+        .unwrap());
+    assert_eq!(writer.wake_stats().armed, 1);
+    writer.maintain(4_000_000_000).unwrap();
+    assert_eq!(writer.wake_stats().armed, 1);
+    assert_eq!(writer.stats().dead_readers_disarmed, 1);
+    drop(reader);
+    assert_eq!(writer.wake_stats().armed, 0);
+}

@@ -124,7 +124,12 @@ impl PageMap {
         expected: &Expected<'_>,
         writable: bool,
     ) -> Result<Self, JournalError> {
-        Self::open_at(folder.join(page_file_name(number)), number, expected, writable)
+        Self::open_at(
+            folder.join(page_file_name(number)),
+            number,
+            expected,
+            writable,
+        )
     }
 
     /// As [`open`](Self::open), the page's path given (a reader crossing pages passes the path
@@ -368,8 +373,28 @@ unsafe impl Send for WakeMap {}
 // SAFETY: as above.
 unsafe impl Sync for WakeMap {}
 
-/// Bytes of the wake file (one page; the cell is at its start).
+/// Bytes of the wake file (one page): the cell at its start, then [`READER_SLOTS`] reader
+/// records of 64 bytes.
 const WAKE_FILE_SIZE: u64 = 4096;
+/// Readers a wake file records (a blocking reader beyond them still works; only its arm is not
+/// taken back by the writer's sweep if it dies armed).
+pub(crate) const READER_SLOTS: usize = 63;
+
+/// One blocking reader's record in the wake file: who it is, and whether it is armed. A reader
+/// arms the cell, then sets `armed`; clears `armed`, then disarms: so a reader that dies between
+/// the two leaves the count too high (a fence per publication), never too low (a lost wake-up).
+/// The writer's sweep ([`WakeMap::sweep`]) takes back the arm of a dead reader whose `armed` is
+/// still set.
+#[repr(C)]
+struct ReaderSlot {
+    pid: core::sync::atomic::AtomicU32,
+    armed: core::sync::atomic::AtomicU32,
+    start: core::sync::atomic::AtomicU64,
+    _pad: [u64; 6],
+}
+
+static_assertions::const_assert_eq!(core::mem::size_of::<ReaderSlot>(), 64);
+static_assertions::const_assert!(64 + READER_SLOTS * 64 <= WAKE_FILE_SIZE as usize);
 
 impl WakeMap {
     /// The writer's side: opens or makes the wake file, `mode` widened so that whoever may read
@@ -430,6 +455,90 @@ impl WakeMap {
         // SAFETY: a live, page-aligned mapping of 4096 bytes; the cell's fields are atomics and
         // integers, valid for any bits (all zero is its initial state).
         unsafe { self.base.as_ref() }
+    }
+
+    fn slot(&self, index: usize) -> &ReaderSlot {
+        assert!(index < READER_SLOTS);
+        // SAFETY: slot `index` lies at 64 + 64 * index, inside the 4096-byte mapping (asserted
+        // above and by the const assertion); 8-aligned; its fields are atomics.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .cast::<u8>()
+                .add(64 + 64 * index)
+                .cast::<ReaderSlot>()
+        }
+    }
+
+    /// Claims a free reader record for this process (`None` if all are taken).
+    pub(crate) fn claim_slot(&self) -> Option<usize> {
+        use core::sync::atomic::Ordering;
+        let pid = crate::pid::current_pid().get();
+        let start = crate::pid::current_start_time();
+        (0..READER_SLOTS).find(|&index| {
+            let slot = self.slot(index);
+            if slot
+                .pid
+                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                return false;
+            }
+            slot.start.store(start, Ordering::Relaxed);
+            slot.armed.store(0, Ordering::Release);
+            true
+        })
+    }
+
+    /// Records whether the reader of record `index` is armed (see [`ReaderSlot`] for the order).
+    pub(crate) fn mark(&self, index: usize, armed: bool) {
+        self.slot(index)
+            .armed
+            .store(u32::from(armed), core::sync::atomic::Ordering::Release);
+    }
+
+    /// Frees record `index` (the reader is disarmed).
+    pub(crate) fn release(&self, index: usize) {
+        use core::sync::atomic::Ordering;
+        let slot = self.slot(index);
+        slot.armed.store(0, Ordering::Release);
+        slot.start.store(0, Ordering::Relaxed);
+        slot.pid.store(0, Ordering::Release);
+    }
+
+    /// The writer's sweep: frees the records of readers that are gone, taking back the arm of
+    /// each that died armed, so its writer stops fencing for it. Returns the arms taken back.
+    /// Costs a `/proc` read per recorded reader: call it seldom (`maintain` does, once a second).
+    pub(crate) fn sweep(&self) -> u32 {
+        use core::sync::atomic::Ordering;
+        let mut taken = 0;
+        for index in 0..READER_SLOTS {
+            let slot = self.slot(index);
+            let pid = slot.pid.load(Ordering::Acquire);
+            if pid == 0 {
+                continue;
+            }
+            let start = slot.start.load(Ordering::Relaxed);
+            if crate::pid::is_process_alive_since(pid, start) {
+                continue;
+            }
+            // Dead: only one sweeper takes its arm back (the writer is the only sweeper, but a
+            // reader may be releasing the record at this very moment if the pid check raced
+            // with a reused pid: the compare-exchange settles it).
+            if slot
+                .armed
+                .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.cell().disarm_dead();
+                taken += 1;
+            }
+            let _ = slot
+                .pid
+                .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        taken
     }
 }
 

@@ -131,6 +131,8 @@ pub struct JournalReader {
     /// A lag to report at the next read (a named reader whose position was removed while it
     /// was away): (missed, resume at).
     pending_lag: Option<(u64, u64)>,
+    /// This reader's record in the wake file, once it blocked.
+    wake_slot: Option<usize>,
     /// The path buffer of the page last left, reused for the next (a page crossing allocates
     /// nothing).
     spare_path: PathBuf,
@@ -289,6 +291,7 @@ impl JournalReader {
             front_len: None,
             sleeper: Sleeper::new(),
             pending_lag: None,
+            wake_slot: None,
             spare_path: PathBuf::new(),
             wake: None,
             position: None,
@@ -458,7 +461,19 @@ impl JournalReader {
                     let offset = self.offset;
                     let mut ready = || !matches!(view.slot(offset), Ok(Slot::Empty));
                     match wake {
-                        Some(wake) => self.sleeper.sleep(wake.cell(), &mut ready, bound),
+                        Some(wake) => {
+                            if !self.sleeper.is_armed() {
+                                // Arm, then record it (the order ReaderSlot explains).
+                                self.sleeper.arm(wake.cell());
+                                if self.wake_slot.is_none() {
+                                    self.wake_slot = wake.claim_slot();
+                                }
+                                if let Some(index) = self.wake_slot {
+                                    wake.mark(index, true);
+                                }
+                            }
+                            self.sleeper.sleep(wake.cell(), &mut ready, bound)
+                        }
                         // No wake file we may write: short sleeps instead.
                         None => std::thread::sleep(Duration::from_nanos(bound.min(200_000))),
                     }
@@ -472,6 +487,10 @@ impl JournalReader {
     /// blocks again.
     pub fn disarm(&mut self) {
         if let Some(Some(wake)) = &self.wake {
+            // Unrecord, then disarm (the order ReaderSlot explains).
+            if let Some(index) = self.wake_slot {
+                wake.mark(index, false);
+            }
             self.sleeper.disarm(wake.cell());
         }
     }
@@ -597,6 +616,9 @@ impl JournalReader {
 impl Drop for JournalReader {
     fn drop(&mut self) {
         self.disarm();
+        if let (Some(Some(wake)), Some(index)) = (&self.wake, self.wake_slot) {
+            wake.release(index);
+        }
     }
 }
 

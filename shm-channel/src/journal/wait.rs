@@ -28,8 +28,10 @@
 //!
 //! Crashed readers: a reader killed while armed leaves the count raised, so the writer pays a
 //! fence per publication from then on — never a system call, since the flag it may have left is
-//! taken by one wake. (A table of armed readers with their pids, swept by the writer's
-//! `maintain`, would take that back; not built yet.)
+//! taken by one wake — until the writer's `maintain` sweeps the wake file's table of blocking
+//! readers (pid, start time, armed flag; once a second) and takes the dead reader's arm back.
+//! A reader arms, then sets its flag; clears its flag, then disarms: a death between the two
+//! leaves the count too high (a fence), never too low (a lost wake-up).
 //! `tests/loom_journal_wait.rs` checks the protocol with loom on this code.
 
 #[cfg(not(loom))]
@@ -160,6 +162,13 @@ impl WakeCell {
         ((previous >> 32) as u32).wrapping_add(1)
     }
 
+    /// Takes back the arm of a reader that died armed (the writer's sweep of the wake file's
+    /// reader table): the count only.
+    #[cfg(not(loom))]
+    pub(crate) fn disarm_dead(&self) {
+        self.disarm();
+    }
+
     /// Disarms a reader (its count only; arm numbers only grow).
     fn disarm(&self) {
         // Never below zero, even if a corrupt page says 0 (a page we only read may have been
@@ -242,6 +251,14 @@ impl Sleeper {
     /// another page).
     pub fn is_armed(&self) -> bool {
         self.arm.is_some()
+    }
+
+    /// Arms on `cell` now, if not armed yet: from here on the writer fences after each
+    /// publication and reports the arm it saw, so a later sleep may rely on being woken.
+    pub fn arm(&mut self, cell: &WakeCell) {
+        if self.arm.is_none() {
+            self.arm = Some(cell.arm());
+        }
     }
 
     /// Sleeps once on `cell`, at most `bound_ns`, unless `ready()` (which must Acquire what the

@@ -41,6 +41,9 @@ pub struct WriterStats {
     pub pages_removed: u64,
     /// Readers woken from a futex sleep (wake calls made).
     pub wakes: u64,
+    /// Blocking readers that died armed and whose arm [`JournalWriter::maintain`] took back
+    /// (the writer had paid a fence per publication for each).
+    pub dead_readers_disarmed: u64,
     /// Whether recovery dropped a frame torn by a power cut at the end of the last page (only
     /// with checksums).
     pub torn_tail_dropped: bool,
@@ -76,7 +79,12 @@ pub struct JournalWriter {
     oldest_page: u64,
     max_payload: u32,
     stats: WriterStats,
+    /// `now` of the last sweep of the wake file's reader table.
+    last_sweep: u64,
 }
+
+/// How often `maintain` sweeps the wake file for dead readers (by the `now` it is given).
+const SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
 
 impl JournalWriter {
     /// Opens journal `name` (validated like a segment name) in `options`' folder for writing,
@@ -305,6 +313,7 @@ impl JournalWriter {
             oldest_page,
             max_payload: max_payload(page_size),
             stats: WriterStats::default(),
+            last_sweep: 0,
         };
         writer.index_slot = (writer.offset - PAGE_HEADER_SIZE) / stride as usize;
         writer.set_prepare_threshold();
@@ -527,14 +536,20 @@ impl JournalWriter {
     }
 
     /// The housekeeping to call off the hot path (between bursts, or every millisecond): makes
-    /// the next page if needed and applies the retention policy against `now` (the clock the
-    /// frames' timestamps come from). Returns the number of pages removed.
+    /// the next page if needed, applies the retention policy against `now` (the clock the
+    /// frames' timestamps come from, in nanoseconds), and once a second sweeps the wake file for
+    /// blocking readers that died armed (their arm made this writer fence on every publication;
+    /// [`WriterStats::dead_readers_disarmed`]). Returns the number of pages removed.
     ///
     /// # Errors
     /// [`JournalError::Io`] if a page cannot be made or removed; a damaged old page met while
     /// applying [`Retention::KeepFor`].
     pub fn maintain(&mut self, now: u64) -> Result<u64, JournalError> {
         self.make_next_page()?;
+        if now.saturating_sub(self.last_sweep) >= SWEEP_INTERVAL_NS || now < self.last_sweep {
+            self.last_sweep = now;
+            self.stats.dead_readers_disarmed += u64::from(self.wake.sweep());
+        }
         if self.options.durability == Durability::PowerLoss {
             self.page
                 .sync_range(PAGE_HEADER_SIZE, self.offset + 8 - PAGE_HEADER_SIZE)?;
@@ -635,6 +650,12 @@ impl JournalWriter {
     /// The journal's random identity, in every page.
     pub fn journal_id(&self) -> u64 {
         self.journal_id
+    }
+
+    /// The journal's wake words: readers armed to block (each costs this writer a fence per
+    /// publication), sleeps announced, wake calls made (by every writer of the journal so far).
+    pub fn wake_stats(&self) -> super::wait::WakeStats {
+        self.wake.cell().stats()
     }
 
     /// What this writer counted.
