@@ -548,4 +548,101 @@ mod over_tcp {
             "the proxy cut the link only {handshakes} times"
         );
     }
+
+    /// A remote subscriber "restarts" (its connection and its subscriptions dropped, as a killed
+    /// process loses them) three times, and subscribes again from the position it kept after
+    /// its last pop: every frame exactly once, in order; what the server's queue still held is
+    /// reported as duplicates.
+    #[test]
+    fn a_restarted_remote_subscriber_resumes_from_its_own_position() {
+        const FRAMES: u64 = 4000;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("server-tcp");
+        std::fs::create_dir_all(&state).unwrap();
+        let config = ServerConfig::new("hub", dir.path().join("srv"))
+            .unwrap()
+            .groups(1, 8)
+            .tcp(AcceptorOptions::new(tcp_options(&state)));
+        let mut server = Server::<C>::new(config, |_| Decision::Accept { group: 0 }).unwrap();
+        let addr = server.control().tcp_addr().unwrap();
+        let (pubsub, mut hub) = hub(dir.path(), 64 * 1024, Retention::KeepAll);
+        let mut publisher = pubsub.publisher("md").unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let client_dir = dir.path().to_path_buf();
+        let client = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                // What the process persists: the next frame it needs.
+                let mut kept = 0u64;
+                let mut duplicates = 0u64;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                for life in 0..4u64 {
+                    let mut conn = connect(addr, &client_dir);
+                    let mut subs = Subscriptions::new();
+                    subs.subscribe(&mut conn, "md", ReadFrom::Seq(kept), true)
+                        .unwrap();
+                    let until = if life == 3 {
+                        FRAMES
+                    } else {
+                        (life + 1) * FRAMES / 4
+                    };
+                    while kept < until {
+                        assert!(Instant::now() < deadline, "frame {kept} never came");
+                        let _ = conn.poll(monotonic_nanos());
+                        let Ok(message) = conn.front() else {
+                            std::thread::yield_now();
+                            continue;
+                        };
+                        match subs.on_message(message.tag(), message.payload()).unwrap() {
+                            Some(TopicEvent::Frame {
+                                seq,
+                                payload: bytes,
+                                ..
+                            }) => {
+                                assert_eq!(seq, kept, "life {life}");
+                                assert_eq!(bytes, &payload(seq)[..]);
+                                kept = seq + 1;
+                            }
+                            Some(TopicEvent::Duplicate { seq, .. }) => {
+                                assert!(seq < kept);
+                                duplicates += 1;
+                            }
+                            // Frames the server's queue still held may come first.
+                            Some(TopicEvent::Subscribed { start_seq, .. }) => {
+                                assert!(start_seq <= kept);
+                            }
+                            other => panic!("{other:?}"),
+                        }
+                        conn.pop().unwrap();
+                    }
+                    // "Killed": everything in memory is gone, the pops are kept.
+                    drop(subs);
+                    drop(conn);
+                }
+                done.store(true, Ordering::Release);
+                duplicates
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut published = 0;
+        while !done.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "the subscriber did not finish");
+            let now = monotonic_nanos();
+            if published < FRAMES {
+                for _ in 0..4 {
+                    publisher.append(1, published, &payload(published)).unwrap();
+                    published += 1;
+                }
+                publisher.maintain(now).unwrap();
+            }
+            server.poll_control(now);
+            server.poll_group(0, now, |request, reply| {
+                assert!(hub.handle(request, reply));
+            });
+            hub.forward(server.group(0).unwrap(), now, 32);
+        }
+        let duplicates = client.join().unwrap();
+        println!("duplicates after restarts: {duplicates}");
+        assert_eq!(hub.forwarded_subscriptions(), 1, "{:?}", hub.stats());
+    }
 }

@@ -155,7 +155,7 @@ impl TopicHub {
             .forwards
             .iter()
             .position(|f| &f.client == client && f.sub == sub);
-        if subscribe.forward {
+        if subscribe.forward && subscribe.resume {
             if let Some(index) = existing {
                 // The same session asking again (it reconnected): the subscription it has goes
                 // on where it is. Every frame forwarded before is in the connection's persisted
@@ -163,12 +163,24 @@ impl TopicHub {
                 // client's position would only send those frames twice.
                 let entry = &mut self.forwards[index];
                 entry.absent_since = None;
-                let (journal_id, start_seq) = (entry.reader.journal_id(), entry.reader.next_seq());
+                // The client's next frame comes from the connection's queue, or from the reader.
+                let start_seq = match subscribe.from {
+                    ReadFrom::Seq(seq) => seq.min(entry.reader.next_seq()),
+                    _ => entry.reader.next_seq(),
+                };
+                let journal_id = entry.reader.journal_id();
                 let folder = entry.reader.folder().to_string_lossy().into_owned();
                 self.answer_subscribed(reply, sub, &folder, journal_id, start_seq);
                 return;
             }
-            if self.forwards.len() >= self.config.max_forwarded {
+        }
+        if subscribe.forward {
+            if let Some(index) = existing {
+                // Asked afresh (a client that restarted): its own position is what counts. What
+                // the connection's queue still holds of the old one arrives first; the client
+                // tells those frames for duplicates by their sequence numbers.
+                self.forwards.swap_remove(index);
+            } else if self.forwards.len() >= self.config.max_forwarded {
                 return refused(
                     self,
                     reply,

@@ -247,28 +247,38 @@ impl Subscriptions {
             max: shm_channel::MAX_NAME_LEN as u32,
         })?;
         let sub = self.next_sub;
-        send_subscribe(sender, sub, topic, from, forward)?;
+        send_subscribe(sender, sub, topic, from, forward, false)?;
         self.next_sub = self.next_sub.wrapping_add(1);
         self.entries.push(Entry {
             sub,
             topic: name,
             forward,
             from,
-            next_seq: None,
+            // From a sequence number, anything earlier is a duplicate even before the answer
+            // (frames a restarted client's connection still held arrive first).
+            next_seq: match from {
+                ReadFrom::Seq(seq) => Some(seq),
+                _ => None,
+            },
         });
         Ok(sub)
     }
 
     /// Sends the subscribe requests again after the connection came back (a server restart, a
     /// TCP reconnect): each forwarded subscription from the frame after the last one handed out
-    /// (or from where it first asked, if none was).
+    /// (or from where it first asked, if none was). A server that still has the subscription
+    /// goes on where it is (nothing is sent twice); one that lost it starts at that frame.
+    ///
+    /// A client process that restarted calls [`subscribe`](Self::subscribe) instead, from the
+    /// position it persisted: the server then starts afresh there, and frames its connection
+    /// still held are reported as [`TopicEvent::Duplicate`]s.
     ///
     /// # Errors
     /// The connection's [`SendError`]: call again.
     pub fn resubscribe<S: MessageSender>(&mut self, sender: &mut S) -> Result<(), SendError> {
         for entry in self.entries.iter().filter(|e| e.forward) {
             let from = entry.next_seq.map_or(entry.from, ReadFrom::Seq);
-            send_subscribe(sender, entry.sub, &entry.topic, from, true)?;
+            send_subscribe(sender, entry.sub, &entry.topic, from, true, true)?;
         }
         Ok(())
     }
@@ -382,12 +392,14 @@ fn send_subscribe<S: MessageSender>(
     topic: &str,
     from: ReadFrom,
     forward: bool,
+    resume: bool,
 ) -> Result<(), SendError> {
     let request = Subscribe {
         sub,
         topic,
         from,
         forward,
+        resume,
     };
     let mut slot = sender.alloc(request.len() as u32, TAG_SUBSCRIBE)?;
     request.encode(slot.payload_mut());

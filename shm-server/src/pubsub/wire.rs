@@ -3,7 +3,7 @@
 //!
 //! | tag | from | payload |
 //! |---|---|---|
-//! | [`TAG_SUBSCRIBE`] | client | `sub u32` @0, `start kind u8` @4 (0 oldest, 1 seq, 2 time, 3 end), `forward u8` @5, `topic len u16` @6, `start value u64` @8, topic bytes @16 |
+//! | [`TAG_SUBSCRIBE`] | client | `sub u32` @0, `start kind u8` @4 (0 oldest, 1 seq, 2 time, 3 end), `flags u8` @5 (bit 0 forward, bit 1 resume), `topic len u16` @6, `start value u64` @8, topic bytes @16 |
 //! | [`TAG_UNSUBSCRIBE`] | client | `sub u32` @0 |
 //! | [`TAG_SUBSCRIBED`] | server | `sub u32` @0, `folder len u16` @4, `journal id u64` @8, `start seq u64` @16, the journal's folder @24 |
 //! | [`TAG_REFUSED`] | server | `sub u32` @0, `reason len u16` @4, reason @8 |
@@ -42,6 +42,11 @@ pub struct Subscribe<'a> {
     /// Whether the server forwards frames over the connection (a remote subscriber), rather
     /// than the client reading the topic's journal itself.
     pub forward: bool,
+    /// A forwarded subscription asked again by a client whose state is intact (its link came
+    /// back): if the server still has it, it goes on where it is, since everything forwarded
+    /// before is in the connection's persisted queue. Without it (a client that restarted), the
+    /// server starts the subscription afresh at `from`.
+    pub resume: bool,
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
@@ -77,7 +82,7 @@ impl<'a> Subscribe<'a> {
         };
         out[0..4].copy_from_slice(&self.sub.to_le_bytes());
         out[4] = kind;
-        out[5] = u8::from(self.forward);
+        out[5] = u8::from(self.forward) | (u8::from(self.resume) << 1);
         out[6..8].copy_from_slice(&(self.topic.len() as u16).to_le_bytes());
         out[8..16].copy_from_slice(&value.to_le_bytes());
         out[16..16 + self.topic.len()].copy_from_slice(self.topic.as_bytes());
@@ -99,16 +104,18 @@ impl<'a> Subscribe<'a> {
             3 => ReadFrom::End,
             _ => return Err("an unknown start kind"),
         };
-        let forward = match bytes[5] {
-            0 => false,
-            1 => true,
-            _ => return Err("a forward flag that is neither 0 nor 1"),
+        let (forward, resume) = match bytes[5] {
+            0 => (false, false),
+            1 => (true, false),
+            3 => (true, true),
+            _ => return Err("subscribe flags other than direct, forward, or forward and resume"),
         };
         Ok(Self {
             sub,
             topic,
             from,
             forward,
+            resume,
         })
     }
 }
