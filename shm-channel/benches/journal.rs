@@ -2,8 +2,8 @@
 //! measured in the same round, ratios with their min–max range over the rounds, targets printed
 //! as PASS/MISS; nothing is asserted on timings.
 //!
-//! 1. **Append rate**, 64-byte frames, to `/dev/shm` and to a disk folder: `JournalWriter::alloc`
-//!    + payload copy + `publish`, with the next page made by `maintain` between timed blocks of
+//! 1. **Append rate**, 64-byte frames, to `/dev/shm` and to a disk folder: `alloc`, payload copy,
+//!    `publish`, with the next page made by `maintain` between timed blocks of
 //!    1,024 frames (`PrepareNext::Manual`), with the default `PrepareNext::Eager` (no
 //!    `maintain`: the page is made inside one `alloc`), and with checksums; ÷ the floor, a
 //!    `memcpy` of the 64 bytes plus one Release store per frame into mapped page files of the
@@ -420,15 +420,14 @@ fn append_trial(
 fn append_report(config: &Config) -> Result<(), Error> {
     println!("\n## 1. Append rate, {APPEND_SIZE}-byte frames\n");
     println!(
-        "Pages of {} MiB, frames at a stride of {} bytes; {} frames per trial ({} for the msync \
-         contenders: {} ms per trial); both the journal and the floor write fresh ftruncated \
+        "Pages of {} MiB, frames at a stride of {} bytes; {} frames per trial (the msync \
+         contenders: what fits in {} ms, in blocks of 16); both the journal and the floor write fresh ftruncated \
          files (page faults included in both); the next page/file made between timed blocks of \
          {BLOCK} frames (except Eager). Rate = frames ÷ timed time; ratio = rate ÷ the floor's \
          (msync contenders: ÷ the msync floor) in the same round.\n",
         PAGE >> 20,
         frame_len(APPEND_SIZE as u32),
         config.append_frames,
-        "budgeted",
         config.power_budget.as_millis()
     );
     let folders = [PathBuf::from("/dev/shm"), config.disk.clone()];
