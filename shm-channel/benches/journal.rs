@@ -22,7 +22,7 @@
 //!    `/dev/shm`), ÷ a `memcpy` of the same page bytes from fresh read-only mappings.
 //!
 //! `cargo bench -p shm-channel --bench journal` (about a minute); `SHM_BENCH_QUICK=1` for a short
-//! run, `SHM_BENCH_ROUNDS=N` (default 7, quick 3), `SHM_BENCH_ONLY=append,latency,subs,replay`,
+//! run, `SHM_BENCH_ROUNDS=N` (default 9, quick 3), `SHM_BENCH_ONLY=append,latency,subs,replay`,
 //! `SHM_BENCH_DISK_DIR=<folder>` (default: cargo's `target/tmp`).
 
 #[allow(dead_code, unused_macros, unused_imports)]
@@ -184,7 +184,7 @@ impl Config {
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|&r| r > 0)
-            .unwrap_or(if quick { 3 } else { 7 });
+            .unwrap_or(if quick { 3 } else { 9 });
         let disk = std::env::var_os("SHM_BENCH_DISK_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
@@ -192,12 +192,12 @@ impl Config {
         let cpus = allowed_cpus()?;
         Ok(Self {
             rounds,
-            append_frames: if quick { 150_000 } else { 400_000 },
-            power_budget: Duration::from_millis(if quick { 60 } else { 250 }),
+            append_frames: if quick { 150_000 } else { 1_000_000 },
+            power_budget: Duration::from_millis(if quick { 60 } else { 400 }),
             rt_warmup: if quick { 500 } else { 2_000 },
-            rt_max: if quick { 50_000 } else { 300_000 },
-            rt_budget: Duration::from_millis(if quick { 100 } else { 400 }),
-            sub_frames: if quick { 150_000 } else { 400_000 },
+            rt_max: if quick { 50_000 } else { 1_000_000 },
+            rt_budget: Duration::from_millis(if quick { 100 } else { 1_000 }),
+            sub_frames: if quick { 150_000 } else { 1_000_000 },
             replay_pages: if quick { 2 } else { 4 },
             disk,
             only: std::env::var("SHM_BENCH_ONLY")
@@ -662,8 +662,11 @@ fn latency_report(config: &Config, ns_per_tick: f64) -> Result<(), Error> {
         config.rt_budget.as_millis(),
         config.rt_warmup
     );
-    println!("| size | contender | one-way p50 | p90 | p99 | per-round p50 min–max | ÷ floor p50: median (min–max) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| size | contender | one-way p50 | p90 | p99 | round trips > 2 µs | per-round p50 \
+         min–max | ÷ floor p50: median (min–max) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     let mut verdicts = Vec::new();
     for size in LATENCY_SIZES {
         let (mut ours, mut floors) = (Vec::new(), Vec::new());
@@ -692,14 +695,21 @@ fn latency_report(config: &Config, ns_per_tick: f64) -> Result<(), Error> {
             let p50s: Vec<f64> = trials.iter().map(|t| t.p50 / 2.0).collect();
             let lo = p50s.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = p50s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let slow = all.count_between(2_000, u64::MAX) as f64 / all.len().max(1) as f64;
             println!(
-                "| {size} B | {label} | {:.0} ns | {:.0} ns | {:.0} ns | {lo:.0}–{hi:.0} ns | {} |",
+                "| {size} B | {label} | {:.0} ns | {:.0} ns | {:.0} ns | {:.2}% | {lo:.0}–{hi:.0} ns | {} |",
                 fine_p50(&all) / 2.0,
                 all.value_at_quantile(0.90) as f64 / 2.0,
                 all.value_at_quantile(0.99) as f64 / 2.0,
+                slow * 100.0,
                 vs.map_or_else(|| "1".to_string(), |r| ratio(r)),
             );
         }
+        println!(
+            "| {size} B | (if each first touch of a 4 KiB page of J1 or J2 made one slow: 1 in {:.1}) | | | | {:.2}% | | |",
+            4096.0 / (2.0 * frame_len(size as u32) as f64),
+            200.0 * frame_len(size as u32) as f64 / 4096.0
+        );
         verdicts.push(format!(
             "{size} B: {}",
             verdict(median(&ratios), 1.3, false)
