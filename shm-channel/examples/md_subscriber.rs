@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use shm_channel::journal::{JournalReader, ReadError, ReadFrom, ReaderOptions};
+use shm_channel::journal::{JournalError, JournalReader, ReadError, ReadFrom, ReaderOptions};
 use shm_channel::WaitStrategy;
 
 const JOURNAL: &str = "md.quotes";
@@ -51,7 +51,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let position = std::path::Path::new(&dir).join(format!("{JOURNAL}.{name}.position"));
     let resuming = position.exists();
     let options = ReaderOptions::new().dir(&dir).position_file(&position);
-    let mut reader = JournalReader::open(JOURNAL, &options, from)?;
+    // Before the publisher's first start there is no page yet: wait for one.
+    let mut reader = loop {
+        match JournalReader::open(JOURNAL, &options, from) {
+            Err(JournalError::NoPages { .. }) => std::thread::sleep(Duration::from_millis(100)),
+            Err(_) if !std::path::Path::new(&dir).join(JOURNAL).exists() => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            opened => break opened?,
+        }
+    };
     println!(
         "md_subscriber {name}: {} at seq {} (pid {})",
         if resuming { "resuming" } else { "starting" },
