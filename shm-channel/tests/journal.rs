@@ -8,6 +8,9 @@
 //! byte against the model of what was written. Nothing here asserts a timing: waits are bounded
 //! only so that a failure fails instead of hanging, with generous deadlines.
 
+// The journal is not built under `--cfg loom`.
+#![cfg(not(loom))]
+
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Read;

@@ -2,6 +2,9 @@
 //! subscribers reading the topic's journal directly, forwarded subscriptions over the
 //! connection, lag reported with exact numbers, and resumption without loss or duplicates.
 
+// The journal is not built under `--cfg loom`.
+#![cfg(not(loom))]
+
 use std::time::{Duration, Instant};
 
 use shm_channel::journal::{JournalOptions, ReadFrom, Retention};

@@ -208,6 +208,7 @@ impl PageMap {
         flags: u32,
         mode: u32,
         sync: bool,
+        prefault: bool,
     ) -> Result<Self, JournalError> {
         let temp = temp_file_name(number);
         let temp_path = folder.join(&temp);
@@ -226,6 +227,9 @@ impl PageMap {
             .map_err(|errno| io("setting the mode of", &temp_path, errno))?;
         fs::ftruncate(&file, page_size).map_err(|errno| io("sizing", &temp_path, errno))?;
         let (base, len) = map(&file, page_size, true, &temp_path)?;
+        if prefault {
+            prefault_range(base, PAGE_HEADER_SIZE, len);
+        }
         // SAFETY: a fresh mapping of `page_size` (≥ a header) bytes, page-aligned, that no other
         // process can have opened yet (the name is temporary and exclusive).
         let header = unsafe { &mut *base.as_ptr().cast::<PageHeader>() };
@@ -279,6 +283,15 @@ impl PageMap {
             fs::fsync(dir).map_err(|errno| io("syncing", folder, errno))?;
         }
         Ok(page)
+    }
+
+    /// Pre-faults a page the writer made but has not started: one write fault per 4 KiB page
+    /// now rather than in the appends that will fill it.
+    pub(crate) fn prefault_unstarted(&self) {
+        debug_assert!(self.writable);
+        if self.view().header().state.load(Ordering::Acquire) == STATE_PREPARED {
+            prefault_range(self.base, PAGE_HEADER_SIZE, self.len);
+        }
     }
 
     /// The page viewed.
@@ -336,6 +349,18 @@ impl Drop for PageMap {
     fn drop(&mut self) {
         // SAFETY: our own mapping, unmapped once; every view borrowed `self` and is gone.
         let _ = unsafe { mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A write fault per 4 KiB page of `start..end` of a mapping: on tmpfs and on a disk file alike
+/// (a read would map the zero page, or a read-only entry the first write faults on again).
+/// Writes a zero byte at each page's start: only for bytes no frame was written to (they hold
+/// zero already, and no reader looks at them before a length word there is published).
+fn prefault_range(base: NonNull<u8>, start: usize, end: usize) {
+    for offset in (start..end).step_by(4096) {
+        // SAFETY: inside the mapping (`end` is its length); a zero byte over a zero byte in a
+        // page no frame has reached, written only by the one writer.
+        unsafe { base.as_ptr().add(offset).write_volatile(0) };
     }
 }
 
