@@ -25,6 +25,10 @@
 //!   place, with no copy on receive; [`Sender::send_pod_wait`] / [`Receiver::recv_pod_wait`]
 //!   wait for room or for a message.
 //! - [`prelude`] brings everything a program names in one `use`, `bytemuck`'s derives included.
+//! - [`journal`]: a persistent journal of timestamped frames in memory-mapped page files, one
+//!   writer (a file lock, no daemon) and any number of read-only readers at their own pace,
+//!   seeks by sequence number or time, merge by time, retention with lag reports, crash
+//!   recovery; the backbone of `shm-server`'s publish/subscribe.
 //!
 //! **New here? Read the [`tutorial`]**: two processes, typed messages, blocking waits and how to
 //! choose `spin_first`, liveness, clean-up, and what `fork` does to an end. Its program is

@@ -649,3 +649,79 @@ mod over_tcp {
         assert_eq!(hub.forwarded_subscriptions(), 1, "{:?}", hub.stats());
     }
 }
+
+#[test]
+fn with_lag_policy_unsubscribe_a_laggard_is_told_and_its_subscription_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, mut clients) = server_and_clients(dir.path(), &["late"]);
+    let config = PubSubConfig::new(dir.path().join("topics"))
+        .journal(
+            JournalOptions::new()
+                .page_size(64 * 1024)
+                .retention(Retention::KeepPages(2)),
+        )
+        .lag_policy(LagPolicy::Unsubscribe);
+    std::fs::create_dir_all(config.dir()).unwrap();
+    let mut hub = TopicHub::new(config.clone(), Box::new(|_| Ok(())));
+    let mut publisher = config.publisher("t").unwrap();
+    publisher.append(1, 0, &payload(0)).unwrap();
+    // A direct reader with the same policy.
+    let mut direct = TopicReader::open(
+        config.dir(),
+        "t",
+        ReadFrom::Oldest,
+        LagPolicy::Unsubscribe,
+        None,
+    )
+    .unwrap();
+    let mut subs = Subscriptions::new();
+    let client = &mut clients[0];
+    let sub = subs.subscribe(client, "t", ReadFrom::Oldest, true).unwrap();
+    pump(&mut server, &mut hub, client, &mut subs, |event| {
+        assert!(matches!(event, TopicEvent::Subscribed { .. }), "{event:?}");
+        true
+    });
+    let mut seq = 1;
+    while publisher.current_page() < 5 {
+        publisher.append(1, seq, &payload(seq)).unwrap();
+        seq += 1;
+        publisher.maintain(seq).unwrap();
+    }
+    let mut lagged = false;
+    pump(
+        &mut server,
+        &mut hub,
+        client,
+        &mut subs,
+        |event| match event {
+            TopicEvent::Frame { .. } => false,
+            TopicEvent::Lagged { missed, .. } => {
+                assert!(missed > 0);
+                lagged = true;
+                false
+            }
+            TopicEvent::Refused { sub: s, reason } => {
+                assert_eq!(s, sub);
+                assert!(reason.contains("retention"), "{reason}");
+                true
+            }
+            other => panic!("{other:?}"),
+        },
+    );
+    assert!(lagged);
+    assert_eq!(hub.forwarded_subscriptions(), 0);
+    assert_eq!(subs.next_seq(sub), None, "the client dropped it too");
+    // The direct reader: frames of its mapped page, then Ended, for good.
+    let ended = loop {
+        match direct.front() {
+            Ok(_) => direct.pop().unwrap(),
+            Err(SubscriptionError::Ended { missed, .. }) => break missed,
+            Err(error) => panic!("{error}"),
+        }
+    };
+    assert!(ended > 0);
+    assert!(matches!(
+        direct.front(),
+        Err(SubscriptionError::Ended { .. })
+    ));
+}

@@ -358,6 +358,15 @@ fn forward_into<S: MessageSender>(
                     break;
                 }
                 if lag == LagPolicy::Unsubscribe {
+                    // The subscription ends here: say so (the lag notice said how much was
+                    // missed), so the client's bookkeeping drops it too.
+                    let mut reason = [0u8; 128];
+                    let len = encode_refused(
+                        &mut reason,
+                        entry.sub,
+                        "subscription ended: it fell behind the topic's retention (LagPolicy::Unsubscribe)",
+                    );
+                    let _ = sender.send(TAG_REFUSED, &reason[..len]);
                     break;
                 }
                 continue;
