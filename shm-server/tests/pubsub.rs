@@ -336,25 +336,84 @@ mod over_tcp {
         conn
     }
 
+    /// A server with TCP on (one group), a hub over a 64 KiB-page topic `md` kept whole, and its
+    /// publisher, for the remote-subscriber tests.
+    struct TcpHub {
+        dir: tempfile::TempDir,
+        server: Server<C>,
+        hub: TopicHub,
+        publisher: shm_channel::journal::JournalWriter,
+    }
+
+    impl TcpHub {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let state = dir.path().join("server-tcp");
+            std::fs::create_dir_all(&state).unwrap();
+            let config = ServerConfig::new("hub", dir.path().join("srv"))
+                .unwrap()
+                .groups(1, 8)
+                .tcp(AcceptorOptions::new(tcp_options(&state)));
+            let server = Server::<C>::new(config, |_| Decision::Accept { group: 0 }).unwrap();
+            let (pubsub, hub) = hub(dir.path(), 64 * 1024, Retention::KeepAll);
+            let publisher = pubsub.publisher("md").unwrap();
+            Self {
+                dir,
+                server,
+                hub,
+                publisher,
+            }
+        }
+
+        fn addr(&mut self) -> std::net::SocketAddr {
+            self.server.control().tcp_addr().unwrap()
+        }
+
+        /// Publishes `frames` frames (`per_pass` per pass of the loop, `maintain` every
+        /// `maintain_every` frames) while serving the group and forwarding, until `done`.
+        fn serve_until(
+            &mut self,
+            done: &AtomicBool,
+            frames: u64,
+            per_pass: u64,
+            maintain_every: u64,
+            timeout: Duration,
+        ) {
+            let deadline = Instant::now() + timeout;
+            let mut published = 0;
+            while !done.load(Ordering::Acquire) {
+                assert!(Instant::now() < deadline, "the subscriber did not finish");
+                let now = monotonic_nanos();
+                if published < frames {
+                    for _ in 0..per_pass {
+                        let seq = published;
+                        self.publisher.append(1, seq, &payload(seq)).unwrap();
+                        published += 1;
+                    }
+                    if published % maintain_every == 0 {
+                        self.publisher.maintain(now).unwrap();
+                    }
+                }
+                self.server.poll_control(now);
+                let hub = &mut self.hub;
+                self.server.poll_group(0, now, |request, reply| {
+                    assert!(hub.handle(request, reply));
+                });
+                hub.forward(self.server.group(0).unwrap(), now, 32);
+            }
+        }
+    }
+
     /// A remote subscriber whose TCP connection is dropped and made again four times while the
     /// topic is published: after each reconnect it re-subscribes from the frame after the last
     /// one it handed out, and sees every frame exactly once, in order, intact.
     #[test]
     fn a_remote_subscriber_survives_reconnects_without_loss_or_duplicates() {
         const FRAMES: u64 = 3000;
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("server-tcp");
-        std::fs::create_dir_all(&state).unwrap();
-        let config = ServerConfig::new("hub", dir.path().join("srv"))
-            .unwrap()
-            .groups(1, 8)
-            .tcp(AcceptorOptions::new(tcp_options(&state)));
-        let mut server = Server::<C>::new(config, |_| Decision::Accept { group: 0 }).unwrap();
-        let addr = server.control().tcp_addr().unwrap();
-        let (pubsub, mut hub) = hub(dir.path(), 64 * 1024, Retention::KeepAll);
-        let mut publisher = pubsub.publisher("md").unwrap();
+        let mut tcp = TcpHub::new();
+        let addr = tcp.addr();
         let done = Arc::new(AtomicBool::new(false));
-        let client_dir = dir.path().to_path_buf();
+        let client_dir = tcp.dir.path().to_path_buf();
         let client = {
             let done = Arc::clone(&done);
             std::thread::spawn(move || {
@@ -410,29 +469,17 @@ mod over_tcp {
                 duplicates
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut published = 0;
-        while !done.load(Ordering::Acquire) {
-            assert!(Instant::now() < deadline, "the subscriber did not finish");
-            let now = monotonic_nanos();
-            if published < FRAMES {
-                for _ in 0..4 {
-                    publisher.append(1, published, &payload(published)).unwrap();
-                    published += 1;
-                }
-                publisher.maintain(now).unwrap();
-            }
-            server.poll_control(now);
-            server.poll_group(0, now, |request, reply| {
-                assert!(hub.handle(request, reply));
-            });
-            hub.forward(server.group(0).unwrap(), now, 32);
-        }
+        tcp.serve_until(&done, FRAMES, 4, 4, Duration::from_secs(90));
         let duplicates = client.join().unwrap();
         println!("duplicates dropped after re-subscriptions: {duplicates}");
         // One subscription, bound to the session, through every reconnect.
-        assert_eq!(hub.forwarded_subscriptions(), 1, "{:?}", hub.stats());
-        assert_eq!(hub.stats().dropped, 0, "{:?}", hub.stats());
+        assert_eq!(
+            tcp.hub.forwarded_subscriptions(),
+            1,
+            "{:?}",
+            tcp.hub.stats()
+        );
+        assert_eq!(tcp.hub.stats().dropped, 0, "{:?}", tcp.hub.stats());
     }
 
     /// A remote subscriber whose link goes through a proxy that cuts every connection after a
@@ -442,25 +489,16 @@ mod over_tcp {
     #[test]
     fn a_remote_subscriber_survives_cuts_mid_frame_without_loss_or_duplicates() {
         const FRAMES: u64 = 20_000;
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("server-tcp");
-        std::fs::create_dir_all(&state).unwrap();
-        let config = ServerConfig::new("hub", dir.path().join("srv"))
-            .unwrap()
-            .groups(1, 8)
-            .tcp(AcceptorOptions::new(tcp_options(&state)));
-        let mut server = Server::<C>::new(config, |_| Decision::Accept { group: 0 }).unwrap();
-        let target = server.control().tcp_addr().unwrap();
+        let mut tcp = TcpHub::new();
+        let target = tcp.addr();
         let cuts = super::proxy::Proxy::start(
             target,
             super::proxy::FaultPlan::cut_after(4 * 1024, 96 * 1024),
             0x5eed_0015,
         );
         let addr = cuts.addr();
-        let (pubsub, mut hub) = hub(dir.path(), 64 * 1024, Retention::KeepAll);
-        let mut publisher = pubsub.publisher("md").unwrap();
         let done = Arc::new(AtomicBool::new(false));
-        let client_dir = dir.path().to_path_buf();
+        let client_dir = tcp.dir.path().to_path_buf();
         let client = {
             let done = Arc::clone(&done);
             std::thread::spawn(move || {
@@ -523,24 +561,7 @@ mod over_tcp {
                 (handshakes, duplicates)
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(150);
-        let mut published = 0;
-        while !done.load(Ordering::Acquire) {
-            assert!(Instant::now() < deadline, "the subscriber did not finish");
-            let now = monotonic_nanos();
-            if published < FRAMES {
-                publisher.append(1, published, &payload(published)).unwrap();
-                published += 1;
-                if published % 256 == 0 {
-                    publisher.maintain(now).unwrap();
-                }
-            }
-            server.poll_control(now);
-            server.poll_group(0, now, |request, reply| {
-                assert!(hub.handle(request, reply));
-            });
-            hub.forward(server.group(0).unwrap(), now, 32);
-        }
+        tcp.serve_until(&done, FRAMES, 1, 256, Duration::from_secs(150));
         let (handshakes, duplicates) = client.join().unwrap();
         println!(
             "{handshakes} handshakes through {} cut connections; {duplicates} duplicates dropped",
@@ -559,19 +580,10 @@ mod over_tcp {
     #[test]
     fn a_restarted_remote_subscriber_resumes_from_its_own_position() {
         const FRAMES: u64 = 4000;
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("server-tcp");
-        std::fs::create_dir_all(&state).unwrap();
-        let config = ServerConfig::new("hub", dir.path().join("srv"))
-            .unwrap()
-            .groups(1, 8)
-            .tcp(AcceptorOptions::new(tcp_options(&state)));
-        let mut server = Server::<C>::new(config, |_| Decision::Accept { group: 0 }).unwrap();
-        let addr = server.control().tcp_addr().unwrap();
-        let (pubsub, mut hub) = hub(dir.path(), 64 * 1024, Retention::KeepAll);
-        let mut publisher = pubsub.publisher("md").unwrap();
+        let mut tcp = TcpHub::new();
+        let addr = tcp.addr();
         let done = Arc::new(AtomicBool::new(false));
-        let client_dir = dir.path().to_path_buf();
+        let client_dir = tcp.dir.path().to_path_buf();
         let client = {
             let done = Arc::clone(&done);
             std::thread::spawn(move || {
@@ -626,27 +638,15 @@ mod over_tcp {
                 duplicates
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut published = 0;
-        while !done.load(Ordering::Acquire) {
-            assert!(Instant::now() < deadline, "the subscriber did not finish");
-            let now = monotonic_nanos();
-            if published < FRAMES {
-                for _ in 0..4 {
-                    publisher.append(1, published, &payload(published)).unwrap();
-                    published += 1;
-                }
-                publisher.maintain(now).unwrap();
-            }
-            server.poll_control(now);
-            server.poll_group(0, now, |request, reply| {
-                assert!(hub.handle(request, reply));
-            });
-            hub.forward(server.group(0).unwrap(), now, 32);
-        }
+        tcp.serve_until(&done, FRAMES, 4, 4, Duration::from_secs(90));
         let duplicates = client.join().unwrap();
         println!("duplicates after restarts: {duplicates}");
-        assert_eq!(hub.forwarded_subscriptions(), 1, "{:?}", hub.stats());
+        assert_eq!(
+            tcp.hub.forwarded_subscriptions(),
+            1,
+            "{:?}",
+            tcp.hub.stats()
+        );
     }
 }
 
