@@ -240,3 +240,35 @@ fn a_blocking_reader_killed_armed_is_disarmed_by_the_writers_sweep() {
     drop(reader);
     assert_eq!(writer.wake_stats().armed, 0);
 }
+
+#[test]
+fn a_reader_before_any_page_and_a_failed_page_switch_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    let ropts = ReaderOptions::new().dir(dir.path());
+    assert!(matches!(
+        JournalReader::open("empty", &ropts, ReadFrom::Oldest),
+        Err(JournalError::NoPages { .. })
+    ));
+    let options = JournalOptions::new()
+        .dir(dir.path())
+        .page_size(64 * 1024)
+        .prepare_next(PrepareNext::Manual);
+    let mut writer = JournalWriter::open("gone", &options).unwrap();
+    // The folder vanishes under the writer: the switch cannot make the next page.
+    std::fs::remove_dir_all(dir.path().join("gone")).unwrap();
+    let mut seq = 0;
+    let error = loop {
+        match writer.append(1, seq, &[1u8; 1000]) {
+            Ok(_) => seq += 1,
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(error, AppendError::Page(JournalError::Io { .. })),
+        "{error}"
+    );
+    assert!(error.to_string().contains("switching pages"), "{error}");
+    // Nothing was published by the failed append: the next one would get the same number.
+    assert_eq!(writer.next_seq(), seq);
+}

@@ -725,3 +725,71 @@ fn with_lag_policy_unsubscribe_a_laggard_is_told_and_its_subscription_ends() {
         Err(SubscriptionError::Ended { .. })
     ));
 }
+
+/// Every refusal of the hub reaches the client with its reason: a malformed request, an unknown
+/// reserved tag, an invalid topic name, a topic that does not exist, a full forwarding table.
+#[test]
+fn bad_subscribe_requests_are_refused_with_a_reason() {
+    use shm_server::pubsub::wire::{TAG_SUBSCRIBE, TAG_UNSUBSCRIBE};
+    use spsc_core::MessageSender;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, mut clients) = server_and_clients(dir.path(), &["bad"]);
+    let config = PubSubConfig::new(dir.path().join("topics")).max_forwarded(1);
+    std::fs::create_dir_all(config.dir()).unwrap();
+    let mut hub = TopicHub::new(config.clone(), Box::new(|_| Ok(())));
+    let _publisher = config.publisher("one").unwrap();
+    let client = &mut clients[0];
+    let mut subs = Subscriptions::new();
+    let mut expect_refusal = |client: &mut Client<C>, subs: &mut Subscriptions, words: &str| {
+        let mut seen = false;
+        pump(&mut server, &mut hub, client, subs, |event| match event {
+            TopicEvent::Refused { reason, .. } => {
+                assert!(reason.contains(words), "{reason:?} lacks {words:?}");
+                seen = true;
+                true
+            }
+            other => panic!("{other:?}"),
+        });
+        assert!(seen);
+    };
+    client.send(TAG_SUBSCRIBE, &[1, 2, 3]).unwrap();
+    expect_refusal(client, &mut subs, "shorter than its header");
+    client.send(0xFF77, b"?").unwrap();
+    expect_refusal(client, &mut subs, "unknown publish/subscribe request tag");
+    subs.subscribe(client, "../etc", ReadFrom::Oldest, true)
+        .unwrap();
+    expect_refusal(client, &mut subs, "topic name");
+    subs.subscribe(client, "none", ReadFrom::Oldest, true)
+        .unwrap();
+    expect_refusal(client, &mut subs, "none");
+    let first = subs
+        .subscribe(client, "one", ReadFrom::Oldest, true)
+        .unwrap();
+    pump(&mut server, &mut hub, client, &mut subs, |event| {
+        assert!(matches!(event, TopicEvent::Subscribed { .. }), "{event:?}");
+        true
+    });
+    let mut expect_refusal = |client: &mut Client<C>, subs: &mut Subscriptions, words: &str| {
+        pump(&mut server, &mut hub, client, subs, |event| match event {
+            TopicEvent::Refused { reason, .. } => {
+                assert!(reason.contains(words), "{reason:?} lacks {words:?}");
+                true
+            }
+            other => panic!("{other:?}"),
+        });
+    };
+    subs.subscribe(client, "one", ReadFrom::Oldest, true)
+        .unwrap();
+    expect_refusal(client, &mut subs, "as many subscriptions as it can");
+    // Unsubscribing frees the place.
+    subs.unsubscribe(client, first).unwrap();
+    client.send(TAG_UNSUBSCRIBE, &[0]).unwrap(); // too short: ignored, nothing answered
+    subs.subscribe(client, "one", ReadFrom::Oldest, true)
+        .unwrap();
+    pump(&mut server, &mut hub, client, &mut subs, |event| {
+        assert!(matches!(event, TopicEvent::Subscribed { .. }), "{event:?}");
+        true
+    });
+    assert_eq!(hub.stats().refused, 5);
+    assert_eq!(hub.forwarded_subscriptions(), 1);
+}
